@@ -1,0 +1,1 @@
+"""backrun: sync-first background jobs."""

@@ -1,0 +1,297 @@
+"""Handlers: the Handler base class, function handlers, the registry, discovery.
+
+Everything about invoking a handler is prepared once, at registration: the
+payload's pydantic ``TypeAdapter``, the factory, and whether ``execute``
+takes a context. Running a job is then a validate, a construct and a call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
+
+from pydantic import BaseModel, TypeAdapter
+
+from .context import JobContext
+from .errors import UnknownHandler
+from .retries import RetryPolicy
+
+__all__ = [
+    "Handler",
+    "HandlerRegistry",
+    "HandlerSpec",
+    "handler",
+]
+
+P = TypeVar("P")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARK = "__backrun_handler__"
+
+
+class Handler(Generic[P]):
+    """Base class of class-based handlers; ``P`` is the payload type.
+
+    Class attributes:
+        name: the stable name stored with each job (default: ``module.qualname``).
+            Set it explicitly before you rename or move the class.
+        retry: a :class:`RetryPolicy` for this handler, overriding the engine's.
+        queue: the queue its jobs go to unless ``enqueue`` says otherwise.
+
+    A handler instance is built per job by its factory (default: the class
+    called with no arguments), so instances need not be thread-safe.
+    """
+
+    name: ClassVar[str]
+    retry: ClassVar[RetryPolicy | None] = None
+    queue: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = f"{cls.__module__}.{cls.__qualname__}"
+
+    def execute(self, payload: P, ctx: JobContext) -> None:
+        """Do the job. May leave out ``ctx``. Raise to fail the attempt."""
+        raise NotImplementedError
+
+
+def handler(
+    name: str | None = None, *, retry: RetryPolicy | None = None, queue: str | None = None
+) -> Callable[[F], F]:
+    """Mark a function as a handler for :meth:`Engine.add_handlers_from_package`.
+
+    The payload type is the first parameter's annotation; the function may
+    take ``(payload)`` or ``(payload, ctx)``. The function is returned as is.
+    """
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, {"name": name, "retry": retry, "queue": queue})
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A registered handler, with its invocation path prepared.
+
+    Attributes:
+        name: the persisted name.
+        target: the Handler subclass or the function.
+        adapter: validates and dumps payloads.
+        invoke: runs the handler on a stored (JSON-ready) payload.
+        retry: the handler's own policy, or ``None`` for the engine's.
+        queue: the handler's default queue, or ``None``.
+    """
+
+    name: str
+    target: object
+    adapter: TypeAdapter[Any]
+    invoke: Callable[[dict[str, Any], JobContext], None]
+    retry: RetryPolicy | None
+    queue: str | None
+
+    def dump(self, payload: object) -> dict[str, Any]:
+        """Validate ``payload`` (a model or a plain mapping) and return its JSON form.
+
+        Raises:
+            pydantic.ValidationError: the payload does not fit the handler's type.
+            TypeError: the payload type does not serialize to a JSON object.
+        """
+        adapter = self.adapter
+        value = adapter.validate_python(payload)
+        dumped = adapter.dump_python(value, mode="json")
+        if not isinstance(dumped, dict):
+            raise TypeError(
+                f"handler {self.name!r}: payload must serialize to a JSON object, "
+                f"got {type(dumped).__name__}"
+            )
+        return dumped
+
+
+def _positional_count(fn: Callable[..., Any]) -> int:
+    params = inspect.signature(fn).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds)
+
+
+def _first_param_type(fn: Callable[..., Any], skip_self: bool) -> Any:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    params = [p for p in inspect.signature(fn).parameters if p != "return"]
+    if skip_self:
+        params = params[1:]
+    if not params:
+        raise TypeError(f"{fn.__qualname__} must take a payload parameter")
+    return hints.get(params[0], Any)
+
+
+def _payload_type(cls: type[Handler[Any]]) -> Any:
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if get_origin(base) is Handler:
+                args = get_args(base)
+                if args and not isinstance(args[0], TypeVar):
+                    return args[0]
+    return _first_param_type(cls.execute, skip_self=True)
+
+
+def _spec_for_class(
+    cls: type[Handler[Any]], factory: Callable[[], Handler[Any]] | None
+) -> HandlerSpec:
+    if cls.execute is Handler.execute:
+        raise TypeError(f"{cls.__qualname__} must override execute(payload[, ctx])")
+    if factory is None:
+        required = [
+            p
+            for p in list(inspect.signature(cls).parameters.values())
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if required:
+            raise TypeError(
+                f"{cls.__qualname__}() needs arguments; register it with "
+                f"add_handler({cls.__name__}, factory=...)"
+            )
+        factory = cls
+    adapter: TypeAdapter[Any] = TypeAdapter(_payload_type(cls))
+    validate = adapter.validate_python
+    make = factory
+    takes_ctx = _positional_count(cls.execute) >= 3
+
+    if takes_ctx:
+
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
+            make().execute(validate(payload), ctx)
+    else:
+
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
+            make().execute(validate(payload))  # type: ignore[call-arg]
+
+    return HandlerSpec(cls.name, cls, adapter, invoke, cls.retry, cls.queue)
+
+
+def _spec_for_function(
+    fn: Callable[..., Any], name: str | None, retry: RetryPolicy | None, queue: str | None
+) -> HandlerSpec:
+    adapter: TypeAdapter[Any] = TypeAdapter(_first_param_type(fn, skip_self=False))
+    validate = adapter.validate_python
+    count = _positional_count(fn)
+    if count == 0 or count > 2:
+        raise TypeError(f"{fn.__qualname__} must take (payload) or (payload, ctx)")
+
+    if count == 2:
+
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
+            fn(validate(payload), ctx)
+    else:
+
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
+            fn(validate(payload))
+
+    resolved = name or f"{fn.__module__}.{fn.__qualname__}"
+    return HandlerSpec(resolved, fn, adapter, invoke, retry, queue)
+
+
+class HandlerRegistry:
+    """Handlers by persisted name and by the class or function registered."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, HandlerSpec] = {}
+        self._by_target: dict[object, HandlerSpec] = {}
+
+    def _add(self, spec: HandlerSpec) -> HandlerSpec:
+        existing = self._by_name.get(spec.name)
+        if existing is not None:
+            raise ValueError(
+                f"a handler named {spec.name!r} is registered already ({existing.target!r})"
+            )
+        self._by_name[spec.name] = spec
+        self._by_target[spec.target] = spec
+        return spec
+
+    def add_class(
+        self, cls: type[Handler[Any]], factory: Callable[[], Handler[Any]] | None = None
+    ) -> HandlerSpec:
+        """Register a Handler subclass, built per job by ``factory``."""
+        if not (isinstance(cls, type) and issubclass(cls, Handler)):
+            raise TypeError(f"{cls!r} is not a backrun.Handler subclass")
+        return self._add(_spec_for_class(cls, factory))
+
+    def add_function(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> HandlerSpec:
+        """Register a function handler."""
+        if not callable(fn) or isinstance(fn, type):
+            raise TypeError(f"{fn!r} is not a function")
+        return self._add(_spec_for_function(fn, name, retry, queue))
+
+    def add_package(self, package: str) -> list[HandlerSpec]:
+        """Import every module of ``package`` and register the handlers defined there.
+
+        Registers each concrete Handler subclass defined in those modules and
+        each function marked with :func:`handler`; skips what is registered
+        already, so explicit registrations with factories come first.
+        """
+        root = importlib.import_module(package)
+        modules = [root]
+        for info in pkgutil.walk_packages(getattr(root, "__path__", []), prefix=f"{package}."):
+            modules.append(importlib.import_module(info.name))
+        added: list[HandlerSpec] = []
+        for module in modules:
+            for obj in list(vars(module).values()):
+                if getattr(obj, "__module__", None) != module.__name__ or obj in self._by_target:
+                    continue
+                if isinstance(obj, type) and issubclass(obj, Handler):
+                    if obj.execute is not Handler.execute and not inspect.isabstract(obj):
+                        added.append(self.add_class(cast(type[Handler[Any]], obj)))
+                elif callable(obj) and isinstance(getattr(obj, _MARK, None), Mapping):
+                    options = getattr(obj, _MARK)
+                    added.append(self.add_function(obj, **options))
+        return added
+
+    def resolve(self, handler: object) -> HandlerSpec:
+        """Return the spec for a name, a registered class or a registered function.
+
+        Raises:
+            UnknownHandler: nothing is registered under it.
+        """
+        spec = (
+            self._by_name.get(handler) if isinstance(handler, str) else self._by_target_get(handler)
+        )
+        if spec is None:
+            shown = handler if isinstance(handler, str) else getattr(handler, "__qualname__", handler)
+            raise UnknownHandler(f"no handler registered for {shown!r}")
+        return spec
+
+    def _by_target_get(self, handler: object) -> HandlerSpec | None:
+        try:
+            return self._by_target.get(handler)
+        except TypeError:
+            return None
+
+    def get(self, name: str) -> HandlerSpec | None:
+        """Return the spec registered under ``name``, or ``None``."""
+        return self._by_name.get(name)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._by_name)
+
+
+def is_model_type(tp: object) -> bool:
+    """True if ``tp`` is a pydantic model class."""
+    return isinstance(tp, type) and issubclass(tp, BaseModel)

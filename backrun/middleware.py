@@ -1,0 +1,100 @@
+"""The middleware pipeline: a base class to override, and its composition.
+
+A middleware wraps work in layers, the first added outermost:
+
+* ``process(ctx, call_next)`` wraps one attempt, in the worker thread;
+* ``enqueue(job, call_next)`` wraps persisting a new job, in the caller's thread;
+* ``attempt_finished(ctx, job, error)`` hears how the worker recorded an attempt;
+* ``orphan_recovered(job)`` hears that a dead worker's job was rescued;
+* ``worker_started(worker)`` / ``worker_stopping(worker)`` bracket a worker.
+
+Exceptions propagate through ``process``; only the worker decides a job's
+state. The chains are composed once (per worker start, per engine), and a
+middleware that does not override a hook costs nothing on that path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .context import JobContext
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Middleware", "compose_enqueue", "compose_process", "overrides"]
+
+ProcessNext = Callable[[JobContext], None]
+EnqueueNext = Callable[[Job], Job]
+
+
+class Middleware:
+    """Base class: override the hooks you need; the rest pass through."""
+
+    def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
+        """Wrap one attempt. Call ``call_next(ctx)`` to run the rest of the chain."""
+        call_next(ctx)
+
+    def enqueue(self, job: Job, call_next: EnqueueNext) -> Job:
+        """Wrap persisting a new job; may pass on a changed copy (``job.replace``)."""
+        return call_next(job)
+
+    def attempt_finished(self, ctx: JobContext, job: Job, error: BaseException | None) -> None:
+        """Hear how an attempt ended: ``job`` is the record as now stored.
+
+        ``job.state`` tells the outcome: SUCCEEDED, SCHEDULED (a retry),
+        DEAD, CANCELLED, or QUEUED (released at shutdown). Not called when
+        the worker lost the claim before it could record the attempt.
+        """
+
+    def orphan_recovered(self, job: Job) -> None:
+        """Hear that a dead worker's job was rescued (``job`` as now stored)."""
+
+    def worker_started(self, worker: Worker) -> None:
+        """Called once when a worker starts, before it claims anything."""
+
+    def worker_stopping(self, worker: Worker) -> None:
+        """Called once when a worker begins to shut down."""
+
+
+def overrides(middleware: Middleware, hook: str) -> bool:
+    """True if ``middleware``'s class overrides ``hook`` of :class:`Middleware`."""
+    own: Any = getattr(type(middleware), hook)
+    base: Any = getattr(Middleware, hook)
+    return bool(own is not base)
+
+
+def compose_process(middlewares: Sequence[Middleware], terminal: ProcessNext) -> ProcessNext:
+    """Build the attempt chain once: ``middlewares[0]`` outermost, ``terminal`` innermost."""
+    chain = terminal
+    for layer in reversed([m for m in middlewares if overrides(m, "process")]):
+        chain = _bind_process(layer, chain)
+    return chain
+
+
+def compose_enqueue(middlewares: Sequence[Middleware], terminal: EnqueueNext) -> EnqueueNext:
+    """Build the enqueue chain once: ``middlewares[0]`` outermost, ``terminal`` innermost."""
+    chain = terminal
+    for layer in reversed([m for m in middlewares if overrides(m, "enqueue")]):
+        chain = _bind_enqueue(layer, chain)
+    return chain
+
+
+def _bind_process(layer: Middleware, call_next: ProcessNext) -> ProcessNext:
+    process = layer.process
+
+    def step(ctx: JobContext) -> None:
+        process(ctx, call_next)
+
+    return step
+
+
+def _bind_enqueue(layer: Middleware, call_next: EnqueueNext) -> EnqueueNext:
+    enqueue = layer.enqueue
+
+    def step(job: Job) -> Job:
+        return enqueue(job, call_next)
+
+    return step

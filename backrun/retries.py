@@ -1,0 +1,79 @@
+"""RetryPolicy: how many attempts, how long between them, which errors retry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import tenacity
+from tenacity.retry import retry_base
+from tenacity.wait import wait_base
+
+from .errors import DoNotRetry
+
+__all__ = ["RetryPolicy"]
+
+
+def _default_wait() -> wait_base:
+    return tenacity.wait_exponential_jitter(initial=2, max=300)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how a failed attempt is retried.
+
+    A retry is a persisted reschedule: the job goes back to SCHEDULED with a
+    later ``run_at`` and the worker slot is free meanwhile. After the last
+    attempt the job is DEAD with every attempt's error kept.
+
+    Args:
+        max_retries: attempts after the first (3 means up to 4 attempts).
+        wait: a tenacity wait strategy giving the delay before each retry;
+            default exponential with jitter, 2 s initial, 5 minutes at most.
+        retry_on: exception types that are retried, or a tenacity retry
+            predicate; ``None`` (the default) retries every error.
+            :class:`~backrun.DoNotRetry` is never retried.
+        timeout: how long one attempt may run, or ``None`` for no limit.
+    """
+
+    max_retries: int = 3
+    wait: wait_base = field(default_factory=_default_wait)
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | retry_base | None = None
+    timeout: timedelta | None = timedelta(minutes=15)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise TypeError("max_retries must be an int")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise ValueError("timeout must be positive (or None for no limit)")
+
+    @property
+    def max_attempts(self) -> int:
+        """The first attempt plus the retries."""
+        return self.max_retries + 1
+
+    def _state(self, attempt: int, error: BaseException) -> tenacity.RetryCallState:
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        outcome = tenacity.Future(attempt)
+        outcome.set_exception(error)
+        state.outcome = outcome
+        return state
+
+    def should_retry(self, error: BaseException, attempt: int, max_attempts: int) -> bool:
+        """True if ``error`` from attempt number ``attempt`` earns another attempt."""
+        if isinstance(error, DoNotRetry) or attempt >= max_attempts:
+            return False
+        retry_on = self.retry_on
+        if retry_on is None:
+            return True
+        if isinstance(retry_on, retry_base):
+            return bool(retry_on(self._state(attempt, error)))
+        return isinstance(error, retry_on)
+
+    def delay(self, error: BaseException, attempt: int) -> timedelta:
+        """How long to wait after failed attempt number ``attempt``."""
+        seconds = float(self.wait(self._state(attempt, error)))
+        return timedelta(seconds=max(seconds, 0.0))

@@ -1,0 +1,190 @@
+"""The storage contract every backend honours.
+
+A store keeps plain :class:`~backrun.jobs.Job` records; it never sees handlers
+or pydantic models. The contract below is checked by one test suite run
+against every backend (``tests/storage/test_contract.py``).
+
+Ownership rules, which make "never run a finished job again" hold:
+
+* ``claim`` is the only way a job becomes RUNNING; each claim stamps a fresh
+  ``claim_token``, and exactly one caller receives each claimed job.
+* ``update`` is the only way a RUNNING job changes, and only with the token of
+  its current claim. A stale writer (its claim was released, recovered or
+  finished) gets :class:`~backrun.errors.LeaseLost` and changes nothing.
+* ``cancel`` and ``requeue`` change jobs nobody owns (and request the owner to
+  stop, for a running job); they never race a claim into two owners.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
+
+from ..jobs import FINISHED_STATES, Job, JobState
+
+__all__ = ["READY_STATES", "Storage"]
+
+READY_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
+"""States a job can be claimed from once its ``run_at`` has come."""
+
+
+class Storage(ABC):
+    """Where jobs live. Every method is thread-safe.
+
+    Attributes:
+        poll_interval: seconds an idle worker waits before asking again for
+            jobs another process may have written; ``None`` when every new job
+            is announced in-process or through :meth:`subscribe`.
+    """
+
+    poll_interval: float | None = None
+
+    @abstractmethod
+    def add(self, job: Job) -> None:
+        """Persist a new job (SCHEDULED or QUEUED); durable once this returns.
+
+        Raises:
+            ValueError: a job with this id exists already.
+            StorageError: the store could not write; nothing is visible.
+        """
+
+    def add_many(self, jobs: Sequence[Job]) -> None:
+        """Persist several new jobs; stores override this to batch the work."""
+        for job in jobs:
+            self.add(job)
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """Return the job, or ``None`` if there is none with this id.
+
+        Raises:
+            ValueError: ``job_id`` is not a well-formed id.
+        """
+
+    @abstractmethod
+    def claim(
+        self,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+    ) -> list[Job]:
+        """Atomically take up to ``limit`` due jobs for ``worker_id``.
+
+        Due means SCHEDULED or QUEUED with ``run_at <= now``, in one of
+        ``queues`` (any queue when ``None``). Jobs are taken highest
+        ``priority`` first, then earliest ``run_at``, then oldest id. Each
+        returned job is RUNNING with ``attempts`` one higher, ``worker_id``,
+        ``started_at=now``, ``lease_expires_at=now + lease`` and a fresh
+        ``claim_token``. Each job is returned to exactly one claimer.
+        """
+
+    @abstractmethod
+    def update(self, job: Job) -> None:
+        """Write a claimed job, as the owner of its current claim.
+
+        The stored job must be RUNNING with the same ``claim_token`` as
+        ``job``; the new record may be in any state (a finish, a reschedule, a
+        release back to QUEUED, or a still-RUNNING job with a new lease).
+
+        Raises:
+            LeaseLost: the stored job is not RUNNING under this claim; nothing
+                was written.
+            StorageError: the store could not write.
+        """
+
+    @abstractmethod
+    def heartbeat(
+        self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
+    ) -> set[str]:
+        """Renew this worker's liveness and the leases of its running ``jobs``.
+
+        Returns:
+            The ids among ``jobs`` whose attempt should stop: cancellation was
+            requested, or the claim is no longer this worker's.
+        """
+
+    @abstractmethod
+    def cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a job and return it as it now stands.
+
+        SCHEDULED or QUEUED: becomes CANCELLED at once (``finished_at=now``).
+        RUNNING: ``cancel_requested`` is set; its worker stops the attempt and
+        records CANCELLED. Finished: returned unchanged.
+
+        Raises:
+            JobNotFound: no job has this id.
+        """
+
+    @abstractmethod
+    def requeue(self, job_id: str, *, now: datetime) -> Job:
+        """Run a job again now and return it as it now stands.
+
+        DEAD or CANCELLED: back to QUEUED with ``attempts=0`` and
+        ``run_at=now``, its error history kept. SCHEDULED: due now.
+
+        Raises:
+            JobNotFound: no job has this id.
+            ValueError: the job is QUEUED, RUNNING or SUCCEEDED.
+        """
+
+    @abstractmethod
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return up to ``limit`` jobs matching the filters, oldest id first."""
+
+    @abstractmethod
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Return the number of jobs per ``(queue, state)``; absent pairs are zero."""
+
+    @abstractmethod
+    def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
+        """Return the earliest ``run_at`` of a SCHEDULED or QUEUED job, or ``None``.
+
+        The time may be in the past: a job is due. Workers sleep until it.
+        """
+
+    @abstractmethod
+    def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
+        """Return, per queue with due jobs, the earliest ``run_at`` among them."""
+
+    @abstractmethod
+    def orphans(self, *, now: datetime) -> list[Job]:
+        """Return RUNNING jobs whose worker is gone, judged by the store's liveness.
+
+        A live worker's job is never an orphan, however long it runs. The
+        caller rescues each with :meth:`update`, using the orphan's token.
+        """
+
+    @abstractmethod
+    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
+        """Delete jobs in ``states`` (finished ones only) that finished before ``before``.
+
+        Returns:
+            How many jobs were deleted.
+        """
+
+    def register_worker(self, worker_id: str, *, now: datetime) -> None:  # noqa: B027
+        """Announce a live worker (a lock file, a row); its jobs stop being orphans."""
+
+    def unregister_worker(self, worker_id: str) -> None:  # noqa: B027
+        """Announce that a worker stopped cleanly."""
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when another process adds a due job, if the store can tell.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        return _noop
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections, locks and threads. Idempotent."""
+
+
+def _noop() -> None:
+    return None

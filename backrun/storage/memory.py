@@ -1,0 +1,300 @@
+"""In-process storage: a dict of records, two heaps per queue, one lock.
+
+Fast and exact, but nothing survives the process: for tests, scripts and
+benchmarks, or for work that may be lost on exit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
+
+from ..errors import JobNotFound, LeaseLost
+from ..jobs import FINISHED_STATES, Job, JobState, check_job_id
+from .base import READY_STATES, Storage
+
+__all__ = ["MemoryStorage"]
+
+# Heap entries end in (job id, entry number); an entry is live only while
+# _entry[job id] still holds its number, so stale entries are skipped lazily.
+_Delayed = tuple[datetime, str, int]
+_Ready = tuple[int, datetime, str, int]
+
+
+class _QueueHeaps:
+    __slots__ = ("delayed", "ready")
+
+    def __init__(self) -> None:
+        self.delayed: list[_Delayed] = []
+        self.ready: list[_Ready] = []
+
+
+class MemoryStorage(Storage):
+    """A store held in this process's memory; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._queues: dict[str, _QueueHeaps] = {}
+        self._entry: dict[str, int] = {}
+        self._next_entry = 0
+        self._workers: set[str] = set()
+
+    def _index(self, job: Job) -> None:
+        """Put a SCHEDULED/QUEUED job in its queue's delayed heap."""
+        assert job.run_at is not None
+        self._next_entry += 1
+        entry = self._next_entry
+        self._entry[job.id] = entry
+        heaps = self._queues.get(job.queue)
+        if heaps is None:
+            heaps = self._queues[job.queue] = _QueueHeaps()
+        heapq.heappush(heaps.delayed, (job.run_at, job.id, entry))
+
+    def _unindex(self, job_id: str) -> None:
+        self._entry.pop(job_id, None)
+
+    def add(self, job: Job) -> None:
+        """Persist a new job; see :meth:`Storage.add`."""
+        check_job_id(job.id)
+        if job.state not in READY_STATES or job.run_at is None:
+            raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
+        with self._lock:
+            if job.id in self._jobs:
+                raise ValueError(f"job {job.id} exists already")
+            self._jobs[job.id] = job
+            self._index(job)
+
+    def add_many(self, jobs: Sequence[Job]) -> None:
+        """Persist several new jobs; all or none are added."""
+        for job in jobs:
+            check_job_id(job.id)
+            if job.state not in READY_STATES or job.run_at is None:
+                raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
+        with self._lock:
+            ids = {job.id for job in jobs}
+            if len(ids) != len(jobs) or any(i in self._jobs for i in ids):
+                raise ValueError("duplicate job ids in batch or store")
+            for job in jobs:
+                self._jobs[job.id] = job
+                self._index(job)
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job or ``None``; see :meth:`Storage.get`."""
+        return self._jobs.get(check_job_id(job_id))
+
+    def _promote(self, heaps: _QueueHeaps, now: datetime) -> None:
+        """Move entries that have come due from the delayed heap to the ready heap."""
+        delayed = heaps.delayed
+        while delayed and delayed[0][0] <= now:
+            run_at, job_id, entry = heapq.heappop(delayed)
+            if self._entry.get(job_id) != entry:
+                continue
+            job = self._jobs[job_id]
+            heapq.heappush(heaps.ready, (-job.priority, run_at, job_id, entry))
+
+    def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
+        best: _QueueHeaps | None = None
+        for heaps in candidates:
+            ready = heaps.ready
+            while ready and self._entry.get(ready[0][2]) != ready[0][3]:
+                heapq.heappop(ready)
+            if ready and (best is None or ready[0] < best.ready[0]):
+                best = heaps
+        if best is None:
+            return None
+        job_id = heapq.heappop(best.ready)[2]
+        del self._entry[job_id]
+        return job_id
+
+    def claim(
+        self,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+    ) -> list[Job]:
+        """Take up to ``limit`` due jobs; see :meth:`Storage.claim`."""
+        claimed: list[Job] = []
+        lease_until = now + lease
+        with self._lock:
+            if queues is None:
+                candidates = list(self._queues.values())
+            else:
+                candidates = [h for q in queues if (h := self._queues.get(q)) is not None]
+            for heaps in candidates:
+                self._promote(heaps, now)
+            while len(claimed) < limit:
+                job_id = self._pop_best(candidates)
+                if job_id is None:
+                    break
+                job = self._jobs[job_id].replace(
+                    state=JobState.RUNNING,
+                    attempts=self._jobs[job_id].attempts + 1,
+                    worker_id=worker_id,
+                    started_at=now,
+                    lease_expires_at=lease_until,
+                    claim_token=secrets.token_hex(8),
+                )
+                self._jobs[job_id] = job
+                claimed.append(job)
+        return claimed
+
+    def update(self, job: Job) -> None:
+        """Write a claimed job as its owner; see :meth:`Storage.update`."""
+        with self._lock:
+            stored = self._jobs.get(job.id)
+            if (
+                stored is None
+                or stored.state is not JobState.RUNNING
+                or stored.claim_token != job.claim_token
+            ):
+                raise LeaseLost(f"job {job.id} is no longer held under this claim")
+            if job.state is JobState.RUNNING and stored.cancel_requested:
+                job = job.replace(cancel_requested=True)
+            self._jobs[job.id] = job
+            if job.state in READY_STATES:
+                self._index(job)
+
+    def heartbeat(
+        self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
+    ) -> set[str]:
+        """Extend leases; see :meth:`Storage.heartbeat`."""
+        stop: set[str] = set()
+        with self._lock:
+            self._workers.add(worker_id)
+            for job in jobs:
+                stored = self._jobs.get(job.id)
+                if (
+                    stored is None
+                    or stored.state is not JobState.RUNNING
+                    or stored.claim_token != job.claim_token
+                ):
+                    stop.add(job.id)
+                    continue
+                if stored.cancel_requested:
+                    stop.add(job.id)
+                self._jobs[job.id] = stored.replace(lease_expires_at=lease_until)
+        return stop
+
+    def cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a job; see :meth:`Storage.cancel`."""
+        with self._lock:
+            job = self._require(job_id)
+            if job.state in READY_STATES:
+                self._unindex(job_id)
+                job = job.replace(state=JobState.CANCELLED, finished_at=now)
+            elif job.state is JobState.RUNNING:
+                job = job.replace(cancel_requested=True)
+            self._jobs[job_id] = job
+            return job
+
+    def requeue(self, job_id: str, *, now: datetime) -> Job:
+        """Run a job again now; see :meth:`Storage.requeue`."""
+        with self._lock:
+            job = self._require(job_id)
+            if job.state in (JobState.DEAD, JobState.CANCELLED):
+                job = job.replace(
+                    state=JobState.QUEUED,
+                    attempts=0,
+                    run_at=now,
+                    finished_at=None,
+                    cancel_requested=False,
+                )
+            elif job.state is JobState.SCHEDULED:
+                job = job.replace(state=JobState.QUEUED, run_at=now)
+            else:
+                raise ValueError(f"job {job_id} is {job.state.value}; it cannot be retried")
+            self._jobs[job_id] = job
+            self._index(job)
+            return job
+
+    def _require(self, job_id: str) -> Job:
+        job = self._jobs.get(check_job_id(job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+        with self._lock:
+            matching = [
+                job
+                for job in self._jobs.values()
+                if (state is None or job.state is state) and (queue is None or job.queue == queue)
+            ]
+        matching.sort(key=lambda job: job.id)
+        return matching[:limit]
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Count jobs per (queue, state); see :meth:`Storage.counts`."""
+        with self._lock:
+            return dict(Counter((job.queue, job.state) for job in self._jobs.values()))
+
+    def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
+        """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
+        earliest: datetime | None = None
+        with self._lock:
+            names = self._queues.keys() if queues is None else queues
+            for name in names:
+                heaps = self._queues.get(name)
+                if heaps is None:
+                    continue
+                for heap, at in ((heaps.ready, 1), (heaps.delayed, 0)):
+                    while heap and self._entry.get(heap[0][-2]) != heap[0][-1]:  # type: ignore[arg-type]
+                        heapq.heappop(heap)  # type: ignore[arg-type]
+                    if heap:
+                        run_at: datetime = heap[0][at]  # type: ignore[assignment]
+                        if earliest is None or run_at < earliest:
+                            earliest = run_at
+        return earliest
+
+    def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
+        """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
+        oldest: dict[str, datetime] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state in READY_STATES and job.run_at is not None and job.run_at <= now:
+                    if job.queue not in oldest or job.run_at < oldest[job.queue]:
+                        oldest[job.queue] = job.run_at
+        return oldest
+
+    def orphans(self, *, now: datetime) -> list[Job]:
+        """Running jobs of workers no longer registered; see :meth:`Storage.orphans`."""
+        with self._lock:
+            return [
+                job
+                for job in self._jobs.values()
+                if job.state is JobState.RUNNING and job.worker_id not in self._workers
+            ]
+
+    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
+        """Delete old finished jobs; see :meth:`Storage.purge`."""
+        wanted = set(states) & FINISHED_STATES
+        with self._lock:
+            doomed = [
+                job.id
+                for job in self._jobs.values()
+                if job.state in wanted and job.finished_at is not None and job.finished_at < before
+            ]
+            for job_id in doomed:
+                del self._jobs[job_id]
+        return len(doomed)
+
+    def register_worker(self, worker_id: str, *, now: datetime) -> None:
+        """Mark a worker live; its running jobs are not orphans."""
+        with self._lock:
+            self._workers.add(worker_id)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Mark a worker gone; its running jobs (if any) become orphans."""
+        with self._lock:
+            self._workers.discard(worker_id)
