@@ -168,6 +168,13 @@ class Storage(ABC):
             How many jobs were deleted.
         """
 
+    def maintain(self, *, now: datetime) -> None:  # noqa: B027
+        """Housekeeping every worker calls every few seconds.
+
+        Stores use it for their own chores: purging finished jobs past their
+        retention, removing stale temporary files, healing what a crash left.
+        """
+
     def register_worker(self, worker_id: str, *, now: datetime) -> None:  # noqa: B027
         """Announce a live worker (a lock file, a row); its jobs stop being orphans."""
 
