@@ -13,9 +13,9 @@ import pkgutil
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from .context import JobContext
 from .errors import UnknownHandler
@@ -257,7 +257,7 @@ class HandlerRegistry:
                     continue
                 if isinstance(obj, type) and issubclass(obj, Handler):
                     if obj.execute is not Handler.execute and not inspect.isabstract(obj):
-                        added.append(self.add_class(cast(type[Handler[Any]], obj)))
+                        added.append(self.add_class(obj))
                 elif callable(obj) and isinstance(getattr(obj, _MARK, None), Mapping):
                     options = getattr(obj, _MARK)
                     added.append(self.add_function(obj, **options))
@@ -273,7 +273,9 @@ class HandlerRegistry:
             self._by_name.get(handler) if isinstance(handler, str) else self._by_target_get(handler)
         )
         if spec is None:
-            shown = handler if isinstance(handler, str) else getattr(handler, "__qualname__", handler)
+            shown = (
+                handler if isinstance(handler, str) else getattr(handler, "__qualname__", handler)
+            )
             raise UnknownHandler(f"no handler registered for {shown!r}")
         return spec
 
@@ -290,8 +292,3 @@ class HandlerRegistry:
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._by_name)
-
-
-def is_model_type(tp: object) -> bool:
-    """True if ``tp`` is a pydantic model class."""
-    return isinstance(tp, type) and issubclass(tp, BaseModel)

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
-from ..jobs import FINISHED_STATES, Job, JobState
+from backrun.jobs import FINISHED_STATES, Job, JobState
 
 __all__ = ["READY_STATES", "Storage"]
 

@@ -12,9 +12,11 @@ import threading
 from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from ..errors import JobNotFound, LeaseLost
-from ..jobs import FINISHED_STATES, Job, JobState, check_job_id
+from backrun.errors import JobNotFound, LeaseLost
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+
 from .base import READY_STATES, Storage
 
 __all__ = ["MemoryStorage"]
@@ -239,32 +241,37 @@ class MemoryStorage(Storage):
         with self._lock:
             return dict(Counter((job.queue, job.state) for job in self._jobs.values()))
 
+    def _live_head(self, heap: list[Any]) -> Any:
+        """The first live entry of a heap (dropping stale ones), or ``None``."""
+        while heap and self._entry.get(heap[0][-2]) != heap[0][-1]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
-        earliest: datetime | None = None
+        times: list[datetime] = []
         with self._lock:
-            names = self._queues.keys() if queues is None else queues
+            names = list(self._queues) if queues is None else queues
             for name in names:
                 heaps = self._queues.get(name)
                 if heaps is None:
                     continue
-                for heap, at in ((heaps.ready, 1), (heaps.delayed, 0)):
-                    while heap and self._entry.get(heap[0][-2]) != heap[0][-1]:  # type: ignore[arg-type]
-                        heapq.heappop(heap)  # type: ignore[arg-type]
-                    if heap:
-                        run_at: datetime = heap[0][at]  # type: ignore[assignment]
-                        if earliest is None or run_at < earliest:
-                            earliest = run_at
-        return earliest
+                ready: _Ready | None = self._live_head(heaps.ready)
+                if ready is not None:
+                    times.append(ready[1])
+                delayed: _Delayed | None = self._live_head(heaps.delayed)
+                if delayed is not None:
+                    times.append(delayed[0])
+        return min(times) if times else None
 
     def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
         """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
         oldest: dict[str, datetime] = {}
         with self._lock:
             for job in self._jobs.values():
-                if job.state in READY_STATES and job.run_at is not None and job.run_at <= now:
-                    if job.queue not in oldest or job.run_at < oldest[job.queue]:
-                        oldest[job.queue] = job.run_at
+                due = job.state in READY_STATES and job.run_at is not None and job.run_at <= now
+                if due and (job.queue not in oldest or job.run_at < oldest[job.queue]):  # type: ignore[operator]
+                    oldest[job.queue] = job.run_at  # type: ignore[assignment]
         return oldest
 
     def orphans(self, *, now: datetime) -> list[Job]:

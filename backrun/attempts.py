@@ -1,0 +1,221 @@
+"""One attempt of a job: run it through the chain, decide its outcome, record it.
+
+Only this module decides a job's next state after an attempt: succeeded, a
+persisted retry (SCHEDULED with a later ``run_at``), DEAD, CANCELLED, or
+released to QUEUED at shutdown. Every write goes through ``storage.update``
+with the attempt's claim token, so a late or stale writer changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .context import JobContext, _current
+from .errors import DoNotRetry, LeaseLost, UnknownHandler
+from .jobs import Job, JobError, JobState
+from .middleware import Middleware, overrides
+from .retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Attempt", "AttemptRecorder", "describe_error"]
+
+log = logging.getLogger("backrun.worker")
+
+_MAX_TRACEBACK_CHARS = 16_000
+
+
+class Attempt:
+    """An attempt in flight: its job, context and the slot running it.
+
+    ``settle()`` returns True exactly once: the handler's own thread, the
+    timeout and the shutdown release race for it, and only the winner records.
+    """
+
+    __slots__ = ("_once", "ctx", "job", "slot", "stop_requested")
+
+    def __init__(self, job: Job, ctx: JobContext, slot: object) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.slot = slot
+        self.stop_requested = False
+        self._once = threading.Lock()
+
+    def settle(self) -> bool:
+        """Claim the right to record this attempt; True for the first caller only."""
+        return self._once.acquire(blocking=False)
+
+
+def describe_error(error: BaseException, attempt: int, at: datetime) -> JobError:
+    """Turn an exception into the persisted record of a failed attempt."""
+    cls = type(error)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(error))
+    if len(text) > _MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-_MAX_TRACEBACK_CHARS:]
+    return JobError(type=name, message=str(error), traceback=text, attempt=attempt, at=at)
+
+
+class AttemptRecorder:
+    """Runs attempts and records their outcomes for one worker."""
+
+    def __init__(self, worker: Worker, middleware: Sequence[Middleware]) -> None:
+        self.worker = worker
+        self.engine = worker.engine
+        self.storage = worker.storage
+        self.clock = worker.clock
+        self._registry = worker.engine.registry
+        self._finished_hooks = [m for m in middleware if overrides(m, "attempt_finished")]
+        self._orphan_hooks = [m for m in middleware if overrides(m, "orphan_recovered")]
+
+    def policy_for(self, job: Job) -> RetryPolicy:
+        """The retry policy that governs ``job``: its handler's, else the engine's."""
+        spec = self._registry.get(job.handler)
+        if spec is not None and spec.retry is not None:
+            return spec.retry
+        return self.engine.retry_policy
+
+    def begin(self, job: Job, slot: object) -> Attempt:
+        """Build the context of a freshly claimed job."""
+        timeout = self.policy_for(job).timeout
+        started = job.started_at or self.clock.now()
+        ctx = JobContext(
+            job=job,
+            attempt=job.attempts,
+            worker_id=self.worker.id,
+            deadline=None if timeout is None else started + timeout,
+            cancelled=threading.Event(),
+            engine=self.engine,
+        )
+        return Attempt(job, ctx, slot)
+
+    def invoke(self, ctx: JobContext) -> None:
+        """The innermost link of the chain: run the handler itself."""
+        spec = self._registry.get(ctx.job.handler)
+        if spec is None:
+            raise UnknownHandler(
+                f"no handler named {ctx.job.handler!r} is registered in this worker"
+            )
+        spec.invoke(ctx.job.payload, ctx)
+
+    def execute(
+        self, attempt: Attempt, chain: Callable[[JobContext], None]
+    ) -> BaseException | None:
+        """Run the chain in this thread; return what it raised, if anything.
+
+        ``SystemExit`` and ``KeyboardInterrupt`` from a handler fail the job;
+        they never stop the worker.
+        """
+        ctx = attempt.ctx
+        token = _current.set(ctx)
+        try:
+            chain(ctx)
+        except BaseException as exc:
+            return exc
+        finally:
+            _current.reset(token)
+        return None
+
+    def outcome(self, attempt: Attempt, error: BaseException | None, now: datetime) -> Job:
+        """The record that ends ``attempt``: success, retry, DEAD or CANCELLED."""
+        job = attempt.job
+        if error is None:
+            return job.replace(state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None)
+        errors = (*job.errors, describe_error(error, job.attempts, now))
+        if attempt.stop_requested:
+            return job.replace(
+                state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
+            )
+        policy = self.policy_for(job)
+        retryable = not isinstance(error, UnknownHandler | DoNotRetry)
+        if retryable and policy.should_retry(error, job.attempts, job.max_attempts):
+            return job.replace(
+                state=JobState.SCHEDULED,
+                errors=errors,
+                run_at=now + policy.delay(error, job.attempts),
+                lease_expires_at=None,
+            )
+        return job.replace(
+            state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
+        )
+
+    def finish(self, attempt: Attempt, error: BaseException | None) -> None:
+        """Record how ``attempt`` ended and tell the middleware."""
+        if error is not None and not isinstance(error, Exception):
+            log.warning("job %s raised %s; recorded as a failure", attempt.job.id, type(error))
+        recorded = self._persist(self.outcome(attempt, error, self.clock.now()))
+        if recorded is not None:
+            self._announce(attempt, recorded, error)
+
+    def release(self, attempt: Attempt) -> None:
+        """Give a still-running job back at shutdown, without charging the attempt."""
+        job = attempt.job
+        if attempt.stop_requested:
+            new = job.replace(
+                state=JobState.CANCELLED, finished_at=self.clock.now(), lease_expires_at=None
+            )
+        else:
+            new = job.replace(
+                state=JobState.QUEUED,
+                attempts=max(job.attempts - 1, 0),
+                started_at=None,
+                lease_expires_at=None,
+            )
+        recorded = self._persist(new, patience=5.0)
+        if recorded is not None:
+            log.info("released job %s back to %s", job.id, recorded.state.value)
+            self._announce(attempt, recorded, None)
+
+    def orphan_recovered(self, job: Job) -> None:
+        """Tell the middleware a dead worker's job was rescued."""
+        for layer in self._orphan_hooks:
+            _safely(layer.orphan_recovered, job)
+
+    def _announce(self, attempt: Attempt, job: Job, error: BaseException | None) -> None:
+        for layer in self._finished_hooks:
+            _safely(layer.attempt_finished, attempt.ctx, job, error)
+
+    def _persist(self, job: Job, patience: float | None = None) -> Job | None:
+        """Write ``job``; retry store errors with backoff until it lands.
+
+        Returns the record written, or ``None`` if the claim was lost (someone
+        else owns the job now: nothing is written) or patience ran out.
+        """
+        delay = 0.05
+        give_up = None if patience is None else time.monotonic() + patience
+        failing = False
+        while True:
+            try:
+                self.storage.update(job)
+            except LeaseLost:
+                log.info("job %s: claim lost before its attempt was recorded", job.id)
+                return None
+            except Exception:
+                if not failing:
+                    log.exception("job %s: could not record its attempt; retrying", job.id)
+                    failing = True
+                if give_up is not None and time.monotonic() + delay > give_up:
+                    log.error("job %s: gave up recording; it will be recovered", job.id)
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if failing:
+                log.warning("job %s: store is writable again; attempt recorded", job.id)
+            return job
+
+
+def _safely(hook: Callable[..., Any], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("middleware hook %r failed", hook)

@@ -1,0 +1,519 @@
+"""The Engine: where handlers, store, policies and middleware meet.
+
+``enqueue`` runs in the caller's thread and returns once the job is durable;
+``run_forever``, ``running`` and ``run_until_idle`` run workers that execute
+the jobs. Nothing here needs an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from .clock import Clock, SystemClock
+from .handlers import Handler, HandlerRegistry, HandlerSpec
+from .jobs import Job, JobState, new_job_id
+from .middleware import Middleware, compose_enqueue
+from .retries import RetryPolicy
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH, check_payload
+from .storage.base import Storage
+from .worker import Worker
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("backrun.engine")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUEUE_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def _default_storage() -> Storage:
+    from .storage.jsonfile import JsonFileStorage
+
+    return JsonFileStorage(os.environ.get("BACKRUN_DIR") or ".backrun")
+
+
+def _default_middleware() -> list[Middleware]:
+    from .observability import default_middleware
+
+    return default_middleware()
+
+
+def _check_queue(queue: str) -> str:
+    if not isinstance(queue, str) or QUEUE_NAME.match(queue) is None:
+        raise ValueError(f"queue names are 1-64 characters of A-Z a-z 0-9 _ . - (got {queue!r})")
+    return queue
+
+
+class Engine:
+    """A job engine: register handlers, enqueue jobs, run workers.
+
+    Args:
+        storage: where jobs live. Default: a :class:`JsonFileStorage` in
+            ``$BACKRUN_DIR``, else ``./.backrun``.
+        max_parallelism: how many jobs one worker runs at once (at least 1).
+        retry: the default :class:`RetryPolicy` (3 retries, 15-minute timeout).
+        queues: the queues this engine's workers take jobs from (default all).
+        shutdown_timeout: seconds a stopping worker waits for running jobs
+            before releasing them back to QUEUED.
+        lease: how long a claim is valid without a heartbeat; heartbeats
+            renew it every third of it.
+        recovery_interval: seconds between a worker's orphan scans.
+        max_crashes: a job whose worker died this many times goes DEAD.
+        clock: the time source (tests pass ``backrun.testing.FakeClock``).
+        middleware: the middleware stack, outermost first. Default: tracing
+            and metrics. Pass ``[]`` for none.
+        max_payload_bytes: largest encoded payload ``enqueue`` accepts.
+        max_payload_depth: deepest payload nesting ``enqueue`` accepts.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | None = None,
+        *,
+        max_parallelism: int = 4,
+        retry: RetryPolicy | None = None,
+        queues: Collection[str] | None = None,
+        shutdown_timeout: float = 30.0,
+        lease: timedelta = timedelta(seconds=60),
+        recovery_interval: float = 5.0,
+        max_crashes: int = 3,
+        clock: Clock | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH,
+    ) -> None:
+        if isinstance(max_parallelism, bool) or not isinstance(max_parallelism, int):
+            raise TypeError("max_parallelism must be an int")
+        if max_parallelism < 1:
+            raise ValueError("max_parallelism must be at least 1")
+        if shutdown_timeout < 0:
+            raise ValueError("shutdown_timeout must be 0 or more seconds")
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
+        if recovery_interval <= 0:
+            raise ValueError("recovery_interval must be positive")
+        if max_crashes < 1:
+            raise ValueError("max_crashes must be at least 1")
+        self.storage: Storage = storage if storage is not None else _default_storage()
+        self.max_parallelism = max_parallelism
+        self.retry_policy = retry if retry is not None else RetryPolicy()
+        self.queues = None if queues is None else frozenset(_check_queue(q) for q in queues)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.lease = lease
+        self.recovery_interval = float(recovery_interval)
+        self.max_crashes = max_crashes
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.max_payload_bytes = max_payload_bytes
+        self.max_payload_depth = max_payload_depth
+        self.registry = HandlerRegistry()
+        self.middleware: list[Middleware] = (
+            list(middleware) if middleware is not None else _default_middleware()
+        )
+        self._workers: set[Worker] = set()
+        self._workers_lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._enqueue_chain = compose_enqueue(self.middleware, self._persist)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine storage={type(self.storage).__name__} handlers={len(self.registry.names())}>"
+        )
+
+    # -- registration -----------------------------------------------------
+
+    def add_handler(
+        self,
+        handler: type[Handler[Any]] | Callable[..., Any],
+        *,
+        factory: Callable[[], Handler[Any]] | None = None,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> HandlerSpec:
+        """Register a Handler subclass (built per job by ``factory``) or a function.
+
+        ``name``, ``retry`` and ``queue`` apply to function handlers; a class
+        sets them as class attributes.
+
+        Raises:
+            ValueError: a handler with the same name is registered already.
+            TypeError: ``handler`` is neither, or a class needs a factory.
+        """
+        if isinstance(handler, type):
+            if name is not None or retry is not None or queue is not None:
+                raise TypeError("set name, retry and queue as class attributes of a Handler")
+            return self.registry.add_class(handler, factory)
+        if factory is not None:
+            raise TypeError("factory= is for Handler classes")
+        if queue is not None:
+            _check_queue(queue)
+        return self.registry.add_function(handler, name=name, retry=retry, queue=queue)
+
+    @overload
+    def handler(self, fn: F, /) -> F: ...
+    @overload
+    def handler(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> Callable[[F], F]: ...
+    def handler(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register a function handler: ``@engine.handler`` or ``@engine.handler(name=...)``.
+
+        The payload type is the first parameter's annotation; the function
+        takes ``(payload)`` or ``(payload, ctx)``. It is returned unchanged.
+        """
+
+        def register(target: F) -> F:
+            self.add_handler(target, name=name, retry=retry, queue=queue)
+            return target
+
+        return register(fn) if fn is not None else register
+
+    def add_handlers_from_package(self, package: str) -> list[str]:
+        """Import every module of ``package`` and register the handlers defined there.
+
+        Handler subclasses and functions marked with ``@backrun.handler`` are
+        registered; those registered already (e.g. with a factory) are kept.
+
+        Returns:
+            The names registered by this call.
+        """
+        return [spec.name for spec in self.registry.add_package(package)]
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Append a middleware (innermost so far); workers started later use it."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError(f"{middleware!r} is not a backrun.Middleware")
+        self.middleware.append(middleware)
+        self._enqueue_chain = compose_enqueue(self.middleware, self._persist)
+
+    # -- enqueue ------------------------------------------------------------
+
+    def _build(
+        self,
+        handler: object,
+        payload: object,
+        delay: timedelta | float | None,
+        at: datetime | None,
+        queue: str | None,
+        priority: int,
+        headers: Mapping[str, str] | None,
+    ) -> Job:
+        spec = self.registry.resolve(handler)
+        data = spec.dump({} if payload is None else payload)
+        check_payload(data, max_bytes=self.max_payload_bytes, max_depth=self.max_payload_depth)
+        now = self.clock.now()
+        run_at = self._run_at(now, delay, at)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError("priority must be an int")
+        policy = spec.retry if spec.retry is not None else self.retry_policy
+        return Job(
+            id=new_job_id(),
+            handler=spec.name,
+            payload=data,
+            queue=_check_queue(queue or spec.queue or "default"),
+            priority=priority,
+            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+            max_attempts=policy.max_attempts,
+            run_at=run_at,
+            created_at=now,
+            headers=dict(headers) if headers else {},
+        )
+
+    @staticmethod
+    def _run_at(now: datetime, delay: timedelta | float | None, at: datetime | None) -> datetime:
+        if delay is not None and at is not None:
+            raise ValueError("give delay= or at=, not both")
+        if at is not None:
+            if not isinstance(at, datetime):
+                raise TypeError("at= must be a datetime")
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise ValueError("at= must be timezone-aware (e.g. datetime.now(UTC))")
+            return at
+        if delay is None:
+            return now
+        if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
+            raise TypeError("delay= must be a timedelta or a number of seconds")
+        span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        if span < timedelta(0):
+            raise ValueError("delay= must not be negative")
+        return now + span
+
+    def _persist(self, job: Job) -> Job:
+        self.storage.add(job)
+        return job
+
+    def enqueue(
+        self,
+        handler: type[Handler[Any]] | Callable[..., Any] | str,
+        payload: object = None,
+        *,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Validate a payload and store a new job; return it once it is durable.
+
+        Thread-safe and blocking; from asyncio or trio, call it through
+        ``asyncio.to_thread`` / ``trio.to_thread.run_sync``.
+
+        Args:
+            handler: a registered Handler class, function, or handler name.
+            payload: the handler's payload model, or a mapping validated into it.
+            delay: run no earlier than this long from now (timedelta or seconds).
+            at: run no earlier than this aware datetime.
+            queue: the queue (default: the handler's, else ``"default"``).
+            priority: higher runs first among due jobs.
+            headers: extra metadata stored with the job.
+
+        Raises:
+            UnknownHandler: the handler is not registered.
+            pydantic.ValidationError: the payload does not fit the handler's type.
+            PayloadTooLarge: the payload exceeds the size or depth limit.
+            ValueError: bad ``delay``/``at``/``queue``.
+            StorageError: the store could not write; nothing was stored.
+        """
+        job = self._enqueue_chain(
+            self._build(handler, payload, delay, at, queue, priority, headers)
+        )
+        self._wake(job)
+        return job
+
+    def enqueue_many(
+        self,
+        handler: type[Handler[Any]] | Callable[..., Any] | str,
+        payloads: Iterable[object],
+        *,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+    ) -> list[Job]:
+        """Enqueue many jobs of one handler in one store write (all or none).
+
+        Every payload is validated before anything is written. The enqueue
+        middleware sees each job; the store receives them as one batch.
+        """
+        built = [self._build(handler, p, delay, at, queue, priority, None) for p in payloads]
+        collected: list[Job] = []
+
+        def collect(job: Job) -> Job:
+            collected.append(job)
+            return job
+
+        chain = compose_enqueue(self.middleware, collect)
+        for job in built:
+            chain(job)
+        self.storage.add_many(collected)
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.wake_all()
+        return collected
+
+    def _wake(self, job: Job) -> None:
+        if not self._workers or job.state is not JobState.QUEUED:
+            if job.state is JobState.SCHEDULED:
+                self._wake_all()
+            return
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.wake()
+
+    def _wake_all(self) -> None:
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.wake_all()
+
+    # -- inspection and control ------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job with this id, or ``None``.
+
+        Raises:
+            ValueError: ``job_id`` is not a well-formed job id.
+        """
+        return self.storage.get(job_id)
+
+    def jobs(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return up to ``limit`` jobs, oldest first, filtered by state and queue."""
+        return self.storage.find(state=state, queue=queue, limit=limit)
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Return the number of jobs per ``(queue, state)``."""
+        return self.storage.counts()
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; a running one is asked to stop (``ctx.cancelled`` is set).
+
+        Raises:
+            JobNotFound: no job has this id.
+        """
+        job = self.storage.cancel(job_id, now=self.clock.now())
+        if job.state is JobState.RUNNING:
+            with self._workers_lock:
+                workers = list(self._workers)
+            for worker in workers:
+                worker.cancel_local(job.id)
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        """Run a DEAD, CANCELLED or SCHEDULED job again now.
+
+        Raises:
+            JobNotFound: no job has this id.
+            ValueError: the job is queued, running or succeeded.
+        """
+        job = self.storage.requeue(job_id, now=self.clock.now())
+        self._wake(job)
+        return job
+
+    # -- running ------------------------------------------------------------
+
+    def worker(self, *, queues: Collection[str] | None = None) -> Worker:
+        """Build (but do not start) a worker for this engine."""
+        return Worker(
+            self,
+            queues=self.queues if queues is None else frozenset(_check_queue(q) for q in queues),
+            max_parallelism=self.max_parallelism,
+            shutdown_timeout=self.shutdown_timeout,
+            lease=self.lease,
+            recovery_interval=self.recovery_interval,
+            max_crashes=self.max_crashes,
+        )
+
+    def _start(self, worker: Worker) -> None:
+        with self._workers_lock:
+            self._workers.add(worker)
+        try:
+            worker.start()
+        except BaseException:
+            self._forget(worker)
+            raise
+
+    def _forget(self, worker: Worker) -> None:
+        with self._workers_lock:
+            self._workers.discard(worker)
+
+    @contextmanager
+    def running(self, *, queues: Collection[str] | None = None) -> Iterator[Worker]:
+        """Run a worker in background threads of this process for the ``with`` block.
+
+        On exit the worker stops gracefully (waiting up to ``shutdown_timeout``).
+        """
+        worker = self.worker(queues=queues)
+        self._start(worker)
+        try:
+            yield worker
+        finally:
+            try:
+                worker.stop()
+            finally:
+                self._forget(worker)
+
+    def run_until_idle(
+        self, timeout: float = 10.0, *, queues: Collection[str] | None = None
+    ) -> int:
+        """Run every due job (and any they enqueue), then return.
+
+        Jobs scheduled for later stay SCHEDULED. Useful in tests and scripts.
+
+        Returns:
+            How many attempts ran.
+
+        Raises:
+            TimeoutError: jobs were still running or due after ``timeout`` seconds
+                (running ones are released back to QUEUED).
+        """
+        worker = self.worker(queues=queues)
+        self._start(worker)
+        try:
+            return worker.wait_idle(timeout)
+        finally:
+            try:
+                worker.stop(timeout=0)
+            finally:
+                self._forget(worker)
+
+    def run_forever(self, *, queues: Collection[str] | None = None) -> bool:
+        """Run a worker until SIGTERM or SIGINT (Ctrl+C), then drain gracefully.
+
+        The first signal stops claiming and waits up to ``shutdown_timeout``
+        for running jobs, then releases the rest; a second SIGINT releases
+        them at once. Signal handlers are installed only in the main thread;
+        elsewhere, stop it with :meth:`Worker.request_stop` from another thread
+        via :meth:`running` instead.
+
+        Returns:
+            True if every running job finished; False if some were released.
+        """
+        worker = self.worker(queues=queues)
+        interrupts = 0
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal interrupts
+            if signum == signal.SIGINT:
+                interrupts += 1
+            if interrupts >= 2:
+                worker.force()
+            else:
+                worker.request_stop()
+
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        self._stop_requested.clear()
+        self._start(worker)
+        try:
+            while not worker.stopping:
+                self._stop_requested.wait(0.25)
+            log.info("stopping: finishing running jobs, claiming no more")
+            drained = worker.stop()
+            if interrupts >= 2:
+                log.warning("second interrupt: running jobs were released")
+            return drained
+        finally:
+            self._forget(worker)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def shutdown(self) -> None:
+        """Ask this engine's workers to stop, as SIGTERM would (from any thread)."""
+        with self._workers_lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.request_stop()
+        self._stop_requested.set()
+
+    def close(self) -> None:
+        """Close the store. Stop workers first."""
+        self.storage.close()

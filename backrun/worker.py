@@ -1,0 +1,482 @@
+"""The worker: slot threads that claim and run jobs, and a supervisor thread.
+
+Each of ``max_parallelism`` slot threads claims one due job at a time, so no
+more than that many handlers run at once and nothing is claimed without a free
+slot. Idle slots sleep on a condition until an in-process enqueue, the next
+``run_at``, a clock jump, or the store's poll interval. The supervisor renews
+leases, enforces per-attempt deadlines (replacing a stuck thread so the pool
+keeps its parallelism), rescues orphans of dead workers and runs the store's
+housekeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from .attempts import Attempt, AttemptRecorder
+from .errors import JobTimeout
+from .jobs import WORKER_CRASHED, Job, JobError, JobState
+from .middleware import compose_process, overrides
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["Worker", "new_worker_id"]
+
+log = logging.getLogger("backrun.worker")
+
+_MAX_IDLE_SECONDS = 60.0
+
+
+def new_worker_id() -> str:
+    """Return a worker id: ``<host>-<pid>-<8 hex>``, safe in file names."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class _Slot:
+    """One slot thread; ``abandoned`` once its attempt timed out."""
+
+    __slots__ = ("abandoned", "thread")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+
+class Worker:
+    """Runs jobs from the engine's store on a pool of threads in this process.
+
+    Build one with :meth:`Engine.running`, :meth:`Engine.run_forever` or
+    :meth:`Engine.run_until_idle` rather than directly.
+
+    Attributes:
+        id: this worker's id, stamped on the jobs it claims.
+        engine: the engine whose handlers, store and policies it uses.
+        max_parallelism: how many attempts may run at once.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        queues: Collection[str] | None,
+        max_parallelism: int,
+        shutdown_timeout: float,
+        lease: timedelta,
+        recovery_interval: float,
+        max_crashes: int,
+    ) -> None:
+        self.id = new_worker_id()
+        self.engine = engine
+        self.storage = engine.storage
+        self.clock = engine.clock
+        self.queues = None if queues is None else frozenset(queues)
+        self.max_parallelism = max_parallelism
+        self.shutdown_timeout = shutdown_timeout
+        self.lease = lease
+        self.recovery_interval = recovery_interval
+        self.max_crashes = max_crashes
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # idle slots wait here
+        self._changed = threading.Condition(self._lock)  # idle/drain observers wait here
+        self._supervisor_wake = threading.Event()
+        self._stopping = False
+        self._forced = False
+        self._wake_seq = 0
+        self._idle = 0
+        self._slots: list[_Slot] = []
+        self._stuck: set[_Slot] = set()
+        self._attempts: dict[str, Attempt] = {}
+        self._processed = 0
+        self._threads: list[threading.Thread] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._middleware = list(engine.middleware)
+        self._recorder = AttemptRecorder(self, self._middleware)
+        self._chain = compose_process(self._middleware, self._recorder.invoke)
+
+    # -- public state -----------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        """Attempts in flight now."""
+        return len(self._attempts)
+
+    @property
+    def stuck_threads(self) -> int:
+        """Threads whose attempt timed out but whose handler has not returned."""
+        return len(self._stuck)
+
+    @property
+    def processed(self) -> int:
+        """Attempts recorded by this worker so far."""
+        return self._processed
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Register with the store, then start the slot and supervisor threads."""
+        self.storage.register_worker(self.id, now=self.clock.now())
+        for layer in self._middleware:
+            if overrides(layer, "worker_started"):
+                layer.worker_started(self)
+        self._unsubscribe.append(self.clock.subscribe(self.wake_all))
+        self._unsubscribe.append(self.storage.subscribe(self.wake_all))
+        with self._lock:
+            for _ in range(self.max_parallelism):
+                self._start_slot()
+        supervisor = threading.Thread(
+            target=self._supervise, name=f"backrun-supervisor-{self.id}", daemon=True
+        )
+        self._threads.append(supervisor)
+        supervisor.start()
+        log.info(
+            "worker %s started: %d slots, queues %s",
+            self.id,
+            self.max_parallelism,
+            "all" if self.queues is None else ",".join(sorted(self.queues)),
+        )
+
+    def _start_slot(self) -> None:
+        slot = _Slot()
+        thread = threading.Thread(
+            target=self._slot_loop, args=(slot,), name="backrun-slot", daemon=True
+        )
+        slot.thread = thread
+        self._slots.append(slot)
+        self._threads.append(thread)
+        thread.start()
+
+    def wake(self) -> None:
+        """Wake one idle slot: a job was just added in this process."""
+        with self._lock:
+            self._wake_seq += 1
+            self._work.notify()
+
+    def wake_all(self) -> None:
+        """Wake every idle slot and the supervisor (time jumped, or jobs arrived)."""
+        with self._lock:
+            self._wake_seq += 1
+            self._work.notify_all()
+        self._supervisor_wake.set()
+
+    def request_stop(self) -> None:
+        """Stop claiming; running attempts go on. Safe to call from a signal handler.
+
+        Only flags are set here (taking a lock inside a signal handler could
+        deadlock); :meth:`stop` wakes the threads and waits for the attempts.
+        """
+        self._stopping = True
+
+    def force(self) -> None:
+        """Stop waiting for running attempts: release them now. Signal-safe."""
+        self._forced = True
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stopping
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Ask a job running here to stop (``ctx.cancelled``); True if it runs here."""
+        with self._lock:
+            attempt = self._attempts.get(job_id)
+        if attempt is None:
+            return False
+        attempt.stop_requested = True
+        attempt.ctx.cancelled.set()
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop claiming, wait for running attempts, release what is left.
+
+        Args:
+            timeout: seconds to wait for running attempts (default: the
+                engine's ``shutdown_timeout``); 0 releases them at once.
+
+        Returns:
+            True if every attempt finished; False if some were released.
+        """
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        with self._lock:
+            already = self._stopping and not self._threads
+            self._stopping = True
+            self._work.notify_all()
+        if already:
+            return True
+        for layer in self._middleware:
+            if overrides(layer, "worker_stopping"):
+                layer.worker_stopping(self)
+        drained = self._drain(timeout)
+        if not drained:
+            self._release_running()
+        self._supervisor_wake.set()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current and not any(
+                s.thread is thread and s.abandoned for s in self._slots
+            ):
+                thread.join(timeout=5.0)
+        self._threads.clear()
+        self.storage.unregister_worker(self.id)
+        log.info("worker %s stopped (%s)", self.id, "drained" if drained else "released jobs")
+        return drained
+
+    def _drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._attempts and not self._forced:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+            return not self._attempts
+
+    def _release_running(self) -> None:
+        with self._lock:
+            attempts = list(self._attempts.values())
+        for attempt in attempts:
+            attempt.ctx.cancelled.set()
+            if attempt.settle():
+                self._abandon(attempt)
+                self._recorder.release(attempt)
+
+    def wait_idle(self, timeout: float) -> int:
+        """Block until nothing is due and nothing runs; return attempts processed.
+
+        Raises:
+            TimeoutError: work remained after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                while self._attempts or self._idle < self._live_slots():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"jobs still running or due after {timeout} s")
+                    self._changed.wait(min(remaining, 0.5))
+                seq = self._wake_seq
+            next_run = self.storage.next_run_at(queues=self.queues)
+            if next_run is None or next_run > self.clock.now():
+                with self._lock:
+                    if seq == self._wake_seq and not self._attempts:
+                        return self._processed
+                continue
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"jobs still due after {timeout} s")
+            self.wake_all()
+            with self._lock:
+                self._changed.wait(0.01)
+
+    def _live_slots(self) -> int:
+        return sum(1 for s in self._slots if not s.abandoned)
+
+    # -- slot threads -----------------------------------------------------
+
+    def _slot_loop(self, slot: _Slot) -> None:
+        storage = self.storage
+        try:
+            while not self._stopping and not slot.abandoned:
+                seen = self._wake_seq
+                try:
+                    jobs = storage.claim(
+                        queues=self.queues,
+                        limit=1,
+                        now=self.clock.now(),
+                        worker_id=self.id,
+                        lease=self.lease,
+                    )
+                except Exception:
+                    log.exception("claim failed; retrying")
+                    jobs = []
+                    self._pause(1.0)
+                if jobs:
+                    self._run(jobs[0], slot)
+                    continue
+                timeout = self._idle_timeout()
+                with self._lock:
+                    if self._stopping or seen != self._wake_seq:
+                        continue
+                    self._idle += 1
+                    self._changed.notify_all()
+                    self._work.wait(timeout)
+                    self._idle -= 1
+        finally:
+            with self._lock:
+                self._stuck.discard(slot)
+                if slot in self._slots and slot.abandoned:
+                    self._slots.remove(slot)
+                self._changed.notify_all()
+
+    def _pause(self, seconds: float) -> None:
+        with self._lock:
+            if not self._stopping:
+                self._work.wait(seconds)
+
+    def _idle_timeout(self) -> float:
+        timeout = _MAX_IDLE_SECONDS
+        poll = self.storage.poll_interval
+        if poll is not None:
+            timeout = min(timeout, poll)
+        try:
+            next_run = self.storage.next_run_at(queues=self.queues)
+        except Exception:
+            log.exception("next_run_at failed")
+            return 1.0
+        if next_run is not None:
+            until = (next_run - self.clock.now()).total_seconds()
+            timeout = min(timeout, max(until, 0.001))
+        return timeout
+
+    def _run(self, job: Job, slot: _Slot) -> None:
+        attempt = self._recorder.begin(job, slot)
+        with self._lock:
+            self._attempts[job.id] = attempt
+        try:
+            error = self._recorder.execute(attempt, self._chain)
+            if attempt.settle():
+                self._recorder.finish(attempt, error)
+        finally:
+            with self._lock:
+                if self._attempts.get(job.id) is attempt:
+                    del self._attempts[job.id]
+                self._processed += 1
+                self._changed.notify_all()
+        if slot.abandoned:
+            log.warning("stuck thread for job %s returned; its result was discarded", job.id)
+
+    def _abandon(self, attempt: Attempt) -> None:
+        """Give up on an attempt's thread; start a fresh slot in its place."""
+        slot = attempt.slot
+        with self._lock:
+            del self._attempts[attempt.job.id]
+            if not isinstance(slot, _Slot) or slot.abandoned:
+                return
+            slot.abandoned = True
+            self._stuck.add(slot)
+            if not self._stopping:
+                self._start_slot()
+            self._changed.notify_all()
+
+    # -- supervisor ---------------------------------------------------------
+
+    def _supervise(self) -> None:
+        heartbeat_every = max(self.lease.total_seconds() / 3, 0.05)
+        next_heartbeat = time.monotonic() + heartbeat_every
+        next_recovery = time.monotonic()
+        while not self._stopping or self._attempts:
+            if self._forced:
+                return
+            now_mono = time.monotonic()
+            try:
+                self._enforce_deadlines()
+                if now_mono >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = now_mono + heartbeat_every
+                if now_mono >= next_recovery and not self._stopping:
+                    self._recover()
+                    self.storage.maintain(now=self.clock.now())
+                    next_recovery = now_mono + self.recovery_interval
+            except Exception:
+                log.exception("supervisor round failed; will retry")
+            wait = min(next_heartbeat, next_recovery) - time.monotonic()
+            deadline = self._next_deadline()
+            if deadline is not None:
+                wait = min(wait, (deadline - self.clock.now()).total_seconds())
+            self._supervisor_wake.wait(max(wait, 0.001) if not self._stopping else min(wait, 0.1))
+            self._supervisor_wake.clear()
+
+    def _next_deadline(self) -> datetime | None:
+        with self._lock:
+            deadlines = [a.ctx.deadline for a in self._attempts.values() if a.ctx.deadline]
+        return min(deadlines) if deadlines else None
+
+    def _enforce_deadlines(self) -> None:
+        now = self.clock.now()
+        with self._lock:
+            late = [
+                a
+                for a in self._attempts.values()
+                if a.ctx.deadline is not None and a.ctx.deadline <= now
+            ]
+        for attempt in late:
+            attempt.ctx.cancelled.set()
+            if attempt.settle():
+                self._abandon(attempt)
+                policy = self._recorder.policy_for(attempt.job)
+                error = JobTimeout(
+                    f"attempt {attempt.ctx.attempt} ran past its timeout of {policy.timeout}"
+                )
+                log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
+                self._recorder.finish(attempt, error)
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            attempts = list(self._attempts.values())
+        now = self.clock.now()
+        stop = self.storage.heartbeat(
+            [a.job for a in attempts], worker_id=self.id, now=now, lease_until=now + self.lease
+        )
+        for attempt in attempts:
+            if attempt.job.id in stop:
+                attempt.stop_requested = True
+                attempt.ctx.cancelled.set()
+
+    def _recover(self) -> None:
+        now = self.clock.now()
+        for orphan in self.storage.orphans(now=now):
+            if orphan.worker_id == self.id:
+                continue
+            rescued = rescue_orphan(orphan, now=now, max_crashes=self.max_crashes)
+            try:
+                self.storage.update(rescued)
+            except Exception as exc:
+                log.info("orphan %s not rescued here: %s", orphan.id, exc)
+                continue
+            log.warning(
+                "recovered job %s from dead worker %s -> %s",
+                orphan.id,
+                orphan.worker_id,
+                rescued.state.value,
+            )
+            self._recorder.orphan_recovered(rescued)
+
+
+def rescue_orphan(orphan: Job, *, now: datetime, max_crashes: int) -> Job:
+    """Return the record that rescues a dead worker's job.
+
+    The attempt the dead worker started stays charged and is recorded as a
+    ``WorkerCrashed`` error. The job runs again, unless it has now killed
+    ``max_crashes`` workers or used its last attempt: then it is DEAD.
+    """
+    error = JobError(
+        type=WORKER_CRASHED,
+        message=f"crashed worker: {orphan.worker_id} died during attempt {orphan.attempts}",
+        traceback="",
+        attempt=orphan.attempts,
+        at=now,
+    )
+    errors = (*orphan.errors, error)
+    crashes = sum(1 for e in errors if e.type == WORKER_CRASHED)
+    if crashes >= max_crashes or orphan.attempts >= orphan.max_attempts:
+        return orphan.replace(
+            state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
+        )
+    if orphan.cancel_requested:
+        return orphan.replace(
+            state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
+        )
+    return orphan.replace(state=JobState.QUEUED, errors=errors, run_at=now, lease_expires_at=None)
