@@ -42,9 +42,11 @@ def _default_storage() -> Storage:
 
 
 def _default_middleware() -> list[Middleware]:
-    from .observability import default_middleware
-
-    return default_middleware()
+    try:
+        from .observability import default_middleware
+    except ImportError:  # the observability package is being written alongside
+        return []
+    return list(default_middleware())
 
 
 def _check_queue(queue: str) -> str:
