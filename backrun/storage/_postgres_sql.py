@@ -1,0 +1,309 @@
+"""SQL for the PostgreSQL store: versioned migrations, statements, row conversion.
+
+Statements are plain strings with ``%s``/``%(name)s`` placeholders, so the
+transactional-enqueue insert also runs on a caller's own DB-API connection.
+The schema name is checked against a strict pattern and double-quoted before
+it is spliced into any statement; everything else travels as a parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from backrun.jobs import Job, JobError, JobState
+
+__all__ = [
+    "COLUMNS",
+    "MIGRATIONS",
+    "Statements",
+    "check_schema",
+    "insert_params",
+    "row_to_job",
+]
+
+_SCHEMA_PATTERN = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
+
+READY = "('scheduled', 'queued')"
+FINISHED = "('succeeded', 'dead', 'cancelled')"
+
+# One entry per schema version; never edit a released entry, append a new one.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        f"""
+CREATE TABLE {{schema}}.jobs (
+    id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{{32}}$'),
+    handler text NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    state text NOT NULL CHECK (state IN {READY[:-1]}, 'running', {FINISHED[1:]}),
+    attempts integer NOT NULL,
+    max_attempts integer NOT NULL,
+    run_at timestamptz,
+    created_at timestamptz,
+    started_at timestamptz,
+    finished_at timestamptz,
+    worker_id text,
+    lease_expires_at timestamptz,
+    claim_token text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    errors json NOT NULL DEFAULT '[]',
+    headers json NOT NULL DEFAULT '{{}}',
+    payload json NOT NULL,
+    renewed_at timestamptz
+);
+CREATE INDEX jobs_ready_by_queue ON {{schema}}.jobs (queue, priority DESC, run_at, id)
+    WHERE state IN {READY};
+CREATE INDEX jobs_ready ON {{schema}}.jobs (priority DESC, run_at, id)
+    WHERE state IN {READY};
+CREATE INDEX jobs_running ON {{schema}}.jobs (worker_id) WHERE state = 'running';
+CREATE INDEX jobs_finished ON {{schema}}.jobs (finished_at) WHERE state IN {FINISHED};
+CREATE TABLE {{schema}}.workers (
+    id text PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    ttl interval NOT NULL
+);
+""",
+    ),
+)
+
+_COLUMN_NAMES = (
+    "id",
+    "handler",
+    "queue",
+    "priority",
+    "state",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "worker_id",
+    "lease_expires_at",
+    "claim_token",
+    "cancel_requested",
+    "errors",
+    "headers",
+    "payload",
+)
+_JSON_COLUMNS = frozenset({"errors", "headers", "payload"})
+_ARRAY_TYPES = {
+    "priority": "int[]",
+    "attempts": "int[]",
+    "max_attempts": "int[]",
+    "cancel_requested": "bool[]",
+    "errors": "json[]",
+    "headers": "json[]",
+    "payload": "json[]",
+    **{c: "timestamptz[]" for c in _COLUMN_NAMES if c.endswith("_at")},
+}
+
+
+def _select_list(alias: str) -> str:
+    return ", ".join(
+        f"{alias}{c}::text" if c in _JSON_COLUMNS else f"{alias}{c}" for c in _COLUMN_NAMES
+    )
+
+
+COLUMNS = _select_list("")
+
+
+def check_schema(schema: str) -> str:
+    """Return ``schema`` double-quoted, if it is a plain lowercase identifier.
+
+    Raises:
+        ValueError: the name is not ``[a-z_][a-z0-9_]*`` of at most 63 characters.
+    """
+    if _SCHEMA_PATTERN.match(schema) is None:
+        raise ValueError(f"schema name must match [a-z_][a-z0-9_]{{0,62}}, not {schema!r}")
+    return f'"{schema}"'
+
+
+class Statements:
+    """Every statement the store runs, bound to one schema and notification channel."""
+
+    def __init__(self, schema: str) -> None:
+        q = check_schema(schema)
+        self.channel = f"backrun_{schema}"
+        jobs = f"{q}.jobs"
+        workers = f"{q}.workers"
+        j = _select_list("j.")
+        self.migrations = tuple((v, sql.replace("{schema}", q)) for v, sql in MIGRATIONS)
+        self.create_schema = f"CREATE SCHEMA IF NOT EXISTS {q}"
+        self.create_versions = (
+            f"CREATE TABLE IF NOT EXISTS {q}.schema_versions "
+            "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        self.applied_versions = f"SELECT version FROM {q}.schema_versions"
+        self.record_version = f"INSERT INTO {q}.schema_versions (version) VALUES (%s)"
+        arrays = ", ".join(f"%s::{_ARRAY_TYPES.get(c, 'text[]')}" for c in _COLUMN_NAMES)
+        self.insert = (
+            f"WITH ins AS (INSERT INTO {jobs} ({', '.join(_COLUMN_NAMES)}) "
+            f"SELECT * FROM unnest({arrays}) RETURNING queue) "
+            "SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS d"
+        )
+        self.get = f"SELECT {COLUMNS} FROM {jobs} WHERE id = %s"
+        self.claim_head = (
+            f"WITH picked AS (SELECT id FROM {jobs} WHERE state IN {READY} AND run_at <= %(now)s"
+        )
+        self.claim_tail = (
+            " ORDER BY priority DESC, run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {jobs} AS j SET state = 'running', attempts = j.attempts + 1, "
+            "worker_id = %(worker)s, started_at = %(now)s, lease_expires_at = %(until)s, "
+            "claim_token = replace(gen_random_uuid()::text, '-', ''), renewed_at = now() "
+            f"FROM picked WHERE j.id = picked.id RETURNING {j}"
+        )
+        self.update = (
+            f"WITH u AS (UPDATE {jobs} SET handler = %(handler)s, queue = %(queue)s, "
+            "priority = %(priority)s, state = %(state)s, attempts = %(attempts)s, "
+            "max_attempts = %(max_attempts)s, run_at = %(run_at)s, created_at = %(created_at)s, "
+            "started_at = %(started_at)s, finished_at = %(finished_at)s, "
+            "worker_id = %(worker_id)s, lease_expires_at = %(lease_expires_at)s, "
+            "cancel_requested = CASE WHEN %(state)s = 'running' "
+            "THEN cancel_requested OR %(cancel_requested)s ELSE %(cancel_requested)s END, "
+            "errors = %(errors)s::json, headers = %(headers)s::json, "
+            "payload = %(payload)s::json, renewed_at = now() "
+            "WHERE id = %(id)s AND state = 'running' AND claim_token = %(claim_token)s "
+            "RETURNING queue, state) "
+            f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}) FROM u"
+        )
+        self.heartbeat = (
+            f"WITH w AS (INSERT INTO {workers} (id, heartbeat_at, expires_at, ttl) "
+            "VALUES (%(worker)s, now(), now() + %(ttl)s, %(ttl)s) ON CONFLICT (id) DO UPDATE "
+            "SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at, "
+            "ttl = excluded.ttl) "
+            f"UPDATE {jobs} AS j SET lease_expires_at = %(until)s, renewed_at = now() "
+            "FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS h(id, token) "
+            "WHERE j.id = h.id AND j.state = 'running' AND j.claim_token = h.token "
+            "RETURNING j.id, j.cancel_requested"
+        )
+        self.unregister = f"DELETE FROM {workers} WHERE id = %s"
+        self.cancel = (
+            f"UPDATE {jobs} SET "
+            f"state = CASE WHEN state IN {READY} THEN 'cancelled' ELSE state END, "
+            f"finished_at = CASE WHEN state IN {READY} THEN %(now)s ELSE finished_at END, "
+            "cancel_requested = cancel_requested OR state = 'running' "
+            f"WHERE id = %(id)s RETURNING {COLUMNS}"
+        )
+        self.requeue = (
+            f"WITH u AS (UPDATE {jobs} SET state = 'queued', run_at = %(now)s, "
+            "attempts = CASE WHEN state = 'scheduled' THEN attempts ELSE 0 END, "
+            "finished_at = CASE WHEN state = 'scheduled' THEN finished_at END, "
+            "cancel_requested = CASE WHEN state = 'scheduled' THEN cancel_requested "
+            "ELSE false END "
+            "WHERE id = %(id)s AND state IN ('dead', 'cancelled', 'scheduled') "
+            f"RETURNING {COLUMNS}) SELECT u.*, pg_notify(%(channel)s, u.queue) FROM u"
+        )
+        self.state_of = f"SELECT state FROM {jobs} WHERE id = %s"
+        self.find = f"SELECT {COLUMNS} FROM {jobs}"
+        self.counts = f"SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state"
+        self.next_run_at = f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY}"
+        self.oldest_due = (
+            f"SELECT queue, min(run_at) FROM {jobs} "
+            f"WHERE state IN {READY} AND run_at <= %s GROUP BY queue"
+        )
+        self.orphans = (
+            f"SELECT {j} FROM {jobs} AS j LEFT JOIN {workers} AS w ON w.id = j.worker_id "
+            "WHERE j.state = 'running' AND (w.id IS NULL OR w.expires_at < now() "
+            "OR j.renewed_at + w.ttl < w.heartbeat_at)"
+        )
+        self.purge_batch = (
+            f"DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} "
+            f"WHERE state IN {FINISHED} AND state = ANY(%s) AND finished_at < %s "
+            "LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        self.forget_workers = f"DELETE FROM {workers} WHERE expires_at < now() - %s"
+
+
+def insert_params(jobs: Sequence[Job], channel: str) -> list[Any]:
+    """Return the parameters of :attr:`Statements.insert` for ``jobs`` (column arrays)."""
+    rows = [_job_values(job) for job in jobs]
+    return [list(column) for column in zip(*rows, strict=True)] + [channel]
+
+
+def _job_values(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.handler,
+        job.queue,
+        job.priority,
+        job.state.value,
+        job.attempts,
+        job.max_attempts,
+        job.run_at,
+        job.created_at,
+        job.started_at,
+        job.finished_at,
+        job.worker_id,
+        job.lease_expires_at,
+        job.claim_token,
+        job.cancel_requested,
+        dump_errors(job),
+        orjson.dumps(dict(job.headers)).decode(),
+        orjson.dumps(job.payload).decode(),
+    )
+
+
+def update_params(job: Job, channel: str) -> dict[str, Any]:
+    """Return the parameters of :attr:`Statements.update` for ``job``."""
+    return {
+        **dict(zip(_COLUMN_NAMES, _job_values(job), strict=True)),
+        "channel": channel,
+    }
+
+
+def dump_errors(job: Job) -> str:
+    """Return the JSON text of a job's error history."""
+    return orjson.dumps(
+        [
+            {"type": e.type, "message": e.message, "traceback": e.traceback}
+            | {"attempt": e.attempt, "at": e.at}
+            for e in job.errors
+        ]
+    ).decode()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def row_to_job(row: Sequence[Any]) -> Job:
+    """Build a :class:`Job` from a row selected with :data:`COLUMNS`."""
+    errors = tuple(
+        JobError(
+            type=e["type"],
+            message=e["message"],
+            traceback=e["traceback"],
+            attempt=e["attempt"],
+            at=datetime.fromisoformat(e["at"]).astimezone(UTC),
+        )
+        for e in orjson.loads(row[15])
+    )
+    return Job(
+        id=row[0],
+        handler=row[1],
+        queue=row[2],
+        priority=row[3],
+        state=JobState(row[4]),
+        attempts=row[5],
+        max_attempts=row[6],
+        run_at=_utc(row[7]),
+        created_at=_utc(row[8]),
+        started_at=_utc(row[9]),
+        finished_at=_utc(row[10]),
+        worker_id=row[11],
+        lease_expires_at=_utc(row[12]),
+        claim_token=row[13],
+        cancel_requested=row[14],
+        errors=errors,
+        headers=orjson.loads(row[16]),
+        payload=orjson.loads(row[17]),
+    )

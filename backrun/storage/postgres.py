@@ -1,0 +1,410 @@
+"""PostgreSQL storage: one jobs table shared by workers on many machines.
+
+Claims are one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` round
+trip; enqueues ``NOTIFY`` a channel that idle workers ``LISTEN`` on; a workers
+table with heartbeats decides which running jobs are orphans.
+
+Time: the contract hands every call a ``now`` from the engine's clock, and this
+store honours it for what is recorded in jobs (due-ness, ``started_at``,
+``lease_expires_at``, ``finished_at``), so a test's fake clock drives it exactly
+like every other store. Liveness is the one judgement that must agree across
+machines, so it uses the database's own ``now()``: a heartbeat stores
+``expires_at = now() + (lease_until - now)`` and ``orphans`` compares that with
+the database's ``now()``. Skewed worker clocks cannot make a live worker look
+dead nor keep a dead one alive.
+
+A claim whose answer was lost in transit (the connection dropped after the
+commit) leaves a job RUNNING under a live worker that does not know it holds
+it. Each heartbeat stamps the jobs it renews, so such a job is reported as an
+orphan once its worker has gone a full lease without renewing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "PostgresStorage needs psycopg 3 and psycopg_pool: pip install 'backrun[postgres]'"
+    ) from exc
+
+from backrun.errors import JobNotFound, LeaseLost, StorageError
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+
+from ._postgres_listen import Listener
+from ._postgres_sql import Statements, insert_params, row_to_job, update_params
+from .base import READY_STATES, Storage
+
+__all__ = ["PostgresStorage"]
+
+log = logging.getLogger("backrun.storage.postgres")
+
+_MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate() calls
+
+
+class PostgresStorage(Storage):
+    """A store in a PostgreSQL schema, for workers and producers on many machines.
+
+    Args:
+        dsn_or_pool: a libpq connection string / URL, or a
+            ``psycopg_pool.ConnectionPool`` the caller owns (not closed by
+            :meth:`close`).
+        schema: the schema holding the tables (created by :meth:`migrate`).
+        pool_size: most connections the store's own pool opens.
+        timeout: seconds to wait for a connection before raising
+            :class:`~backrun.errors.StorageError`.
+        poll_interval: seconds between checks for new jobs when a
+            notification is missed; see :attr:`Storage.poll_interval`.
+        retention: how long finished jobs are kept before :meth:`maintain`
+            purges them.
+        purge_batch: rows deleted per statement when purging.
+        register_ttl: how long a registered worker counts as live before its
+            first heartbeat.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | ConnectionPool[Any],
+        *,
+        schema: str = "backrun",
+        pool_size: int = 8,
+        timeout: float = 5.0,
+        poll_interval: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+        purge_batch: int = 1000,
+        register_ttl: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.schema = schema
+        self._sql = Statements(schema)
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.purge_batch = purge_batch
+        self.register_ttl = register_ttl
+        if isinstance(dsn_or_pool, str):
+            self._pool: ConnectionPool[Any] = ConnectionPool(
+                dsn_or_pool,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True},
+                timeout=timeout,
+                open=True,
+                name=f"backrun-{schema}",
+            )
+            self._owns_pool = True
+            self._conninfo = dsn_or_pool
+        else:
+            self._pool = dsn_or_pool
+            self._owns_pool = False
+            self._conninfo = str(dsn_or_pool.conninfo)
+        self._lock = threading.Lock()
+        self._listener = Listener(
+            self._conninfo, self._sql.channel, name=f"backrun-listen-{schema}"
+        )
+        self._outage = False
+        self._closed = False
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection[Any]]:
+        """Lend a pooled connection; turn driver failures into StorageError."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.errors.UndefinedTable as exc:
+            raise StorageError(
+                f"backrun tables are missing in schema {self.schema!r}: run `backrun db init` "
+                "or PostgresStorage.migrate()"
+            ) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            self._note_outage(exc)
+            raise StorageError(f"PostgreSQL is unreachable: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL error: {exc}") from exc
+        if self._outage:
+            self._outage = False
+            log.warning("PostgreSQL connection restored (schema %s)", self.schema)
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning("PostgreSQL connection lost (schema %s): %s", self.schema, exc)
+        if not self._closed:
+            # Drop every idle connection the server has closed, so the caller's
+            # retry gets a live one instead of failing once per pooled connection.
+            try:
+                self._pool.check()
+            except Exception:
+                log.debug("pool check failed", exc_info=True)
+
+    def _retrying(self, run: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run an idempotent operation, once more on a fresh connection if the first drops."""
+        try:
+            with self._connect() as conn:
+                return run(conn)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+        with self._connect() as conn:
+            return run(conn)
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema's tables; safe to run again and concurrently.
+
+        Returns:
+            The versions applied by this call (empty when already up to date).
+        """
+        applied: list[int] = []
+        with self._connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(self._sql.create_schema)
+            conn.execute(self._sql.create_versions)
+            done = {row[0] for row in conn.execute(self._sql.applied_versions)}
+            for version, statement in self._sql.migrations:
+                if version in done:
+                    continue
+                conn.execute(statement)
+                conn.execute(self._sql.record_version, (version,))
+                applied.append(version)
+        if applied:
+            log.info("schema %s migrated to version %d", self.schema, applied[-1])
+        return applied
+
+    # -- adding -------------------------------------------------------------------
+
+    def add(self, job: Job, *, connection: Any = None) -> None:
+        """Persist a new job and notify listeners; see :meth:`Storage.add`.
+
+        Args:
+            job: the new job.
+            connection: a caller's open DB-API connection (psycopg 3, psycopg2
+                or Django's ``connection``) to insert through. The job then
+                commits or rolls back with the caller's transaction, and the
+                wake-up notification is sent only on commit.
+        """
+        self.add_many([job], connection=connection)
+
+    def add_many(self, jobs: Sequence[Job], *, connection: Any = None) -> None:
+        """Persist several new jobs in one statement, all or none; see :meth:`add`."""
+        for job in jobs:
+            check_job_id(job.id)
+            if job.state not in READY_STATES or job.run_at is None:
+                raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
+        if len({job.id for job in jobs}) != len(jobs):
+            raise ValueError("duplicate job ids in batch")
+        if not jobs:
+            return
+        params = insert_params(jobs, self._sql.channel)
+        if connection is not None:
+            try:
+                with connection.cursor() as cur:
+                    cur.execute(self._sql.insert, params)
+            except Exception as exc:
+                if _sqlstate(exc) == "23505":
+                    raise ValueError("a job with one of these ids exists already") from exc
+                raise
+            return
+        try:
+            with self._connect() as conn:
+                conn.execute(self._sql.insert, params)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise ValueError("a job with one of these ids exists already") from None
+            raise
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job or ``None``; see :meth:`Storage.get`."""
+        check_job_id(job_id)
+        row = self._retrying(lambda conn: conn.execute(self._sql.get, (job_id,)).fetchone())
+        return None if row is None else row_to_job(row)
+
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            where.append("state = %s")
+            params.append(JobState(state).value)
+        if queue is not None:
+            where.append("queue = %s")
+            params.append(queue)
+        query = self._sql.find + (" WHERE " + " AND ".join(where) if where else "")
+        query += " ORDER BY id LIMIT %s"
+        params.append(limit)
+        rows = self._retrying(lambda conn: conn.execute(query, params).fetchall())
+        return [row_to_job(row) for row in rows]
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Count jobs per (queue, state); see :meth:`Storage.counts`."""
+        rows = self._retrying(lambda conn: conn.execute(self._sql.counts).fetchall())
+        return {(queue, JobState(state)): n for queue, state, n in rows}
+
+    def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
+        """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
+        query, params = self._sql.next_run_at, []
+        if queues is not None:
+            query += " AND queue = ANY(%s)"
+            params.append(list(queues))
+        row = self._retrying(lambda conn: conn.execute(query, params).fetchone())
+        value: datetime | None = row[0]
+        return None if value is None else value.astimezone(UTC)
+
+    def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
+        """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
+        rows = self._retrying(lambda conn: conn.execute(self._sql.oldest_due, (now,)).fetchall())
+        return {queue: run_at.astimezone(UTC) for queue, run_at in rows}
+
+    # -- claiming and owning ------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+    ) -> list[Job]:
+        """Take up to ``limit`` due jobs in one round trip; see :meth:`Storage.claim`."""
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        params: dict[str, Any] = {
+            "now": now,
+            "limit": limit,
+            "worker": worker_id,
+            "until": now + lease,
+        }
+        query = self._sql.claim_head
+        if queues is not None:
+            query += " AND queue = ANY(%(queues)s)"
+            params["queues"] = list(queues)
+        query += self._sql.claim_tail
+        with self._connect() as conn:
+            rows = conn.execute(query, params).fetchall()
+        jobs = [row_to_job(row) for row in rows]
+        jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
+        return jobs
+
+    def update(self, job: Job) -> None:
+        """Write a claimed job as its owner; see :meth:`Storage.update`."""
+        check_job_id(job.id)
+        params = update_params(job, self._sql.channel)
+        with self._connect() as conn:
+            row = conn.execute(self._sql.update, params).fetchone()
+        if row is None:
+            raise LeaseLost(f"job {job.id} is no longer held under this claim")
+
+    def heartbeat(
+        self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
+    ) -> set[str]:
+        """Renew the worker row and the leases of ``jobs``; see :meth:`Storage.heartbeat`."""
+        params = {
+            "worker": worker_id,
+            "ttl": max(lease_until - now, timedelta(0)),
+            "until": lease_until,
+            "ids": [job.id for job in jobs],
+            "tokens": [job.claim_token for job in jobs],
+        }
+        rows = self._retrying(lambda conn: conn.execute(self._sql.heartbeat, params).fetchall())
+        renewed: dict[str, bool] = dict(rows)
+        return {job.id for job in jobs if renewed.get(job.id, True)}
+
+    def register_worker(self, worker_id: str, *, now: datetime) -> None:
+        """Insert or refresh the worker's row; live for ``register_ttl`` until a heartbeat."""
+        self.heartbeat((), worker_id=worker_id, now=now, lease_until=now + self.register_ttl)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row; its running jobs (if any) become orphans."""
+        self._retrying(lambda conn: conn.execute(self._sql.unregister, (worker_id,)))
+
+    def orphans(self, *, now: datetime) -> list[Job]:
+        """Running jobs whose worker is gone or expired by the database's clock."""
+        rows = self._retrying(lambda conn: conn.execute(self._sql.orphans).fetchall())
+        return [row_to_job(row) for row in rows]
+
+    # -- changing unowned jobs ----------------------------------------------------
+
+    def cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a job; see :meth:`Storage.cancel`."""
+        check_job_id(job_id)
+        with self._connect() as conn:
+            row = conn.execute(self._sql.cancel, {"id": job_id, "now": now}).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row_to_job(row)
+
+    def requeue(self, job_id: str, *, now: datetime) -> Job:
+        """Run a job again now; see :meth:`Storage.requeue`."""
+        check_job_id(job_id)
+        params = {"id": job_id, "now": now, "channel": self._sql.channel}
+        with self._connect() as conn:
+            row = conn.execute(self._sql.requeue, params).fetchone()
+            if row is None:
+                found = conn.execute(self._sql.state_of, (job_id,)).fetchone()
+        if row is not None:
+            return row_to_job(row)
+        if found is None:
+            raise JobNotFound(job_id)
+        raise ValueError(f"job {job_id} is {found[0]}; it cannot be retried")
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
+        """Delete old finished jobs in batches, each its own short transaction."""
+        wanted = [JobState(s).value for s in set(states) & FINISHED_STATES]
+        if not wanted:
+            return 0
+        total = 0
+        while True:
+            with self._connect() as conn:
+                cur = conn.execute(self._sql.purge_batch, (wanted, before, self.purge_batch))
+                deleted = cur.rowcount
+            total += deleted
+            if deleted < self.purge_batch:
+                return total
+
+    def maintain(self, *, now: datetime) -> None:
+        """Purge finished jobs past ``retention`` and forget long-dead workers."""
+        self.purge(before=now - self.retention)
+        self._retrying(lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),)))
+
+    # -- notifications ------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` on each enqueue notification, and after each reconnect.
+
+        One listener thread per store holds a dedicated connection and
+        reconnects with backoff; ``poll_interval`` covers what it misses.
+        """
+        return self._listener.add(callback)
+
+    def close(self) -> None:
+        """Stop the listener and close the pool (if this store opened it). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._listener.stop()
+        if self._owns_pool:
+            self._pool.close()
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a psycopg 3, psycopg2 or Django-wrapped database error."""
+    for candidate in (exc, exc.__cause__):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
