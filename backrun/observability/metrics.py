@@ -1,0 +1,411 @@
+"""Prometheus metrics: a middleware, a scrape-time queue collector, and ``/metrics``.
+
+Depends on prometheus_client only. Nothing is registered at import: metric
+objects are created the first time a middleware (or :func:`serve_metrics`)
+uses a registry, once per registry, so several engines in one process, or
+tests with a fresh ``CollectorRegistry`` each, never hit "Duplicated
+timeseries".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from backrun.clock import Clock, SystemClock
+from backrun.context import JobContext
+from backrun.errors import JobTimeout
+from backrun.jobs import Job, JobState
+from backrun.middleware import EnqueueNext, Middleware, ProcessNext
+from backrun.storage.base import Storage
+
+from ._inflight import InflightTable
+
+if TYPE_CHECKING:
+    from backrun.engine import Engine
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "MetricsMiddleware",
+    "MetricsServer",
+    "QueueCollector",
+    "register_queue_collector",
+    "serve_metrics",
+]
+
+log = logging.getLogger("backrun.observability")
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+)  # fmt: skip
+"""Histogram buckets, in seconds: 5 ms to 30 minutes."""
+
+_LABELS = ("queue", "handler")
+_OUTCOMES = ("succeeded", "failed", "retried", "dead", "cancelled")
+_FAILED = frozenset({JobState.SCHEDULED, JobState.DEAD})
+_OUTCOME_OF = {
+    JobState.SUCCEEDED: "succeeded",
+    JobState.SCHEDULED: "retried",
+    JobState.DEAD: "dead",
+    JobState.CANCELLED: "cancelled",
+}
+
+
+class _Children:
+    """The label children of one ``(queue, handler)``: looked up once, then reused."""
+
+    __slots__ = (
+        "duration",
+        "enqueued",
+        "failed",
+        "orphans",
+        "outcomes",
+        "queue_wait",
+        "running",
+        "stuck",
+    )
+
+    def __init__(self, metrics: _Metrics, queue: str, handler: str) -> None:
+        self.enqueued = metrics.enqueued.labels(queue, handler)
+        completed = {o: metrics.completed.labels(queue, handler, o) for o in _OUTCOMES}
+        self.failed = completed["failed"]
+        self.outcomes = {state: completed[name] for state, name in _OUTCOME_OF.items()}
+        self.duration = metrics.duration.labels(queue, handler)
+        self.queue_wait = metrics.queue_wait.labels(queue, handler)
+        self.running = metrics.running.labels(queue, handler)
+        self.orphans = metrics.orphans.labels(queue, handler)
+        self.stuck = metrics.stuck.labels(queue, handler)
+
+    def count(self, state: JobState) -> None:
+        """Count an attempt (or a rescue) that left the job in ``state``."""
+        child = self.outcomes.get(state)
+        if child is not None:
+            child.inc()
+            if state in _FAILED:
+                self.failed.inc()
+
+
+class _Metrics:
+    """The metric objects of one registry."""
+
+    def __init__(self, registry: CollectorRegistry, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.enqueued = Counter(
+            "backrun_jobs_enqueued",
+            "Jobs enqueued by this process.",
+            _LABELS,
+            registry=registry,
+        )
+        self.completed = Counter(
+            "backrun_jobs_completed",
+            "Attempts recorded by this process, by outcome: succeeded; retried (failed, will "
+            "run again); dead (failed, no attempts left, or its worker kept crashing); "
+            "cancelled; and failed, counting every failed attempt (= retried + dead).",
+            (*_LABELS, "outcome"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "backrun_job_duration_seconds",
+            "How long each attempt's handler ran (up to its timeout, if it timed out).",
+            _LABELS,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "backrun_job_queue_wait_seconds",
+            "Time from a job's due time (run_at) to the start of its attempt.",
+            _LABELS,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.running = Gauge(
+            "backrun_jobs_running",
+            "Handlers running now in this process (timed-out ones until they return).",
+            _LABELS,
+            registry=registry,
+        )
+        self.orphans = Counter(
+            "backrun_orphans_recovered",
+            "Jobs of dead workers rescued by this process.",
+            _LABELS,
+            registry=registry,
+        )
+        self.stuck = Gauge(
+            "backrun_stuck_threads",
+            "Threads whose attempt timed out but whose handler has not returned yet.",
+            _LABELS,
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str], _Children] = {}
+
+    def children(self, queue: str, handler: str) -> _Children:
+        key = (queue, handler)
+        children = self._children.get(key)
+        if children is None:
+            # All series of a new label pair start at zero, so rates, ratios
+            # and alerts have data before the first failure or rescue.
+            children = self._children.setdefault(key, _Children(self, queue, handler))
+        return children
+
+
+_lock = threading.Lock()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _metrics_for(registry: CollectorRegistry, buckets: tuple[float, ...]) -> _Metrics:
+    with _lock:
+        metrics = _by_registry.get(registry)
+        if metrics is None:
+            metrics = _by_registry[registry] = _Metrics(registry, buckets)
+        elif metrics.buckets != buckets:
+            raise ValueError(
+                "backrun metrics already exist in this registry with other buckets "
+                f"({metrics.buckets}); pass the same buckets, or another registry"
+            )
+        return metrics
+
+
+class MetricsMiddleware(Middleware):
+    """Counts jobs and times attempts in Prometheus metrics.
+
+    Every metric has ``queue`` and ``handler`` labels:
+    ``backrun_jobs_enqueued_total``, ``backrun_jobs_completed_total`` (plus
+    ``outcome``), ``backrun_job_duration_seconds``,
+    ``backrun_job_queue_wait_seconds``, ``backrun_jobs_running``,
+    ``backrun_orphans_recovered_total`` and ``backrun_stuck_threads``.
+    An attempt released at shutdown (the job goes back to QUEUED) is not
+    counted: it will run again. Queue depth and lag come from
+    :class:`QueueCollector`, registered by :func:`serve_metrics`.
+
+    Args:
+        registry: where the metrics live; default ``prometheus_client.REGISTRY``.
+            Middlewares sharing a registry share its metrics.
+        buckets: histogram upper bounds in seconds, for durations and waits.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        self._metrics = _metrics_for(self.registry, tuple(float(b) for b in buckets))
+        self._inflight: InflightTable[_Children] = InflightTable()
+
+    def enqueue(self, job: Job, call_next: EnqueueNext) -> Job:
+        """Count the job once it is persisted."""
+        job = call_next(job)
+        self._metrics.children(job.queue, job.handler).enqueued.inc()
+        return job
+
+    def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
+        """Observe the queue wait; count the handler as running while it runs."""
+        job = ctx.job
+        children = self._metrics.children(job.queue, job.handler)
+        if job.started_at is not None and job.run_at is not None:
+            wait = (job.started_at - job.run_at).total_seconds()
+            children.queue_wait.observe(wait if wait > 0.0 else 0.0)
+        children.running.inc()
+        entry = self._inflight.begin(ctx, children)
+        try:
+            call_next(ctx)
+        finally:
+            children.running.dec()
+            if self._inflight.handler_returned(entry) and entry.stuck:
+                children.stuck.dec()
+
+    def attempt_finished(self, ctx: JobContext, job: Job, error: BaseException | None) -> None:
+        """Count the outcome and observe the duration of a recorded attempt."""
+        entry, _ = self._inflight.attempt_finished(ctx, timed_out=isinstance(error, JobTimeout))
+        if job.state is JobState.QUEUED:
+            return
+        if entry is None:
+            self._metrics.children(job.queue, job.handler).count(job.state)
+            return
+        children = entry.value
+        children.count(job.state)
+        end = entry.end if entry.end is not None else time.perf_counter()
+        children.duration.observe(end - entry.start)
+        if entry.stuck:
+            children.stuck.inc()
+
+    def orphan_recovered(self, job: Job) -> None:
+        """Count a rescue; a job that ends DEAD or CANCELLED by it counts as such."""
+        children = self._metrics.children(job.queue, job.handler)
+        children.orphans.inc()
+        children.count(job.state)
+
+    def worker_stopping(self, worker: object) -> None:
+        """Forget attempts whose outcome was never recorded (their claim was lost)."""
+        self._inflight.drain()
+
+
+# -- scrape time --------------------------------------------------------------
+
+
+class QueueCollector(Collector):
+    """Reads the stores at scrape time: ``backrun_queue_jobs{queue,state}`` and lag.
+
+    ``backrun_queue_oldest_ready_age_seconds{queue}`` is how long the oldest
+    due job of each queue has waited past its ``run_at`` (0 when nothing is
+    due). Every state of every known queue is reported, zeros included.
+    With several stores in one registry, counts are summed and the age is the
+    largest. Every process serving a store reports the same numbers, so
+    aggregate these with ``max`` rather than ``sum`` across instances.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[int, tuple[Storage, Clock]] = {}
+
+    def add(self, storage: Storage, clock: Clock | None = None) -> None:
+        """Report ``storage`` (once, however often it is added)."""
+        with self._lock:
+            self._sources.setdefault(id(storage), (storage, clock or SystemClock()))
+
+    def remove(self, storage: Storage) -> None:
+        """Stop reporting ``storage``."""
+        with self._lock:
+            self._sources.pop(id(storage), None)
+
+    def describe(self) -> list[Metric]:
+        """The families, without touching any store (so registering is free)."""
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        """Ask each store for its counts and oldest due job."""
+        with self._lock:
+            sources = list(self._sources.values())
+        counts: dict[tuple[str, str], int] = {}
+        ages: dict[str, float] = {}
+        for storage, clock in sources:
+            try:
+                now = clock.now()
+                by_state = storage.counts()
+                oldest = storage.oldest_due(now=now)
+            except Exception:
+                log.warning("metrics: could not read the store %r", storage, exc_info=True)
+                continue
+            for (queue, state), n in by_state.items():
+                key = (queue, JobState(state).value)
+                counts[key] = counts.get(key, 0) + n
+                ages.setdefault(queue, 0.0)
+            for queue, run_at in oldest.items():
+                ages[queue] = max(ages.get(queue, 0.0), _age(now, run_at))
+        depth, lag = self._families()
+        for queue in sorted(ages):
+            for state in JobState:
+                depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
+            lag.add_metric([queue], ages[queue])
+        return [depth, lag]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "backrun_queue_jobs",
+            "Jobs in the store, by queue and state (read at scrape time).",
+            labels=["queue", "state"],
+        )
+        lag = GaugeMetricFamily(
+            "backrun_queue_oldest_ready_age_seconds",
+            "How long the oldest due job of each queue has waited past its run_at.",
+            labels=["queue"],
+        )
+        return depth, lag
+
+
+def _age(now: datetime, run_at: datetime) -> float:
+    seconds = (now - run_at).total_seconds()
+    return seconds if seconds > 0.0 else 0.0
+
+
+def register_queue_collector(
+    storage: Storage, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+) -> QueueCollector:
+    """Report ``storage``'s queues in ``registry`` (default: the global one).
+
+    One :class:`QueueCollector` serves each registry; adding a store twice is
+    harmless. Use this when your application serves ``/metrics`` itself.
+    """
+    registry = registry if registry is not None else REGISTRY
+    with _lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = QueueCollector()
+            registry.register(collector)
+    collector.add(storage, clock)
+    return collector
+
+
+class MetricsServer:
+    """A running ``/metrics`` endpoint; :meth:`close` stops it."""
+
+    def __init__(self, server: Any, thread: threading.Thread, collector: QueueCollector,
+                 storage: Storage, registry: CollectorRegistry) -> None:  # fmt: skip
+        self._server = server
+        self._thread = thread
+        self._collector = collector
+        self._storage = storage
+        self.registry = registry
+        self.addr: str = server.server_address[0]
+        self.port: int = server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The metrics URL, e.g. ``http://127.0.0.1:9464/metrics``."""
+        return f"http://{self.addr}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and stop reporting the store. Idempotent."""
+        self._collector.remove(self._storage)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_metrics(
+    engine_or_storage: Engine | Storage,
+    port: int,
+    addr: str = "127.0.0.1",
+    registry: CollectorRegistry | None = None,
+) -> MetricsServer:
+    """Serve Prometheus metrics over HTTP at ``http://addr:port/metrics``.
+
+    The store's queues are reported at each scrape (:class:`QueueCollector`).
+    The registry defaults to that of the engine's :class:`MetricsMiddleware`,
+    else the global one. ``port=0`` picks a free port (see
+    :attr:`MetricsServer.port`). Binds to 127.0.0.1 unless told otherwise.
+    """
+    if isinstance(engine_or_storage, Storage):
+        storage, clock = engine_or_storage, None
+    else:
+        storage, clock = engine_or_storage.storage, engine_or_storage.clock
+        if registry is None:
+            for layer in engine_or_storage.middleware:
+                if isinstance(layer, MetricsMiddleware):
+                    registry = layer.registry
+                    break
+    registry = registry if registry is not None else REGISTRY
+    collector = register_queue_collector(storage, registry=registry, clock=clock)
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return MetricsServer(server, thread, collector, storage, registry)
