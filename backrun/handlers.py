@@ -122,16 +122,21 @@ def _positional_count(fn: Callable[..., Any]) -> int:
 
 
 def _first_param_type(fn: Callable[..., Any], skip_self: bool) -> Any:
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        hints = {}
-    params = [p for p in inspect.signature(fn).parameters if p != "return"]
+    params = [p for p in inspect.signature(fn).parameters.values()]
     if skip_self:
         params = params[1:]
     if not params:
         raise TypeError(f"{fn.__qualname__} must take a payload parameter")
-    return hints.get(params[0], Any)
+    if params[0].annotation is inspect.Parameter.empty:
+        return Any
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise TypeError(
+            f"cannot resolve the payload annotation of {fn.__qualname__} ({exc}); "
+            "define the payload model where the handler's module can see it"
+        ) from None
+    return hints.get(params[0].name, Any)
 
 
 def _payload_type(cls: type[Handler[Any]]) -> Any:

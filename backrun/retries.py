@@ -15,7 +15,9 @@ __all__ = ["RetryPolicy"]
 
 
 def _default_wait() -> wait_base:
-    return tenacity.wait_exponential_jitter(initial=2, max=300)
+    # 2 s, 4 s, 8 s ... capped at 5 minutes, plus up to 1 s of jitter; built from
+    # parts every supported tenacity has (wait_exponential_jitter's arguments moved).
+    return tenacity.wait_exponential(multiplier=2, max=300) + tenacity.wait_random(0, 1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""The public API is a promise: its names are frozen, and importing it stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import backrun
+
+EXPECTED = [
+    "BackrunError",
+    "Clock",
+    "DoNotRetry",
+    "Engine",
+    "Handler",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobNotFound",
+    "JobState",
+    "JobTimeout",
+    "JsonFileStorage",
+    "LeaseLost",
+    "MemoryStorage",
+    "Middleware",
+    "PayloadTooLarge",
+    "PostgresStorage",
+    "RetryPolicy",
+    "Storage",
+    "StorageError",
+    "SystemClock",
+    "UnknownHandler",
+    "Worker",
+    "__version__",
+    "current_job",
+    "handler",
+]
+
+
+def test_all_is_sorted_and_frozen() -> None:
+    assert backrun.__all__ == sorted(backrun.__all__)
+    assert backrun.__all__ == EXPECTED
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in backrun.__all__:
+        assert getattr(backrun, name) is not None, name
+
+
+def test_job_states_are_stored_as_strings() -> None:
+    assert [s.value for s in backrun.JobState] == [
+        "scheduled",
+        "queued",
+        "running",
+        "succeeded",
+        "dead",
+        "cancelled",
+    ]
+
+
+def test_errors_share_one_base() -> None:
+    for name in ("UnknownHandler", "JobNotFound", "LeaseLost", "JobTimeout", "PayloadTooLarge"):
+        assert issubclass(getattr(backrun, name), backrun.BackrunError)
+    assert issubclass(backrun.StorageError, backrun.BackrunError)
+
+
+def test_import_loads_no_optional_integration_and_starts_nothing() -> None:
+    probe = (
+        "import sys, threading, backrun;"
+        "print(json.dumps({'modules': sorted(sys.modules), 'threads': threading.active_count()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json;" + probe],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    loaded = json.loads(out)
+    heavy = ("django", "flask", "psycopg", "psycopg_pool", "opentelemetry.sdk", "prometheus_client")
+    found = [m for m in loaded["modules"] if m.split(".")[0] in heavy or m.startswith(heavy)]
+    assert found == []
+    assert loaded["threads"] == 1
