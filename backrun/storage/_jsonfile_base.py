@@ -1,0 +1,373 @@
+"""The JSON store's paths, caches and the moves every operation is built from.
+
+Every change is one atomic rename, or a "grab" sequence when a record's
+content must change with an ownership check:
+
+1. write the new record to ``tmp/`` (flushed when durable);
+2. grab: rename the current file to ``<name>~<session>.grab`` in its own
+   directory. Exactly one caller wins; the others find the file gone, which
+   is how a stale owner learns it lost the job (and changes nothing);
+3. publish: rename the new record to its place;
+4. drop the grab.
+
+A crash can leave a grab behind. Its session's lock is then free, and
+:meth:`StoreBase.heal_session` finishes the change: if the job has a copy
+anywhere else, step 3 happened and the grab (the older state) is deleted;
+otherwise the grab is renamed back, undoing step 2. Nothing else ever makes a
+second copy of a job, so "every job in exactly one place" holds after healing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from backrun.errors import StorageError
+from backrun.jobs import Job, JobState
+
+from . import fs
+from ._jsonfile_cache import RACY_NS, ReadyCache
+from ._jsonfile_files import Files
+from ._jsonfile_layout import (
+    BUCKET_US,
+    FINISHED_DIRS,
+    GRAB_SUFFIX,
+    RunningName,
+    encode_queue,
+    from_key,
+    parse_grab,
+    parse_ready,
+    parse_running,
+    ready_name,
+    running_name,
+    to_key,
+)
+from ._jsonfile_locks import LockHolder
+
+__all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns"]
+
+logger = logging.getLogger("backrun.storage.jsonfile")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_ns(moment: datetime) -> int:
+    """Nanoseconds since 1970 (for file times), at microsecond precision."""
+    return (moment - _EPOCH) // _US * 1000
+
+
+def from_ns(ns: int) -> datetime:
+    """The inverse of :func:`to_ns`."""
+    return _EPOCH + (ns // 1000) * _US
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` from the file system into a :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"job store: {what} failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Where a job was found: ``kind`` is ready, later, running, finished or grabbed."""
+
+    kind: str
+    path: str
+    job: Job
+    qenc: str = ""
+    running: RunningName | None = None
+
+
+FindFunc = Callable[[str], Found | None]
+
+
+class StoreBase:
+    """Paths, per-queue caches and the grab/publish/heal moves of the JSON store."""
+
+    def __init__(self, root: str, *, fsync: bool) -> None:
+        self.root = root
+        self.files = Files(root, fsync=fsync)
+        self.locks = LockHolder()
+        self.session = secrets.token_hex(8)
+        self.session_path = os.path.join(root, "sessions", self.session + ".lock")
+        self.running_dir = os.path.join(root, "running")
+        self.cancels_dir = os.path.join(root, "cancels")
+        self.workers_dir = os.path.join(root, "workers")
+        self.queues_dir = os.path.join(root, "q")
+        self.mutex = threading.RLock()
+        self.caches: dict[str, ReadyCache] = {}
+        self.made: set[str] = set()
+        self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
+        self.busy: set[str] = set()  # job ids with a grab under way in this store
+        self.stranded: set[str] = set()  # own grabs a failed step could not drop
+        self._later: dict[str, tuple[int, list[int]]] = {}
+
+    # -- paths ----------------------------------------------------------------
+
+    def qdir(self, qenc: str, sub: str) -> str:
+        return os.path.join(self.queues_dir, qenc, sub)
+
+    def queue_dirs(self) -> list[str]:
+        try:
+            return sorted(fs.listdir(self.queues_dir))
+        except FileNotFoundError:
+            return []
+
+    def ensure_queue(self, qenc: str) -> None:
+        """Create a queue's directories once (they are never removed)."""
+        if qenc in self.made:
+            return
+        base = os.path.join(self.queues_dir, qenc)
+        created = False
+        for path in (base, *(os.path.join(base, s) for s in _QUEUE_SUBDIRS)):
+            try:
+                fs.mkdir(path)
+                created = True
+            except FileExistsError:
+                pass
+        if created:
+            self.files.sync_dir(self.queues_dir)
+            self.files.sync_dir(base)
+        self.made.add(qenc)
+
+    def cache(self, qenc: str) -> ReadyCache:
+        cache = self.caches.get(qenc)
+        if cache is None:
+            cache = self.caches[qenc] = ReadyCache(self.qdir(qenc, "ready"))
+        return cache
+
+    def waiting_path(self, job: Job, reference: datetime | None) -> tuple[str, str, str]:
+        """Return (qenc, directory, name) for a SCHEDULED or QUEUED job.
+
+        A job due in a later 5-minute bucket than ``reference`` waits in
+        ``later/<bucket>/``, out of the claim path's way.
+        """
+        assert job.run_at is not None
+        qenc = encode_queue(job.queue)
+        name = ready_name(job.id, job.priority, job.run_at, job.state)
+        bucket = to_key(job.run_at) // BUCKET_US
+        ref = reference if reference is not None else datetime.now(UTC)
+        if bucket > to_key(ref) // BUCKET_US:
+            return qenc, self.qdir(qenc, os.path.join("later", f"{bucket:012d}")), name
+        return qenc, self.qdir(qenc, "ready"), name
+
+    def finished_path(self, job: Job) -> tuple[str, str]:
+        qenc = encode_queue(job.queue)
+        return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), job.id + ".json")
+
+    def ensure_dir(self, path: str) -> None:
+        """Create a later/ bucket directory if it is missing."""
+        try:
+            fs.mkdir(path)
+        except FileExistsError:
+            return
+        self.files.sync_dir(os.path.dirname(path))
+
+    # -- far-future buckets ---------------------------------------------------
+
+    def later_buckets(self, qenc: str) -> list[int]:
+        """The bucket numbers under a queue's later/, re-listed only when it changed."""
+        path = self.qdir(qenc, "later")
+        try:
+            mtime = fs.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        seen = self._later.get(qenc)
+        if seen is not None and seen[0] == mtime and _settled(mtime):
+            return seen[1]
+        buckets = sorted(int(n) for n in fs.listdir(path) if n.isdigit())
+        self._later[qenc] = (mtime, buckets)
+        return buckets
+
+    def promote(self, qenc: str, now_key: int) -> None:
+        """Move the jobs of every bucket that has begun into ready/ (one rename each)."""
+        buckets = self.later_buckets(qenc)
+        if not buckets or buckets[0] * BUCKET_US > now_key:
+            return
+        ready = self.qdir(qenc, "ready")
+        cache = self.cache(qenc)
+        for bucket in [b for b in buckets if b * BUCKET_US <= now_key]:
+            path = self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+            try:
+                names = fs.listdir(path)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                parsed = parse_ready(name)
+                if parsed is None:
+                    continue
+                try:
+                    fs.rename(os.path.join(path, name), os.path.join(ready, name))
+                except FileNotFoundError:
+                    continue
+                cache.add(parsed)
+            try:
+                fs.rmdir(path)
+                buckets.remove(bucket)
+            except FileNotFoundError:
+                buckets.remove(bucket)
+            except OSError:
+                pass  # a job arrived meanwhile: promoted next time
+
+    # -- running files --------------------------------------------------------
+
+    def running_entries(self) -> list[str]:
+        return fs.listdir(self.running_dir)
+
+    def running_name_of(self, job_id: str, token: str) -> str | None:
+        """The running file name of claim ``token`` of ``job_id``, if it exists."""
+        name = self.mine.get(job_id)
+        if name is not None and name.split("~", 2)[1] == token:
+            return name
+        prefix = f"{job_id}~{token}~"
+        for entry in self.running_entries():
+            if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
+                return entry
+        return None
+
+    def marker_path(self, job_id: str, token: str) -> str:
+        return os.path.join(self.cancels_dir, f"{job_id}~{token}")
+
+    def has_marker(self, job_id: str, token: str) -> bool:
+        try:
+            fs.lstat(self.marker_path(job_id, token))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def running_job(self, record: Job, rn: RunningName, path: str) -> Job | None:
+        """The job a running file stands for: its record, plus the claim its name records."""
+        try:
+            lease = from_ns(fs.lstat(path).st_mtime_ns)
+        except FileNotFoundError:
+            return None
+        if record.state is JobState.RUNNING and record.claim_token == rn.token:
+            job = record
+        else:
+            job = record.replace(
+                state=JobState.RUNNING,
+                attempts=record.attempts + 1,
+                worker_id=rn.worker_id,
+                started_at=from_key(rn.started_key),
+                claim_token=rn.token,
+            )
+        cancel = job.cancel_requested or self.has_marker(rn.job_id, rn.token)
+        return job.replace(lease_expires_at=lease, cancel_requested=cancel)
+
+    def new_running_name(self, job: Job, old: RunningName) -> str:
+        if job.claim_token == old.token:
+            return old.name
+        token = job.claim_token or secrets.token_hex(8)
+        started = job.started_at or from_key(old.started_key)
+        return running_name(job.id, token, started, job.worker_id or old.worker_id)
+
+    # -- grab, publish, heal --------------------------------------------------
+
+    def ensure_session(self) -> None:
+        """Hold this store's session lock (needed before the first grab)."""
+        if not self.locks.holds(self.session_path):
+            self.locks.acquire(self.session_path)
+
+    def grab(self, path: str) -> str:
+        """Take ``path`` aside under this session; ``FileNotFoundError`` if someone else has it."""
+        self.ensure_session()
+        grabbed = f"{path}~{self.session}{GRAB_SUFFIX}"
+        try:
+            fs.rename(path, grabbed)
+        except FileNotFoundError:
+            if grabbed not in self.stranded:
+                raise
+            self.stranded.discard(grabbed)  # our own earlier, failed attempt
+        return grabbed
+
+    def drop_grab(self, grabbed: str) -> None:
+        try:
+            fs.unlink(grabbed)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("could not remove %s (maintain() retries): %s", grabbed, exc)
+            self.stranded.add(grabbed)
+
+    def ungrab(self, grabbed: str) -> None:
+        """Undo a grab after a failed publish; if even that fails, maintain() retries."""
+        try:
+            fs.rename(grabbed, grabbed[: -len(self.session) - len(GRAB_SUFFIX) - 1])
+        except OSError:
+            self.stranded.add(grabbed)
+
+    def publish(self, tmp: str, directory: str, name: str) -> str:
+        """Rename a written record into ``directory`` (created if a later/ bucket)."""
+        dest = os.path.join(directory, name)
+        try:
+            fs.rename(tmp, dest)
+        except FileNotFoundError:
+            if not os.path.basename(os.path.dirname(directory)) == "later":
+                raise
+            self.ensure_dir(directory)
+            fs.rename(tmp, dest)
+        return dest
+
+    def heal_grab(self, grabbed: str, locate_elsewhere: FindFunc) -> None:
+        """Finish or undo the change a gone session (or a failed step) left half-done."""
+        split = parse_grab(os.path.basename(grabbed))
+        if split is None:
+            return
+        original = split[0]
+        job_id = _job_id_of(original)
+        if job_id is None:
+            return
+        if locate_elsewhere(job_id) is not None:
+            self.files.discard(grabbed)
+        else:
+            with suppress(FileNotFoundError):
+                fs.rename(grabbed, os.path.join(os.path.dirname(grabbed), original))
+
+    def grab_dirs(self) -> Iterator[str]:
+        """Every directory a grab can be in."""
+        yield self.running_dir
+        for qenc in self.queue_dirs():
+            yield self.qdir(qenc, "ready")
+            for sub in FINISHED_DIRS.values():
+                yield self.qdir(qenc, sub)
+            for bucket in self.later_buckets(qenc):
+                yield self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+
+    def heal_session(self, session: str, locate_elsewhere: FindFunc) -> None:
+        """Heal every grab a gone session left behind."""
+        suffix = f"~{session}{GRAB_SUFFIX}"
+        for directory in list(self.grab_dirs()):
+            try:
+                names = fs.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(suffix):
+                    self.heal_grab(os.path.join(directory, name), locate_elsewhere)
+
+
+_QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
+
+
+def _settled(mtime_ns: int) -> bool:
+    return time.time_ns() - mtime_ns > RACY_NS
+
+
+def _job_id_of(name: str) -> str | None:
+    for parse in (parse_ready, parse_running):
+        parsed = parse(name)
+        if parsed is not None:
+            return parsed.job_id
+    if name.endswith(".json") and len(name) == 37:
+        return name[:32]
+    return None

@@ -1,0 +1,162 @@
+"""The JSON store's file handling: the root directory's safety, temporary files, quarantine.
+
+A file that cannot be read or parsed is moved to ``corrupt/`` beside a
+``.reason`` file and logged once; whoever met it goes on without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import stat
+import threading
+
+from backrun.errors import StorageError
+from backrun.jobs import Job
+from backrun.serialization import load_job
+
+from . import fs
+
+__all__ = ["SUBDIRS", "Files", "prepare_root"]
+
+logger = logging.getLogger("backrun.storage.jsonfile")
+
+SUBDIRS = ("q", "running", "cancels", "workers", "sessions", "tmp", "corrupt")
+
+
+def prepare_root(root: str) -> None:
+    """Create the store's directory (0700), or check that an existing one is safe to use.
+
+    Raises:
+        StorageError: the path is a symlink, not a directory, not ours, or
+            writable by group or others.
+    """
+    try:
+        st = fs.lstat(root)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(root))
+        try:
+            os.makedirs(parent, exist_ok=True)
+            fs.mkdir(root)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot create the job store directory {root}: {exc}") from exc
+        st = fs.lstat(root)
+    if stat.S_ISLNK(st.st_mode):
+        raise StorageError(f"refusing the job store {root}: it is a symlink; give the real path")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"refusing the job store {root}: it is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StorageError(
+            f"refusing the job store {root}: it is owned by uid {st.st_uid}, not by this user"
+        )
+    if st.st_mode & 0o022:
+        raise StorageError(
+            f"refusing the job store {root}: it is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run chmod 700 on it"
+        )
+    for name in SUBDIRS:
+        path = os.path.join(root, name)
+        try:
+            fs.mkdir(path)
+        except FileExistsError:
+            sub = fs.lstat(path)
+            if not stat.S_ISDIR(sub.st_mode):
+                raise StorageError(
+                    f"refusing the job store {root}: {name} is not a directory"
+                ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot prepare the job store {root}: {exc}") from exc
+
+
+class Files:
+    """Temporary writes, record reads and quarantine under one store root."""
+
+    def __init__(self, root: str, *, fsync: bool) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.tmp = os.path.join(root, "tmp")
+        self.corrupt = os.path.join(root, "corrupt")
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+
+    def write_tmp(self, data: bytes, *, sync: bool) -> str:
+        """Write ``data`` to a new file in ``tmp/`` (flushed to disk if ``sync``); return its path.
+
+        On any failure the file is removed again and the error raised.
+        """
+        path = os.path.join(self.tmp, secrets.token_hex(12) + ".tmp")
+        fd = fs.open_new(path)
+        try:
+            fs.write_all(fd, data, path)
+            if sync and self.fsync:
+                fs.fsync(fd, path)
+        except Exception:
+            fs.close(fd, path)
+            self.discard(path)
+            raise
+        fs.close(fd, path)
+        return path
+
+    def discard(self, path: str) -> None:
+        """Remove a file if it is there, ignoring errors (cleanup after a failure)."""
+        with contextlib.suppress(OSError):
+            fs.unlink(path)
+
+    def sync_dir(self, path: str) -> None:
+        """Make a directory's entries durable (when this store syncs)."""
+        if self.fsync:
+            fs.fsync_dir(path)
+
+    def read(self, path: str) -> Job | None:
+        """Read a job file; ``None`` if it is gone or was quarantined as unreadable."""
+        try:
+            data = fs.read_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.quarantine(path, f"unreadable: {exc}")
+            return None
+        try:
+            return load_job(data)
+        except ValueError as exc:
+            self.quarantine(path, str(exc) if data else "empty file")
+            return None
+
+    def quarantine(self, path: str, reason: str) -> None:
+        """Move a bad file to ``corrupt/`` with a ``.reason`` file beside it; log once."""
+        relative = os.path.relpath(path, self.root).replace(os.sep, "!")
+        target = os.path.join(self.corrupt, f"{relative}~{secrets.token_hex(4)}")
+        try:
+            fs.rename(path, target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            with self._lock:
+                first = path not in self._reported
+                self._reported.add(path)
+            if first:
+                logger.error("cannot quarantine corrupt job file %s (%s): %s", path, reason, exc)
+            return
+        logger.error("quarantined corrupt job file %s as %s: %s", path, target, reason)
+        try:
+            tmp = self.write_tmp(reason.encode("utf-8", "replace") + b"\n", sync=False)
+            fs.rename(tmp, target + ".reason")
+        except OSError:
+            pass
+
+    def clean_tmp(self, *, older_than_ns: int) -> int:
+        """Remove leftover temporary files whose inode changed before ``older_than_ns``."""
+        removed = 0
+        for name in fs.listdir(self.tmp):
+            path = os.path.join(self.tmp, name)
+            try:
+                if fs.lstat(path).st_ctime_ns < older_than_ns:
+                    fs.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,265 @@
+"""The JSON store's read side: finding one job, listing, counting, orphans.
+
+Reads never trust a file blindly: a record that cannot be parsed, or that
+does not match the name and directory it sits in, is quarantined and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Collection, Iterator
+from datetime import datetime
+
+from backrun.jobs import Job, JobState, check_job_id
+
+from . import fs
+from ._jsonfile_base import Found, StoreBase
+from ._jsonfile_layout import (
+    BUCKET_US,
+    FINISHED_DIRS,
+    GRAB_SUFFIX,
+    RunningName,
+    decode_queue,
+    encode_queue,
+    from_key,
+    parse_ready,
+    parse_running,
+    to_key,
+)
+from ._jsonfile_locks import is_free
+from .base import READY_STATES
+
+__all__ = ["QueryMixin"]
+
+_RUNNING_OR_WAITING = READY_STATES | {JobState.RUNNING}
+
+
+class QueryMixin(StoreBase):
+    """Reads over the directory tree; see the module docstring."""
+
+    def read_checked(self, path: str, job_id: str, states: Collection[JobState]) -> Job | None:
+        """Read a job file and check it against its name; quarantine it if it does not match."""
+        job = self.files.read(path)
+        if job is None:
+            return None
+        if job.id != job_id or job.state not in states:
+            self.files.quarantine(path, f"record ({job.id}, {job.state}) does not match its name")
+            return None
+        return job
+
+    def read_running(self, rn: RunningName, path: str) -> Job | None:
+        record = self.read_checked(path, rn.job_id, _RUNNING_OR_WAITING)
+        return None if record is None else self.running_job(record, rn, path)
+
+    def queues_for(self, queues: Collection[str] | None) -> list[str]:
+        """The encoded names of the queue directories to look at."""
+        if queues is None:
+            return self.queue_dirs()
+        existing = set(self.queue_dirs())
+        return [q for q in (encode_queue(name) for name in queues) if q in existing]
+
+    def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:
+        """Find a job wherever it is; a job mid-change is looked for twice."""
+        found = self._locate_once(job_id, grabs)
+        if found is None:
+            found = self._locate_once(job_id, grabs)
+        return found
+
+    def _locate_once(self, job_id: str, grabs: bool) -> Found | None:
+        grabbed: tuple[RunningName, str] | None = None
+        for entry in self.running_entries():
+            if not entry.startswith(job_id):
+                continue
+            if entry.endswith(GRAB_SUFFIX):
+                rn = parse_running(entry.rsplit("~", 1)[0])
+                if grabs and rn is not None and rn.job_id == job_id:
+                    grabbed = (rn, os.path.join(self.running_dir, entry))
+                continue
+            rn = parse_running(entry)
+            if rn is None or rn.job_id != job_id:
+                continue
+            path = os.path.join(self.running_dir, entry)
+            job = self.read_running(rn, path)
+            if job is not None:
+                return Found("running", path, job, encode_queue(job.queue), rn)
+        for qenc in self.queue_dirs():
+            found = self._locate_in_queue(job_id, qenc)
+            if found is not None:
+                return found
+        if grabbed is not None:
+            job = self.read_running(*grabbed)
+            if job is not None:
+                return Found("grabbed", grabbed[1], job, encode_queue(job.queue), grabbed[0])
+        return None
+
+    def _locate_in_queue(self, job_id: str, qenc: str) -> Found | None:
+        for state, sub in FINISHED_DIRS.items():
+            path = os.path.join(self.qdir(qenc, sub), job_id + ".json")
+            job = self.read_checked(path, job_id, (state,))
+            if job is not None:
+                return Found("finished", path, job, qenc)
+        with self.mutex:
+            cache = self.cache(qenc)
+            cache.refresh(0, force=True)
+            name = cache.by_id.get(job_id)
+        if name is not None:
+            path = os.path.join(cache.path, name)
+            job = self.read_checked(path, job_id, READY_STATES)
+            if job is not None:
+                return Found("ready", path, job, qenc)
+        for directory, name in self._later_names(qenc):
+            if name[39:71] == job_id:
+                path = os.path.join(directory, name)
+                job = self.read_checked(path, job_id, READY_STATES)
+                if job is not None:
+                    return Found("later", path, job, qenc)
+        return None
+
+    def _later_names(self, qenc: str) -> Iterator[tuple[str, str]]:
+        for bucket in self.later_buckets(qenc):
+            directory = self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+            try:
+                names = fs.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not name.endswith(GRAB_SUFFIX):
+                    yield directory, name
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job, or ``None``; see :meth:`Storage.get`."""
+        found = self.locate(check_job_id(job_id))
+        return None if found is None else found.job
+
+    def _running_jobs(self) -> Iterator[tuple[RunningName, Job]]:
+        for entry in self.running_entries():
+            rn = parse_running(entry)
+            if rn is None:
+                continue
+            job = self.read_running(rn, os.path.join(self.running_dir, entry))
+            if job is not None:
+                yield rn, job
+
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+        loaded: dict[str, Job] = {}
+        paths: dict[str, tuple[str, Collection[JobState]]] = {}
+        if state is None or state is JobState.RUNNING:
+            for _, running in self._running_jobs():
+                if queue is None or running.queue == queue:
+                    loaded[running.id] = running
+        for qenc in self.queues_for(None if queue is None else [queue]):
+            if state is None or state in READY_STATES:
+                with self.mutex:
+                    cache = self.cache(qenc)
+                    cache.refresh(0, force=True)
+                    ready = list(cache.live.values())
+                for parsed in ready:
+                    if state is None or parsed.state is state:
+                        paths[parsed.job_id] = (os.path.join(cache.path, parsed.name), READY_STATES)
+                for directory, name in self._later_names(qenc):
+                    later = parse_ready(name)
+                    if later is not None and (state is None or later.state is state):
+                        paths[later.job_id] = (os.path.join(directory, name), READY_STATES)
+            for done, sub in FINISHED_DIRS.items():
+                if state is None or state is done:
+                    directory = self.qdir(qenc, sub)
+                    for name in fs.listdir(directory):
+                        if len(name) == 37 and name.endswith(".json"):
+                            paths[name[:32]] = (os.path.join(directory, name), (done,))
+        result: list[Job] = []
+        for job_id in sorted(loaded.keys() | paths.keys()):
+            if len(result) >= limit:
+                break
+            job: Job | None = loaded.get(job_id)
+            if job is None:
+                path, states = paths[job_id]
+                job = self.read_checked(path, job_id, states)
+            if job is not None:
+                result.append(job)
+        return result
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Count jobs per (queue, state) from file names; see :meth:`Storage.counts`."""
+        counts: Counter[tuple[str, JobState]] = Counter()
+        for qenc in self.queue_dirs():
+            queue = decode_queue(qenc)
+            with self.mutex:
+                cache = self.cache(qenc)
+                cache.refresh(0, force=True)
+                for parsed in cache.live.values():
+                    counts[(queue, parsed.state)] += 1
+            for _, name in self._later_names(qenc):
+                later = parse_ready(name)
+                if later is not None:
+                    counts[(queue, later.state)] += 1
+            for done, sub in FINISHED_DIRS.items():
+                names = fs.listdir(self.qdir(qenc, sub))
+                total = sum(1 for n in names if n.endswith(".json"))
+                if total:
+                    counts[(queue, done)] += total
+        for _, job in self._running_jobs():
+            counts[(job.queue, JobState.RUNNING)] += 1
+        return dict(counts)
+
+    def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
+        """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
+        earliest: int | None = None
+        for qenc in self.queues_for(queues):
+            with self.mutex:
+                cache = self.cache(qenc)
+                cache.refresh(0, force=True)
+                key = cache.earliest()
+            buckets = self.later_buckets(qenc)
+            if buckets and (key is None or buckets[0] * BUCKET_US < key):
+                for _, name in self._later_names_of(qenc, buckets[0]):
+                    parsed = parse_ready(name)
+                    if parsed is not None and (key is None or parsed.run_key < key):
+                        key = parsed.run_key
+            if key is not None and (earliest is None or key < earliest):
+                earliest = key
+        return None if earliest is None else from_key(earliest)
+
+    def _later_names_of(self, qenc: str, bucket: int) -> Iterator[tuple[str, str]]:
+        directory = self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+        try:
+            names = fs.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            yield directory, name
+
+    def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
+        """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
+        now_key = to_key(now)
+        oldest: dict[str, datetime] = {}
+        for qenc in self.queue_dirs():
+            with self.mutex:
+                self.promote(qenc, now_key)
+                cache = self.cache(qenc)
+                cache.refresh(0, force=True)
+                keys = [p.run_key for p in cache.live.values() if p.run_key <= now_key]
+            if keys:
+                oldest[decode_queue(qenc)] = from_key(min(keys))
+        return oldest
+
+    def orphans(self, *, now: datetime) -> list[Job]:
+        """Running jobs whose worker's lock is free; see :meth:`Storage.orphans`."""
+        alive: dict[str, bool] = {}
+        result: list[Job] = []
+        for entry in self.running_entries():
+            rn = parse_running(entry)
+            if rn is None:
+                continue
+            if rn.worker_id not in alive:
+                lock = os.path.join(self.workers_dir, rn.worker_id + ".lock")
+                alive[rn.worker_id] = not is_free(lock)
+            if alive[rn.worker_id]:
+                continue
+            job = self.read_running(rn, os.path.join(self.running_dir, entry))
+            if job is not None:
+                result.append(job)
+        return result
