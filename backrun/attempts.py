@@ -93,7 +93,6 @@ class AttemptRecorder:
             attempt=job.attempts,
             worker_id=self.worker.id,
             deadline=None if timeout is None else started + timeout,
-            cancelled=threading.Event(),
             engine=self.engine,
         )
         return Attempt(job, ctx, slot)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -15,8 +14,11 @@ if TYPE_CHECKING:
 
 __all__ = ["JobContext", "current_job"]
 
+# Guards the lazy creation of cancellation events; taken only when a handler
+# first looks at ``ctx.cancelled`` or when an attempt is cancelled.
+_lazy = threading.Lock()
 
-@dataclass(slots=True)
+
 class JobContext:
     """The context of one attempt, passed to handlers that ask for it.
 
@@ -25,17 +27,57 @@ class JobContext:
         attempt: 1 for the first attempt, 2 for the first retry, ...
         worker_id: the id of the worker running the attempt.
         deadline: when the attempt times out (aware UTC), or ``None``.
-        cancelled: set when the job is cancelled, times out, or the worker
-            shuts down; long handlers should check it and return early.
         engine: the engine running the attempt (to enqueue follow-up jobs).
     """
 
-    job: Job
-    attempt: int
-    worker_id: str
-    deadline: datetime | None
-    cancelled: threading.Event
-    engine: Engine
+    __slots__ = ("_cancel_requested", "_event", "attempt", "deadline", "engine", "job", "worker_id")
+
+    def __init__(
+        self,
+        job: Job,
+        attempt: int,
+        worker_id: str,
+        deadline: datetime | None,
+        engine: Engine,
+    ) -> None:
+        self.job = job
+        self.attempt = attempt
+        self.worker_id = worker_id
+        self.deadline = deadline
+        self.engine = engine
+        self._event: threading.Event | None = None
+        self._cancel_requested = False
+
+    def __repr__(self) -> str:
+        return f"<JobContext job={self.job.id} handler={self.job.handler} attempt={self.attempt}>"
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job is cancelled, times out, or the worker shuts down.
+
+        Long handlers should check it (``ctx.cancelled.is_set()``, or wait on
+        it instead of sleeping) and return early.
+        """
+        event = self._event
+        if event is None:
+            # Created on first use: most handlers never look, and building an
+            # Event costs more than the rest of an attempt's bookkeeping.
+            with _lazy:
+                event = self._event
+                if event is None:
+                    event = threading.Event()
+                    if self._cancel_requested:
+                        event.set()
+                    self._event = event
+        return event
+
+    def cancel(self) -> None:
+        """Set :attr:`cancelled` (the worker calls this; handlers need not)."""
+        with _lazy:
+            self._cancel_requested = True
+            event = self._event
+        if event is not None:
+            event.set()
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

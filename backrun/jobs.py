@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import os
+import random
 import re
-import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ __all__ = [
     "JobError",
     "JobState",
     "check_job_id",
+    "new_claim_token",
     "new_job_id",
 ]
 
@@ -49,9 +53,43 @@ WORKER_CRASHED = "WorkerCrashed"
 JOB_ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")
 
 
+class _Randomness(threading.local):
+    """A per-thread generator seeded from the OS, reseeded in a forked child.
+
+    Ids and claim tokens must be unique, not secret; ``secrets`` costs a
+    system call each time, which showed up in the enqueue and claim profiles.
+    """
+
+    generation = 0
+
+    def __init__(self) -> None:
+        self.rng = random.Random(os.urandom(32))
+        self.seen_generation = _Randomness.generation
+
+    def bits(self) -> int:
+        if self.seen_generation != _Randomness.generation:
+            self.rng.seed(os.urandom(32))
+            self.seen_generation = _Randomness.generation
+        return self.rng.getrandbits(64)
+
+
+def _after_fork() -> None:
+    _Randomness.generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+_randomness = _Randomness()
+_token_counter = itertools.count()
+
+
 def new_job_id() -> str:
     """Return a fresh job id: 32 hex digits, nanosecond time first, so ids sort by creation."""
-    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
+    return f"{time.time_ns():016x}{_randomness.bits():016x}"
+
+
+def new_claim_token() -> str:
+    """Return a token unique to one claim (random per thread, plus a counter)."""
+    return f"{_randomness.bits():016x}{next(_token_counter):x}"
 
 
 def check_job_id(job_id: object) -> str:
@@ -77,7 +115,7 @@ class JobError:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Job:
     """A job as stored: an immutable record. Change it with ``dataclasses.replace``.
 
@@ -118,5 +156,23 @@ class Job:
         return self.state in FINISHED_STATES
 
     def replace(self, **changes: Any) -> Job:
-        """Return a copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
+        """Return a copy with ``changes`` applied (like ``dataclasses.replace``, faster).
+
+        Raises:
+            TypeError: a name in ``changes`` is not a field of Job.
+        """
+        unknown = changes.keys() - _FIELD_SET
+        if unknown:
+            raise TypeError(f"Job has no field(s) {sorted(unknown)}")
+        # Not slotted on purpose: copying the instance dict is one C call,
+        # where dataclasses.replace re-runs __init__ (it dominated the claim path).
+        fields = self.__dict__.copy()
+        fields.update(changes)
+        new = _new_job(Job)
+        _set(new, "__dict__", fields)
+        return new
+
+
+_FIELD_SET = frozenset(f.name for f in dataclasses.fields(Job))
+_new_job = object.__new__
+_set = object.__setattr__

@@ -194,7 +194,7 @@ class Worker:
         if attempt is None:
             return False
         attempt.stop_requested = True
-        attempt.ctx.cancelled.set()
+        attempt.ctx.cancel()
         return True
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -249,7 +249,7 @@ class Worker:
         with self._lock:
             attempts = list(self._attempts.values())
         for attempt in attempts:
-            attempt.ctx.cancelled.set()
+            attempt.ctx.cancel()
             if attempt.settle():
                 self._abandon(attempt)
                 self._recorder.release(attempt)
@@ -413,7 +413,7 @@ class Worker:
                 if a.ctx.deadline is not None and a.ctx.deadline <= now
             ]
         for attempt in late:
-            attempt.ctx.cancelled.set()
+            attempt.ctx.cancel()
             if attempt.settle():
                 self._abandon(attempt)
                 policy = self._recorder.policy_for(attempt.job)
@@ -433,7 +433,7 @@ class Worker:
         for attempt in attempts:
             if attempt.job.id in stop:
                 attempt.stop_requested = True
-                attempt.ctx.cancelled.set()
+                attempt.ctx.cancel()
 
     def _recover(self) -> None:
         now = self.clock.now()

@@ -7,7 +7,6 @@ benchmarks, or for work that may be lost on exit.
 from __future__ import annotations
 
 import heapq
-import secrets
 import threading
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -15,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from backrun.errors import JobNotFound, LeaseLost
-from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id, new_claim_token
 
 from .base import READY_STATES, Storage
 
@@ -142,7 +141,7 @@ class MemoryStorage(Storage):
                     worker_id=worker_id,
                     started_at=now,
                     lease_expires_at=lease_until,
-                    claim_token=secrets.token_hex(8),
+                    claim_token=new_claim_token(),
                 )
                 self._jobs[job_id] = job
                 claimed.append(job)
