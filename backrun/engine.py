@@ -42,11 +42,9 @@ def _default_storage() -> Storage:
 
 
 def _default_middleware() -> list[Middleware]:
-    try:
-        from .observability import default_middleware
-    except ImportError:  # the observability package is being written alongside
-        return []
-    return list(default_middleware())
+    from .observability import default_middleware
+
+    return default_middleware()
 
 
 def _check_queue(queue: str) -> str:
