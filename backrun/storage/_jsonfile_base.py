@@ -111,6 +111,7 @@ class StoreBase:
         self.busy: set[str] = set()  # job ids with a grab under way in this store
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
         self._later: dict[str, tuple[int, list[int]]] = {}
+        self._queues: tuple[int, list[str]] | None = None
 
     # -- paths ----------------------------------------------------------------
 
@@ -118,10 +119,14 @@ class StoreBase:
         return os.path.join(self.queues_dir, qenc, sub)
 
     def queue_dirs(self) -> list[str]:
-        try:
-            return sorted(fs.listdir(self.queues_dir))
-        except FileNotFoundError:
-            return []
+        """The encoded names of all queues, re-listed only when ``q/`` changed."""
+        mtime = fs.stat(self.queues_dir).st_mtime_ns
+        seen = self._queues
+        if seen is not None and seen[0] == mtime and _settled(mtime):
+            return seen[1]
+        names = sorted(fs.listdir(self.queues_dir))
+        self._queues = (mtime, names)
+        return names
 
     def ensure_queue(self, qenc: str) -> None:
         """Create a queue's directories once (they are never removed)."""
@@ -230,6 +235,10 @@ class StoreBase:
         if name is not None and name.split("~", 2)[1] == token:
             return name
         prefix = f"{job_id}~{token}~"
+        for grabbed in list(self.stranded):
+            base = os.path.basename(grabbed)
+            if base.startswith(prefix) and os.path.dirname(grabbed) == self.running_dir:
+                return base[: -len(self.session) - len(GRAB_SUFFIX) - 1]
         for entry in self.running_entries():
             if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
                 return entry

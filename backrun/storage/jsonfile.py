@@ -22,6 +22,7 @@ completed job may run again (at-least-once), never be lost.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -52,6 +53,8 @@ from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
 __all__ = ["JsonFileStorage"]
+
+logger = logging.getLogger("backrun.storage.jsonfile")
 
 
 class JsonFileStorage(QueryMixin, Storage):
@@ -292,18 +295,22 @@ class JsonFileStorage(QueryMixin, Storage):
         return os.path.join(directory, name), None
 
     def _after_publish(self, job: Job, dest: str, mtime: int | None) -> None:
-        if mtime is not None:
-            with contextlib.suppress(FileNotFoundError):
+        """Finishing touches once a change is visible: they must not undo or fail it."""
+        directory, name = os.path.split(dest)
+        if job.state in READY_STATES and os.path.basename(directory) == "ready":
+            parsed = parse_ready(name)
+            assert parsed is not None
+            with self.mutex:
+                self.cache(os.path.basename(os.path.dirname(directory))).add(parsed)
+        try:
+            if mtime is not None:
                 fs.utime(dest, mtime)
-        if job.state in READY_STATES:
-            directory, name = os.path.split(dest)
-            if os.path.basename(directory) == "ready":
-                parsed = parse_ready(name)
-                assert parsed is not None
-                with self.mutex:
-                    self.cache(os.path.basename(os.path.dirname(directory))).add(parsed)
-            if self.fsync:
+            if job.state in READY_STATES:
                 self.files.sync_dir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("job %s is saved, but a finishing step failed: %s", job.id, exc)
 
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
