@@ -28,6 +28,9 @@ class JobContext:
         worker_id: the id of the worker running the attempt.
         deadline: when the attempt times out (aware UTC), or ``None``.
         engine: the engine running the attempt (to enqueue follow-up jobs).
+
+    Tests that call a handler's ``execute`` directly may build one, passing
+    their own ``cancelled`` event or letting it be created on first use.
     """
 
     __slots__ = ("_cancel_requested", "_event", "attempt", "deadline", "engine", "job", "worker_id")
@@ -39,13 +42,14 @@ class JobContext:
         worker_id: str,
         deadline: datetime | None,
         engine: Engine,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.job = job
         self.attempt = attempt
         self.worker_id = worker_id
         self.deadline = deadline
         self.engine = engine
-        self._event: threading.Event | None = None
+        self._event = cancelled
         self._cancel_requested = False
 
     def __repr__(self) -> str:
