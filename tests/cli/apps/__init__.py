@@ -1,0 +1,1 @@
+"""Apps the CLI tests import in child processes."""

@@ -1,0 +1,3 @@
+"""A module that fails on import, as a mistyped app would."""
+
+raise RuntimeError("settings missing: DATABASE_URL")
