@@ -1,0 +1,234 @@
+"""Flask integration: the ``Backrun`` extension and the ``flask backrun`` commands.
+
+::
+
+    jobs = Backrun()                      # extensions.py
+
+    @jobs.handler(name="send_welcome")    # anywhere, before or after init_app
+    def send_welcome(payload: Welcome) -> None: ...
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        app.config["BACKRUN_STORE"] = "var/backrun"
+        jobs.init_app(app)                # starts nothing
+        return app
+
+    jobs.enqueue("send_welcome", {"email": "a@b.c"})     # in a view
+
+``flask backrun worker`` runs the worker; ``flask backrun jobs ...`` and
+``flask backrun stats`` inspect the store (the same options as the
+``backrun`` command). Each job runs inside ``app.app_context()``.
+
+Configuration keys (all optional): ``BACKRUN_STORE`` (a JSON store directory;
+default ``$BACKRUN_DIR`` or ``./.backrun``), ``BACKRUN_STORAGE`` (a ready
+``Storage``, e.g. ``PostgresStorage``), ``BACKRUN_MAX_PARALLELISM``,
+``BACKRUN_QUEUES``, ``BACKRUN_SHUTDOWN_TIMEOUT``, ``BACKRUN_MAX_RETRIES``,
+``BACKRUN_JOB_TIMEOUT`` (seconds), ``BACKRUN_HANDLER_PACKAGES`` (packages
+whose handlers are discovered), ``BACKRUN_METRICS_PORT`` (the worker's).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from backrun.cli import main as cli_main
+from backrun.context import JobContext
+from backrun.engine import Engine
+from backrun.jobs import Job
+from backrun.middleware import Middleware, ProcessNext
+from backrun.retries import RetryPolicy
+from backrun.storage.base import Storage
+
+__all__ = ["AppContextMiddleware", "Backrun"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXTENSION_KEY = "backrun"
+
+
+class AppContextMiddleware(Middleware):
+    """Run each attempt inside ``app.app_context()`` (``current_app``, ``g``, extensions)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
+        """Push the application context around the rest of the chain."""
+        with self.app.app_context():
+            call_next(ctx)
+
+
+@dataclass
+class _State:
+    """What the extension keeps per app in ``app.extensions["backrun"]``."""
+
+    extension: Backrun
+    app: Flask
+    engine: Engine | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Backrun:
+    """The Flask extension: one engine per app, built on first use.
+
+    Args:
+        app: the application, or ``None`` to call :meth:`init_app` later.
+        engine: an engine to use instead of building one from the config.
+    """
+
+    def __init__(self, app: Flask | None = None, *, engine: Engine | None = None) -> None:
+        self._engine = engine
+        self._handlers: list[tuple[Any, dict[str, Any]]] = []
+        self._built: list[Engine] = [] if engine is None else [engine]
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app``: record state and add ``flask backrun``. Starts nothing."""
+        app.config.setdefault("BACKRUN_STORE", None)
+        app.extensions[EXTENSION_KEY] = _State(self, app, self._engine)
+        app.cli.add_command(_command_group(self))
+
+    # -- handlers -----------------------------------------------------------
+
+    def handler(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Register a function handler on every app's engine: ``@jobs.handler(name=...)``."""
+
+        def register(target: F) -> F:
+            self.add_handler(target, name=name, retry=retry, queue=queue)
+            return target
+
+        return register(fn) if fn is not None else register
+
+    def add_handler(self, handler: Any, **options: Any) -> None:
+        """Register a handler (as :meth:`Engine.add_handler`) on every app's engine."""
+        self._handlers.append((handler, options))
+        for engine in self._built:
+            engine.add_handler(handler, **options)
+
+    # -- the engine -----------------------------------------------------------
+
+    def engine_for(self, app: Flask) -> Engine:
+        """The engine of ``app``, built from its config on first use."""
+        state = app.extensions.get(EXTENSION_KEY)
+        if not isinstance(state, _State):
+            raise RuntimeError("Backrun.init_app(app) was not called for this app")
+        with state.lock:
+            if state.engine is None:
+                state.engine = self._build(app)
+            elif not any(
+                isinstance(m, AppContextMiddleware) and m.app is app
+                for m in state.engine.middleware
+            ):
+                state.engine.add_middleware(AppContextMiddleware(app))
+            return state.engine
+
+    @property
+    def engine(self) -> Engine:
+        """The current app's engine (needs an application context)."""
+        return self.engine_for(current_app._get_current_object())  # type: ignore[attr-defined]
+
+    def enqueue(self, handler: Any, payload: object = None, **options: Any) -> Job:
+        """``engine.enqueue`` on the current app's engine."""
+        return self.engine.enqueue(handler, payload, **options)
+
+    def _build(self, app: Flask) -> Engine:
+        config = app.config
+        options: dict[str, Any] = {}
+        storage = config.get("BACKRUN_STORAGE")
+        if isinstance(storage, Storage):
+            options["storage"] = storage
+        elif config.get("BACKRUN_STORE"):
+            from backrun.storage.jsonfile import JsonFileStorage
+
+            options["storage"] = JsonFileStorage(config["BACKRUN_STORE"])
+        if config.get("BACKRUN_MAX_PARALLELISM") is not None:
+            options["max_parallelism"] = int(config["BACKRUN_MAX_PARALLELISM"])
+        if config.get("BACKRUN_SHUTDOWN_TIMEOUT") is not None:
+            options["shutdown_timeout"] = float(config["BACKRUN_SHUTDOWN_TIMEOUT"])
+        queues = config.get("BACKRUN_QUEUES")
+        if queues:
+            options["queues"] = [queues] if isinstance(queues, str) else list(queues)
+        retry = _retry_policy(config)
+        if retry is not None:
+            options["retry"] = retry
+        engine = Engine(**options)
+        engine.add_middleware(AppContextMiddleware(app))
+        for handler, handler_options in self._handlers:
+            engine.add_handler(handler, **handler_options)
+        for package in config.get("BACKRUN_HANDLER_PACKAGES") or ():
+            engine.add_handlers_from_package(package)
+        self._built.append(engine)
+        return engine
+
+
+def _retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
+    retries = config.get("BACKRUN_MAX_RETRIES")
+    timeout = config.get("BACKRUN_JOB_TIMEOUT")
+    if retries is None and timeout is None:
+        return None
+    return RetryPolicy(
+        max_retries=3 if retries is None else int(retries),
+        timeout=timedelta(minutes=15) if timeout is None else timedelta(seconds=float(timeout)),
+    )
+
+
+_PASS_THROUGH: dict[str, Any] = {
+    "ignore_unknown_options": True,
+    "allow_extra_args": True,
+    "help_option_names": [],
+}
+
+
+def _command_group(extension: Backrun) -> click.Group:
+    group = AppGroup("backrun", help="Run backrun's worker and inspect its jobs.")
+
+    def run(command: str, args: tuple[str, ...]) -> None:
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        argv = [command, *args]
+        port = app.config.get("BACKRUN_METRICS_PORT")
+        if command == "worker" and port is not None and "--metrics-port" not in args:
+            argv[1:1] = ["--metrics-port", str(port)]
+        code = cli_main(
+            argv,
+            engine=extension.engine_for(app),
+            prog="flask backrun",
+            app_label=f"flask app {app.import_name!r}",
+        )
+        raise SystemExit(code)
+
+    @group.command("worker", context_settings=_PASS_THROUGH, add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def worker(args: tuple[str, ...]) -> None:
+        """Run a worker until SIGTERM/SIGINT (see --help)."""
+        run("worker", args)
+
+    @group.command("jobs", context_settings=_PASS_THROUGH, add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def jobs(args: tuple[str, ...]) -> None:
+        """List, show, retry, cancel and purge jobs (see --help)."""
+        run("jobs", args)
+
+    @group.command("stats", context_settings=_PASS_THROUGH, add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def stats(args: tuple[str, ...]) -> None:
+        """Jobs by queue and state (see --help)."""
+        run("stats", args)
+
+    return group

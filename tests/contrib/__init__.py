@@ -1,0 +1,1 @@
+"""Tests of backrun's user-facing integrations."""
