@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -82,17 +80,6 @@ def fresh_postgres_storage(**options: Any) -> Any:
     store = _DroppingStorage(tagged_dsn(schema), schema=schema, **options)
     store.migrate()
     return store
-
-
-def wait_until(predicate: Callable[[], object], *, timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until it is true; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {predicate!r}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def tagged_dsn(application_name: str) -> str:
