@@ -147,13 +147,25 @@ class AttemptRecorder:
             state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
         )
 
-    def finish(self, attempt: Attempt, error: BaseException | None) -> None:
-        """Record how ``attempt`` ended and tell the middleware."""
+    def finish(
+        self, attempt: Attempt, error: BaseException | None, patience: float | None = None
+    ) -> bool:
+        """Record how ``attempt`` ended and tell the middleware.
+
+        Store errors are retried with backoff, for ``patience`` seconds (default:
+        until the store recovers or the worker is forced to stop).
+
+        Returns:
+            False if the store still refused the write when patience ran out.
+        """
         if error is not None and not isinstance(error, Exception):
             log.warning("job %s raised %s; recorded as a failure", attempt.job.id, type(error))
-        recorded = self._persist(self.outcome(attempt, error, self.clock.now()))
+        recorded = self._persist(self.outcome(attempt, error, self.clock.now()), patience)
+        if recorded is _GAVE_UP:
+            return False
         if recorded is not None:
             self._announce(attempt, recorded, error)
+        return True
 
     def release(self, attempt: Attempt) -> None:
         """Give a still-running job back at shutdown, without charging the attempt."""
@@ -170,7 +182,7 @@ class AttemptRecorder:
                 lease_expires_at=None,
             )
         recorded = self._persist(new, patience=5.0)
-        if recorded is not None:
+        if recorded is not None and recorded is not _GAVE_UP:
             log.info("released job %s back to %s", job.id, recorded.state.value)
             self._announce(attempt, recorded, None)
 
@@ -186,8 +198,10 @@ class AttemptRecorder:
     def _persist(self, job: Job, patience: float | None = None) -> Job | None:
         """Write ``job``; retry store errors with backoff until it lands.
 
-        Returns the record written, or ``None`` if the claim was lost (someone
-        else owns the job now: nothing is written) or patience ran out.
+        Returns the record written; ``None`` if the claim was lost (someone
+        else owns the job now: nothing is written); ``_GAVE_UP`` if patience ran
+        out or the worker was forced to stop (the job stays RUNNING under this
+        worker's claim and is recovered as an orphan once the worker is gone).
         """
         delay = 0.05
         give_up = None if patience is None else time.monotonic() + patience
@@ -202,15 +216,20 @@ class AttemptRecorder:
                 if not failing:
                     log.exception("job %s: could not record its attempt; retrying", job.id)
                     failing = True
-                if give_up is not None and time.monotonic() + delay > give_up:
-                    log.error("job %s: gave up recording; it will be recovered", job.id)
-                    return None
+                out_of_time = give_up is not None and time.monotonic() + delay > give_up
+                if out_of_time or self.worker.forced:
+                    log.error("job %s: the store refuses the write; will retry later", job.id)
+                    return _GAVE_UP
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             if failing:
                 log.warning("job %s: store is writable again; attempt recorded", job.id)
             return job
+
+
+_GAVE_UP: Job = Job(id="0" * 32, handler="", payload={})
+"""Sentinel from ``_persist``: the write did not land."""
 
 
 def _safely(hook: Callable[..., Any], *args: Any) -> None:

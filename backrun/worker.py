@@ -97,6 +97,7 @@ class Worker:
         self._slots: list[_Slot] = []
         self._stuck: set[_Slot] = set()
         self._attempts: dict[str, Attempt] = {}
+        self._unrecorded: list[tuple[Attempt, BaseException]] = []
         self._processed = 0
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Callable[[], None]] = []
@@ -181,6 +182,11 @@ class Worker:
         """Stop waiting for running attempts: release them now. Signal-safe."""
         self._forced = True
         self._stopping = True
+
+    @property
+    def forced(self) -> bool:
+        """True once :meth:`force` was called."""
+        return self._forced
 
     @property
     def stopping(self) -> bool:
@@ -362,7 +368,10 @@ class Worker:
         """Give up on an attempt's thread; start a fresh slot in its place."""
         slot = attempt.slot
         with self._lock:
-            del self._attempts[attempt.job.id]
+            # The slot thread may have removed the entry already: its handler
+            # can return between our settle() and this line.
+            if self._attempts.get(attempt.job.id) is attempt:
+                del self._attempts[attempt.job.id]
             if not isinstance(slot, _Slot) or slot.abandoned:
                 return
             slot.abandoned = True
@@ -382,6 +391,8 @@ class Worker:
                 return
             now_mono = time.monotonic()
             try:
+                if self._unrecorded:
+                    self._retry_unrecorded()
                 self._enforce_deadlines()
                 if now_mono >= next_heartbeat:
                     self._heartbeat()
@@ -421,7 +432,15 @@ class Worker:
                     f"attempt {attempt.ctx.attempt} ran past its timeout of {policy.timeout}"
                 )
                 log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
-                self._recorder.finish(attempt, error)
+                if not self._recorder.finish(attempt, error, patience=5.0):
+                    self._unrecorded.append((attempt, error))
+
+    def _retry_unrecorded(self) -> None:
+        """Write timeouts the store refused earlier; the supervisor must not block on them."""
+        pending, self._unrecorded = self._unrecorded, []
+        for attempt, error in pending:
+            if not self._recorder.finish(attempt, error, patience=1.0):
+                self._unrecorded.append((attempt, error))
 
     def _heartbeat(self) -> None:
         with self._lock:

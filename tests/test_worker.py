@@ -241,6 +241,10 @@ def test_a_hung_handler_times_out_while_other_slots_keep_working(clock: FakeCloc
         clock.advance(timedelta(minutes=15))
         wait_until(lambda: worker.stuck_threads == 1, message="stuck thread counted")
         assert hung_ctx[0].cancelled.is_set()
+        wait_until(
+            lambda: engine.get(hung.id).state is JobState.SCHEDULED,  # type: ignore[union-attr]
+            message="timeout recorded as a failed attempt",
+        )
         stored = engine.get(hung.id)
         assert stored is not None
         assert stored.state is JobState.SCHEDULED
