@@ -1,0 +1,1 @@
+"""Management commands: ``backrun_worker`` and ``backrun``."""

@@ -1,0 +1,23 @@
+"""``manage.py backrun jobs ...`` / ``manage.py backrun stats``: the CLI on the project's engine."""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand
+
+from backrun.cli import main as cli_main
+from backrun.contrib.django import get_engine
+
+
+class Command(BaseCommand):  # type: ignore[misc]
+    """Pass the arguments to the ``backrun`` CLI, working on the project's engine."""
+
+    help = (
+        "Inspect and steer jobs: jobs list|show|retry|cancel|purge, stats, worker "
+        "(the backrun CLI on settings.BACKRUN; see 'manage.py backrun --help')."
+    )
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        """Hand everything after ``backrun`` to the CLI's own parser."""
+        sys.exit(cli_main(argv[2:], engine=get_engine(), prog=f"{argv[0]} backrun"))

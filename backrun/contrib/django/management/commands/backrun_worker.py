@@ -1,0 +1,43 @@
+"""``manage.py backrun_worker``: the backrun worker for a Django project."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from backrun.cli._common import CliError
+from backrun.cli._worker import add_worker_arguments, options_from_namespace, run_worker
+from backrun.contrib.django import get_engine
+from backrun.contrib.django.conf import read_settings
+from backrun.contrib.django.middleware import CloseOldConnectionsMiddleware
+
+
+class Command(BaseCommand):  # type: ignore[misc]
+    """Run a worker until SIGTERM/SIGINT; the options mirror ``backrun worker``."""
+
+    help = (
+        "Run a backrun worker until SIGTERM/SIGINT (drains running jobs; a second Ctrl+C "
+        "forces). Exit codes: 0 clean, 1 forced or crashed, 2 usage, 3 store unavailable."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The same options as ``backrun worker``."""
+        add_worker_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Build the engine from settings and run its worker in the foreground."""
+        engine = get_engine()
+        if not any(isinstance(m, CloseOldConnectionsMiddleware) for m in engine.middleware):
+            engine.add_middleware(CloseOldConnectionsMiddleware())
+        worker_options = options_from_namespace(options)
+        if worker_options.metrics_port is None:
+            worker_options.metrics_port = read_settings().get("METRICS_PORT")
+        try:
+            code = run_worker(engine, worker_options, app="Django settings.BACKRUN")
+        except CliError as exc:
+            raise CommandError(str(exc), returncode=exc.code) from None
+        if code:
+            sys.exit(code)

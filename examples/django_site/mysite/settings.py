@@ -1,0 +1,67 @@
+"""Settings of the example project (development values; see the README)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR = Path(os.environ.get("MYSITE_VAR_DIR", BASE_DIR / "var"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "backrun.contrib.django",
+    "accounts",
+]
+if importlib.util.find_spec("django.tasks") is None:  # Django < 6: the backport
+    INSTALLED_APPS.append("django_tasks")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+ROOT_URLCONF = "mysite.urls"
+WSGI_APPLICATION = "mysite.wsgi.application"
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR / "db.sqlite3",
+        "OPTIONS": {"timeout": 20},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+# backrun: one dict. The worker: `python manage.py backrun_worker`.
+BACKRUN = {
+    "STORE": VAR / "backrun",
+    "MAX_PARALLELISM": 4,
+    "RETRY": {"MAX_RETRIES": 3, "TIMEOUT": 300},
+    # "HANDLERS": ["accounts.jobs"],  # default: every installed app's `jobs` module
+    # "METRICS_PORT": 9100,           # Prometheus metrics from the worker
+}
+
+# Django's task framework, run by backrun (@task functions in accounts/tasks.py).
+TASKS = {
+    "default": {
+        "BACKEND": "backrun.contrib.django.tasks.BackrunBackend",
+        "OPTIONS": {"RESULT_CACHE": "task_results"},
+    }
+}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by the web and worker processes, so results cross between them.
+    "task_results": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": VAR / "task-results",
+    },
+}
