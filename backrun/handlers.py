@@ -122,7 +122,7 @@ def _positional_count(fn: Callable[..., Any]) -> int:
 
 
 def _first_param_type(fn: Callable[..., Any], skip_self: bool) -> Any:
-    params = [p for p in inspect.signature(fn).parameters.values()]
+    params = list(inspect.signature(fn).parameters.values())
     if skip_self:
         params = params[1:]
     if not params:

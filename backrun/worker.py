@@ -1,4 +1,4 @@
-"""The worker: slot threads that claim and run jobs, and a supervisor thread.
+"""The worker: slot threads that claim and run jobs (the supervisor is its own module).
 
 Each of ``max_parallelism`` slot threads claims one due job at a time, so no
 more than that many handlers run at once and nothing is claimed without a free
@@ -19,13 +19,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .attempts import Attempt, AttemptRecorder
-from .errors import JobTimeout
-from .jobs import WORKER_CRASHED, Job, JobError, JobState
+from .jobs import Job
 from .middleware import compose_process, overrides
+from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -97,13 +97,12 @@ class Worker:
         self._slots: list[_Slot] = []
         self._stuck: set[_Slot] = set()
         self._attempts: dict[str, Attempt] = {}
-        self._unrecorded: list[tuple[Attempt, BaseException]] = []
         self._processed = 0
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Callable[[], None]] = []
         self._middleware = list(engine.middleware)
-        self._recorder = AttemptRecorder(self, self._middleware)
-        self._chain = compose_process(self._middleware, self._recorder.invoke)
+        self.recorder = AttemptRecorder(self, self._middleware)
+        self._chain = compose_process(self._middleware, self.recorder.invoke)
 
     # -- public state -----------------------------------------------------
 
@@ -136,7 +135,7 @@ class Worker:
             for _ in range(self.max_parallelism):
                 self._start_slot()
         supervisor = threading.Thread(
-            target=self._supervise, name=f"backrun-supervisor-{self.id}", daemon=True
+            target=Supervisor(self).run, name=f"backrun-supervisor-{self.id}", daemon=True
         )
         self._threads.append(supervisor)
         supervisor.start()
@@ -182,6 +181,16 @@ class Worker:
         """Stop waiting for running attempts: release them now. Signal-safe."""
         self._forced = True
         self._stopping = True
+
+    def running_attempts(self) -> list[Attempt]:
+        """A snapshot of the attempts in flight."""
+        with self._lock:
+            return list(self._attempts.values())
+
+    def wait_for_supervisor_work(self, seconds: float) -> None:
+        """Sleep the supervisor until ``seconds`` pass or something wakes it."""
+        self._supervisor_wake.wait(seconds)
+        self._supervisor_wake.clear()
 
     @property
     def forced(self) -> bool:
@@ -257,8 +266,8 @@ class Worker:
         for attempt in attempts:
             attempt.ctx.cancel()
             if attempt.settle():
-                self._abandon(attempt)
-                self._recorder.release(attempt)
+                self.abandon(attempt)
+                self.recorder.release(attempt)
 
     def wait_idle(self, timeout: float) -> int:
         """Block until nothing is due and nothing runs; return attempts processed.
@@ -348,13 +357,13 @@ class Worker:
         return timeout
 
     def _run(self, job: Job, slot: _Slot) -> None:
-        attempt = self._recorder.begin(job, slot)
+        attempt = self.recorder.begin(job, slot)
         with self._lock:
             self._attempts[job.id] = attempt
         try:
-            error = self._recorder.execute(attempt, self._chain)
+            error = self.recorder.execute(attempt, self._chain)
             if attempt.settle():
-                self._recorder.finish(attempt, error)
+                self.recorder.finish(attempt, error)
         finally:
             with self._lock:
                 if self._attempts.get(job.id) is attempt:
@@ -364,7 +373,7 @@ class Worker:
         if slot.abandoned:
             log.warning("stuck thread for job %s returned; its result was discarded", job.id)
 
-    def _abandon(self, attempt: Attempt) -> None:
+    def abandon(self, attempt: Attempt) -> None:
         """Give up on an attempt's thread; start a fresh slot in its place."""
         slot = attempt.slot
         with self._lock:
@@ -379,123 +388,3 @@ class Worker:
             if not self._stopping:
                 self._start_slot()
             self._changed.notify_all()
-
-    # -- supervisor ---------------------------------------------------------
-
-    def _supervise(self) -> None:
-        heartbeat_every = max(self.lease.total_seconds() / 3, 0.05)
-        next_heartbeat = time.monotonic() + heartbeat_every
-        next_recovery = time.monotonic()
-        while not self._stopping or self._attempts:
-            if self._forced:
-                return
-            now_mono = time.monotonic()
-            try:
-                if self._unrecorded:
-                    self._retry_unrecorded()
-                self._enforce_deadlines()
-                if now_mono >= next_heartbeat:
-                    self._heartbeat()
-                    next_heartbeat = now_mono + heartbeat_every
-                if now_mono >= next_recovery and not self._stopping:
-                    self._recover()
-                    self.storage.maintain(now=self.clock.now())
-                    next_recovery = now_mono + self.recovery_interval
-            except Exception:
-                log.exception("supervisor round failed; will retry")
-            wait = min(next_heartbeat, next_recovery) - time.monotonic()
-            deadline = self._next_deadline()
-            if deadline is not None:
-                wait = min(wait, (deadline - self.clock.now()).total_seconds())
-            self._supervisor_wake.wait(max(wait, 0.001) if not self._stopping else min(wait, 0.1))
-            self._supervisor_wake.clear()
-
-    def _next_deadline(self) -> datetime | None:
-        with self._lock:
-            deadlines = [a.ctx.deadline for a in self._attempts.values() if a.ctx.deadline]
-        return min(deadlines) if deadlines else None
-
-    def _enforce_deadlines(self) -> None:
-        now = self.clock.now()
-        with self._lock:
-            late = [
-                a
-                for a in self._attempts.values()
-                if a.ctx.deadline is not None and a.ctx.deadline <= now
-            ]
-        for attempt in late:
-            attempt.ctx.cancel()
-            if attempt.settle():
-                self._abandon(attempt)
-                policy = self._recorder.policy_for(attempt.job)
-                error = JobTimeout(
-                    f"attempt {attempt.ctx.attempt} ran past its timeout of {policy.timeout}"
-                )
-                log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
-                if not self._recorder.finish(attempt, error, patience=5.0):
-                    self._unrecorded.append((attempt, error))
-
-    def _retry_unrecorded(self) -> None:
-        """Write timeouts the store refused earlier; the supervisor must not block on them."""
-        pending, self._unrecorded = self._unrecorded, []
-        for attempt, error in pending:
-            if not self._recorder.finish(attempt, error, patience=1.0):
-                self._unrecorded.append((attempt, error))
-
-    def _heartbeat(self) -> None:
-        with self._lock:
-            attempts = list(self._attempts.values())
-        now = self.clock.now()
-        stop = self.storage.heartbeat(
-            [a.job for a in attempts], worker_id=self.id, now=now, lease_until=now + self.lease
-        )
-        for attempt in attempts:
-            if attempt.job.id in stop:
-                attempt.stop_requested = True
-                attempt.ctx.cancel()
-
-    def _recover(self) -> None:
-        now = self.clock.now()
-        for orphan in self.storage.orphans(now=now):
-            if orphan.worker_id == self.id:
-                continue
-            rescued = rescue_orphan(orphan, now=now, max_crashes=self.max_crashes)
-            try:
-                self.storage.update(rescued)
-            except Exception as exc:
-                log.info("orphan %s not rescued here: %s", orphan.id, exc)
-                continue
-            log.warning(
-                "recovered job %s from dead worker %s -> %s",
-                orphan.id,
-                orphan.worker_id,
-                rescued.state.value,
-            )
-            self._recorder.orphan_recovered(rescued)
-
-
-def rescue_orphan(orphan: Job, *, now: datetime, max_crashes: int) -> Job:
-    """Return the record that rescues a dead worker's job.
-
-    The attempt the dead worker started stays charged and is recorded as a
-    ``WorkerCrashed`` error. The job runs again, unless it has now killed
-    ``max_crashes`` workers or used its last attempt: then it is DEAD.
-    """
-    error = JobError(
-        type=WORKER_CRASHED,
-        message=f"crashed worker: {orphan.worker_id} died during attempt {orphan.attempts}",
-        traceback="",
-        attempt=orphan.attempts,
-        at=now,
-    )
-    errors = (*orphan.errors, error)
-    crashes = sum(1 for e in errors if e.type == WORKER_CRASHED)
-    if crashes >= max_crashes or orphan.attempts >= orphan.max_attempts:
-        return orphan.replace(
-            state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
-        )
-    if orphan.cancel_requested:
-        return orphan.replace(
-            state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
-        )
-    return orphan.replace(state=JobState.QUEUED, errors=errors, run_at=now, lease_expires_at=None)

@@ -325,7 +325,7 @@ def test_orphans_of_dead_workers_are_rescued_and_poison_goes_dead(
     for n in range(3):
         (claimed,) = storage.claim(queues=None, limit=1, now=now, worker_id=f"x{n}", lease=lease)
         if n < 2:
-            from backrun.worker import rescue_orphan
+            from backrun.supervisor import rescue_orphan
 
             storage.update(rescue_orphan(claimed, now=now, max_crashes=3))
     engine.run_until_idle(timeout=10)

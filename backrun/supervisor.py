@@ -1,0 +1,152 @@
+"""The supervisor: one thread per worker for leases, deadlines and recovery.
+
+Every third of the lease it renews the leases of running attempts (learning
+of cancellations on the way); at each attempt's deadline it times the attempt
+out, abandoning its thread for a fresh one; every ``recovery_interval`` it
+rescues the jobs of dead workers and runs the store's housekeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .attempts import Attempt
+from .errors import JobTimeout
+from .jobs import WORKER_CRASHED, Job, JobError, JobState
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+__all__ = ["Supervisor", "rescue_orphan"]
+
+log = logging.getLogger("backrun.worker")
+
+
+class Supervisor:
+    """Leases, deadlines and orphan recovery for one :class:`~backrun.worker.Worker`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.storage = worker.storage
+        self.clock = worker.clock
+        self._unrecorded: list[tuple[Attempt, BaseException]] = []
+
+    def run(self) -> None:
+        """The supervisor thread's loop; returns once the worker has drained or is forced."""
+        worker = self.worker
+        heartbeat_every = max(worker.lease.total_seconds() / 3, 0.05)
+        next_heartbeat = time.monotonic() + heartbeat_every
+        next_recovery = time.monotonic()
+        while not worker.stopping or worker.running_count:
+            if worker.forced:
+                return
+            now = time.monotonic()
+            try:
+                if self._unrecorded:
+                    self._retry_unrecorded()
+                self._enforce_deadlines()
+                if now >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = now + heartbeat_every
+                if now >= next_recovery and not worker.stopping:
+                    self._recover()
+                    self.storage.maintain(now=self.clock.now())
+                    next_recovery = now + worker.recovery_interval
+            except Exception:
+                log.exception("supervisor round failed; will retry")
+            wait = min(next_heartbeat, next_recovery) - time.monotonic()
+            deadline = self._next_deadline()
+            if deadline is not None:
+                wait = min(wait, (deadline - self.clock.now()).total_seconds())
+            if worker.stopping:  # drain: look often, the attempts are ending
+                wait = min(wait, 0.1)
+            worker.wait_for_supervisor_work(max(wait, 0.001))
+
+    def _next_deadline(self) -> datetime | None:
+        deadlines = [a.ctx.deadline for a in self.worker.running_attempts() if a.ctx.deadline]
+        return min(deadlines) if deadlines else None
+
+    def _enforce_deadlines(self) -> None:
+        now = self.clock.now()
+        for attempt in self.worker.running_attempts():
+            deadline = attempt.ctx.deadline
+            if deadline is None or deadline > now:
+                continue
+            attempt.ctx.cancel()
+            if not attempt.settle():
+                continue  # it finished (or was released) just now
+            self.worker.abandon(attempt)
+            timeout = self.worker.recorder.policy_for(attempt.job).timeout
+            error = JobTimeout(f"attempt {attempt.ctx.attempt} ran past its timeout of {timeout}")
+            log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
+            if not self.worker.recorder.finish(attempt, error, patience=5.0):
+                self._unrecorded.append((attempt, error))
+
+    def _retry_unrecorded(self) -> None:
+        """Write timeouts the store refused earlier; never block the loop on them."""
+        pending, self._unrecorded = self._unrecorded, []
+        for attempt, error in pending:
+            if not self.worker.recorder.finish(attempt, error, patience=1.0):
+                self._unrecorded.append((attempt, error))
+
+    def _heartbeat(self) -> None:
+        attempts = self.worker.running_attempts()
+        now = self.clock.now()
+        lease_until = now + self.worker.lease
+        jobs = [a.job for a in attempts]
+        stop = self.storage.heartbeat(
+            jobs, worker_id=self.worker.id, now=now, lease_until=lease_until
+        )
+        for attempt in attempts:
+            if attempt.job.id in stop:
+                attempt.stop_requested = True
+                attempt.ctx.cancel()
+
+    def _recover(self) -> None:
+        now = self.clock.now()
+        for orphan in self.storage.orphans(now=now):
+            if orphan.worker_id == self.worker.id:
+                continue
+            rescued = rescue_orphan(orphan, now=now, max_crashes=self.worker.max_crashes)
+            try:
+                self.storage.update(rescued)
+            except Exception as exc:
+                log.info("orphan %s not rescued here: %s", orphan.id, exc)
+                continue
+            log.warning(
+                "recovered job %s from dead worker %s -> %s",
+                orphan.id,
+                orphan.worker_id,
+                rescued.state.value,
+            )
+            self.worker.recorder.orphan_recovered(rescued)
+
+
+def rescue_orphan(orphan: Job, *, now: datetime, max_crashes: int) -> Job:
+    """Return the record that rescues a dead worker's job.
+
+    The attempt the dead worker started stays charged and is recorded as a
+    ``WorkerCrashed`` error. The job runs again, unless it has now killed
+    ``max_crashes`` workers or used its last attempt: then it is DEAD.
+    """
+    error = JobError(
+        type=WORKER_CRASHED,
+        message=f"crashed worker: {orphan.worker_id} died during attempt {orphan.attempts}",
+        traceback="",
+        attempt=orphan.attempts,
+        at=now,
+    )
+    errors = (*orphan.errors, error)
+    crashes = sum(1 for e in errors if e.type == WORKER_CRASHED)
+    if crashes >= max_crashes or orphan.attempts >= orphan.max_attempts:
+        return orphan.replace(
+            state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
+        )
+    if orphan.cancel_requested:
+        return orphan.replace(
+            state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
+        )
+    return orphan.replace(state=JobState.QUEUED, errors=errors, run_at=now, lease_expires_at=None)
