@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
 from .handlers import Handler, HandlerRegistry, HandlerSpec
@@ -25,6 +25,9 @@ from .retries import RetryPolicy
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH, check_payload
 from .storage.base import Storage
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .observability.metrics import MetricsServer
 
 __all__ = ["Engine"]
 
@@ -513,6 +516,16 @@ class Engine:
         for worker in workers:
             worker.request_stop()
         self._stop_requested.set()
+
+    def serve_metrics(self, port: int = 9464, addr: str = "127.0.0.1") -> MetricsServer:
+        """Serve Prometheus metrics at ``http://addr:port/metrics`` from a background thread.
+
+        Binds to 127.0.0.1 unless told otherwise; ``port=0`` picks a free port.
+        Returns the server (``.url``, ``.close()``).
+        """
+        from .observability.metrics import serve_metrics
+
+        return serve_metrics(self, port, addr=addr)
 
     def close(self) -> None:
         """Close the store. Stop workers first."""

@@ -81,3 +81,23 @@ def test_import_loads_no_optional_integration_and_starts_nothing() -> None:
     found = [m for m in loaded["modules"] if m.split(".")[0] in heavy or m.startswith(heavy)]
     assert found == []
     assert loaded["threads"] == 1
+
+
+def test_engine_serves_metrics_on_loopback_by_default() -> None:
+    import urllib.request
+
+    engine = backrun.Engine(backrun.MemoryStorage())
+
+    @engine.handler(name="metrics_probe")
+    def probe(payload: dict[str, int]) -> None:
+        pass
+
+    engine.enqueue(probe, {"n": 1})
+    engine.run_until_idle(timeout=10)
+    server = engine.serve_metrics(port=0)
+    try:
+        assert server.addr == "127.0.0.1"
+        body = urllib.request.urlopen(server.url, timeout=10).read().decode()
+    finally:
+        server.close()
+    assert 'backrun_jobs_completed_total{handler="metrics_probe"' in body
