@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -185,7 +186,25 @@ def _apply(engine: Engine, options: WorkerOptions) -> None:
         engine.add_middleware(LoggingMiddleware())
 
 
-def _tracing(engine: Engine) -> str:
+def _start_otlp() -> tuple[Any, str]:
+    """Install OTLP export if the environment asks for it (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+    try:
+        from backrun.observability.otlp import configure_otlp
+    except ImportError:
+        return None, ""
+    try:
+        export = configure_otlp()
+    except ImportError as exc:
+        return None, f"OTLP export requested but unavailable ({exc}): pip install 'backrun[otel]'"
+    if export is None:
+        return None, ""
+    endpoint = os.environ.get("BACKRUN_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    return export, f"OTLP/HTTP to {endpoint}"
+
+
+def _tracing(engine: Engine, otlp: str) -> str:
     if not any(type(m).__name__ == "TracingMiddleware" for m in engine.middleware):
         return "off"
     try:
@@ -194,8 +213,9 @@ def _tracing(engine: Engine) -> str:
         return "off (opentelemetry-api missing)"
     provider = type(trace.get_tracer_provider()).__name__
     if provider in ("ProxyTracerProvider", "NoOpTracerProvider"):
-        return "on (no tracer provider configured: spans are dropped)"
-    return f"on ({provider})"
+        hint = otlp or "set OTEL_EXPORTER_OTLP_ENDPOINT to export"
+        return f"on, no tracer provider: spans are dropped ({hint})"
+    return f"on ({provider}{', ' + otlp if otlp else ''})"
 
 
 def _start_metrics(engine: Engine, options: WorkerOptions) -> tuple[str, Any]:
@@ -216,7 +236,7 @@ def _start_metrics(engine: Engine, options: WorkerOptions) -> tuple[str, Any]:
     return (url if isinstance(url, str) else f"port {options.metrics_port}"), server
 
 
-def banner(engine: Engine, app: str, metrics: str, out: IO[str]) -> None:
+def banner(engine: Engine, app: str, metrics: str, otlp: str, out: IO[str]) -> None:
     """Print the start-up banner."""
     handlers = engine.registry.names()
     queues = "all" if engine.queues is None else ", ".join(sorted(engine.queues))
@@ -228,7 +248,7 @@ def banner(engine: Engine, app: str, metrics: str, out: IO[str]) -> None:
         f"  concurrency: {engine.max_parallelism}",
         f"  shutdown:    wait up to {engine.shutdown_timeout:g}s for running jobs",
         f"  metrics:     {metrics}",
-        f"  tracing:     {_tracing(engine)}",
+        f"  tracing:     {_tracing(engine, otlp)}",
         f"  handlers:    {len(handlers)}"
         + ("" if handlers else " (none registered: nothing will run)"),
     ]
@@ -258,8 +278,9 @@ def run_worker(
     watch = _Watch(stream)
     engine.add_middleware(watch)
     metrics, server = _start_metrics(engine, options)
+    export, otlp = _start_otlp()
     try:
-        banner(engine, app or repr(engine), metrics, stream)
+        banner(engine, app or repr(engine), metrics, otlp, stream)
         try:
             drained = engine.run_forever()
         except StorageError as exc:
@@ -271,6 +292,8 @@ def run_worker(
         engine.middleware.remove(watch)
         if server is not None:
             server.close()
+        if export is not None and not export.flush(timeout_millis=5000):
+            log.warning("some spans or metrics could not be exported before exit")
     processed = watch.worker.processed if watch.worker is not None else 0
     if drained and watch.interrupts < 2:
         stream.write(f"backrun: worker stopped cleanly ({processed} attempt(s) processed)\n")

@@ -38,12 +38,13 @@ def run(
     timeout: float = 30.0,
     **kwargs: object,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion; capture stdout and stderr as text."""
+    """Run a command to completion; capture stdout and (unless redirected) stderr as text."""
+    kwargs.setdefault("stderr", subprocess.PIPE)
     return subprocess.run(
         list(args),
         cwd=cwd,
         env=child_env(env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any, ClassVar
 
 import pytest
 
 import backrun
 from tests.cli.conftest import APPS
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc, run, wait_until
 from tests.cli.procs import backrun as run_backrun
 
 
@@ -283,30 +288,18 @@ def test_errors_are_one_line_with_the_documented_exit_code(
     assert message in _one_error_line(result)
 
 
-def test_store_path_that_is_a_file_or_not_writable_is_refused(tmp_path: Path) -> None:
+def test_store_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     result = run_backrun("stats", "--store", str(a_file), cwd=tmp_path)
     assert result.returncode == 3
     assert "is not a directory" in _one_error_line(result)
 
-    readonly = tmp_path / "readonly"
-    readonly.mkdir(mode=0o700)
-    # root writes through permission bits; the immutable attribute stops even root.
-    if os.geteuid() == 0:
-        locked = subprocess.run(["chattr", "+i", str(readonly)], capture_output=True, check=False)
-        if locked.returncode != 0:
-            pytest.skip(f"cannot make a directory unwritable for root here: {locked.stderr!r}")
-    else:
-        readonly.chmod(0o500)
-    try:
-        result = run_backrun("stats", "--store", str(readonly), cwd=tmp_path)
-        assert result.returncode == 3, result.stderr
-        assert "is not writable" in _one_error_line(result)
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(readonly)], check=True)
-        readonly.chmod(0o700)
+
+def test_store_directory_that_is_not_writable_is_refused(immutable_dir: Path) -> None:
+    result = run_backrun("stats", "--store", str(immutable_dir), cwd=immutable_dir.parent)
+    assert result.returncode == 3, result.stderr
+    assert "is not writable" in _one_error_line(result)
 
 
 def test_no_store_named_is_a_usage_error(tmp_path: Path) -> None:
@@ -350,3 +343,115 @@ def test_db_init_migrates_postgres(tmp_path: Path) -> None:
     down = run_backrun("db", "init", "--dsn", unreachable, "--timeout", "0.5", cwd=tmp_path)
     assert down.returncode == 3
     _one_error_line(down)
+
+
+@pytest.fixture
+def immutable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody can write into, root included (or skip where that is impossible)."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        done = subprocess.run(["chattr", "+i", str(locked)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a directory unwritable for root here: {done.stderr!r}")
+    else:
+        locked.chmod(0o500)
+    try:
+        yield locked
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o700)
+
+
+def test_worker_exits_3_when_its_store_is_unavailable(immutable_dir: Path) -> None:
+    env = {"CLI_TEST_STORE": str(immutable_dir / "store")}
+    result = run_backrun("worker", "cliapp:engine", cwd=APPS, env=env)
+    assert result.returncode == 3
+    line = _one_error_line(result)
+    assert line.startswith("error: store unavailable while importing 'cliapp': ")
+
+
+def test_retry_all_dead_draws_a_progress_bar_on_a_terminal(
+    cliapp: ModuleType, store: Path, tmp_path: Path
+) -> None:
+    engine = cliapp.engine
+    for i in range(3):
+        engine.enqueue("work", {"n": i})
+        now = engine.clock.now()
+        [job] = engine.storage.claim(
+            queues=None, limit=1, now=now, worker_id="t-1-aaaaaaaa", lease=engine.lease
+        )
+        engine.storage.update(job.replace(state=backrun.JobState.DEAD, finished_at=now))
+    controller, terminal = pty.openpty()
+    try:
+        result = run(
+            [sys.executable, "-m", "backrun", "jobs", "retry", "--all-dead", "--store", str(store)],
+            cwd=tmp_path,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert result.returncode == 0
+    assert result.stdout == "retried 3 dead job(s)\n"
+    assert b"retrying dead jobs [" in drawn
+    assert b"] 3/3" in drawn
+    piped = run_backrun("jobs", "retry", "--all-dead", "--store", str(store), cwd=tmp_path)
+    assert piped.stderr == ""  # no bar when stderr is not a terminal
+    assert piped.stdout == "retried 0 dead job(s)\n"
+
+
+class _Collector(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        self.bodies.append((self.path, self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_worker_exports_spans_over_otlp_when_the_environment_asks(
+    cliapp: ModuleType, app_env: dict[str, str]
+) -> None:
+    trace_pb2 = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Collector.bodies.clear()
+    job = cliapp.engine.enqueue("work", {"n": 7})
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {**app_env, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "cli-test"}
+    worker = Proc([sys.executable, "-m", "backrun", "worker", "cliapp:engine"], cwd=APPS, env=env)
+    try:
+        line = worker.wait_for(r"tracing: ")
+        assert f"on (TracerProvider, OTLP/HTTP to {endpoint})" in line
+        worker.wait_for(rf"work\[{job.id}\] succeeded")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output
+    finally:
+        worker.kill()
+        server.shutdown()
+        server.server_close()
+    names = set()
+    for path, body in _Collector.bodies:
+        if path == "/v1/traces":
+            request = trace_pb2.ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    names.update(span.name for span in scope.spans)
+    assert "process default" in names, (names, [p for p, _ in _Collector.bodies])
