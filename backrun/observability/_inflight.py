@@ -86,10 +86,17 @@ class InflightTable(Generic[T]):
             entry.stuck = running and timed_out
             return entry, running
 
-    def drain(self) -> list[Inflight[T]]:
-        """Remove and return every entry whose handler has returned."""
+    def drain(self, min_age: float = 0.0) -> list[Inflight[T]]:
+        """Remove and return the entries whose handler returned ``min_age`` seconds ago or more.
+
+        An entry younger than that may still hear ``attempt_finished`` (the
+        worker is recording it right now), so it is left alone.
+        """
+        now = time.perf_counter()
         with self._lock:
-            done = [k for k, e in self._entries.items() if e.end is not None]
+            done = [
+                k for k, e in self._entries.items() if e.end is not None and now - e.end >= min_age
+            ]
             return [self._entries.pop(k) for k in done]
 
     def _sweep(self, now: float) -> None:

@@ -251,7 +251,7 @@ class MetricsMiddleware(Middleware):
 
     def worker_stopping(self, worker: object) -> None:
         """Forget attempts whose outcome was never recorded (their claim was lost)."""
-        self._inflight.drain()
+        self._inflight.drain(min_age=5.0)
 
 
 # -- scrape time --------------------------------------------------------------

@@ -26,6 +26,10 @@ __all__ = ["TracingMiddleware"]
 
 _NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
+# At worker stop, a span whose handler returned this many seconds ago and
+# whose outcome was never recorded (the claim was lost) is ended anyway.
+_UNRECORDED_AFTER = 5.0
+
 _OUTCOMES = {
     JobState.SUCCEEDED: "succeeded",
     JobState.SCHEDULED: "retried",
@@ -44,9 +48,9 @@ class TracingMiddleware(Middleware):
     child of that context (or, with ``use_links=True``, the root of a new
     trace linked to it), which is the current span while the handler runs,
     so the handler's own spans and logs nest under it. A failed attempt has
-    its exception recorded, status ERROR and ``error.type``; the attribute
-    ``backrun.job.outcome`` (succeeded, retried, dead, cancelled, released)
-    says what the worker made of it. A timed-out attempt's span ends when the
+    its exception recorded, status ERROR and ``error.type``; unless the
+    attempt succeeded, the attribute ``backrun.job.outcome`` (retried, dead,
+    cancelled, released) says what the worker made of it. A timed-out attempt's span ends when the
     timeout is recorded, with ``error.type`` ``backrun.errors.JobTimeout``.
 
     Args:
@@ -97,10 +101,11 @@ class TracingMiddleware(Middleware):
         """Open ``send <queue>``, inject its context into ``job.headers``, persist."""
         tracer = self._get_tracer()
         if tracer is None:
-            carrier = dict(job.headers)
-            propagate.inject(carrier)  # an incoming context, if any, travels on
-            if len(carrier) != len(job.headers):
-                job = job.replace(headers=carrier)
+            if otel_context.get_current():  # empty unless something set a span or baggage
+                carrier = dict(job.headers)
+                propagate.inject(carrier)  # an incoming context travels on
+                if len(carrier) != len(job.headers):
+                    job = job.replace(headers=carrier)
             return call_next(job)
         attributes = dict(self._base_attributes("send", job.queue, job.handler))
         attributes["messaging.message.id"] = job.id
@@ -170,7 +175,8 @@ class TracingMiddleware(Middleware):
         if entry is None:
             return
         span = entry.value
-        span.set_attribute("backrun.job.outcome", _OUTCOMES.get(job.state, job.state.value))
+        if job.state is not JobState.SUCCEEDED:  # success is the status-UNSET default
+            span.set_attribute("backrun.job.outcome", _OUTCOMES.get(job.state, job.state.value))
         if running and error is not None:
             # The worker gave up on a handler still running (a timeout): the
             # span says so now rather than whenever the thread returns.
@@ -178,9 +184,9 @@ class TracingMiddleware(Middleware):
         _end(span, entry)
 
     def worker_stopping(self, worker: object) -> None:
-        """End spans whose handler returned but whose outcome was never recorded."""
-        for entry in self._inflight.drain():
-            _end(entry.value, entry)
+        """End spans whose handler returned long ago but whose outcome was never recorded."""
+        for entry in self._inflight.drain(min_age=_UNRECORDED_AFTER):
+            _end_dropped(entry)
 
 
 def _fail(span: Span, error: BaseException) -> None:
