@@ -128,7 +128,7 @@ def test_views_and_tasks_run_by_manage_py_backrun_worker(site: SimpleNamespace) 
     assert "worker stopped cleanly" in worker.output
 
     listed = run(
-        _manage("backrun", "jobs", "list", "--state", "succeeded", "--json"),
+        _manage("backrun", "jobs", "list", "--settings", "testsite_settings", "--json"),
         cwd=EXAMPLE,
         env=site.env,
     )
@@ -257,3 +257,12 @@ def test_system_check_reports_a_bad_backrun_setting(site: SimpleNamespace) -> No
             call_command("check")
     with override_settings(BACKRUN=["not", "a", "dict"]):
         assert [e.msg for e in check_backrun_setting()] == ["BACKRUN must be a dict, not list"]
+
+
+def test_task_backend_check_refuses_queue_names_backrun_cannot_store(site: SimpleNamespace) -> None:
+    from backrun.contrib.django.tasks import BackrunBackend
+
+    backend = BackrunBackend("reports", {"QUEUES": ["default", "high priority"]})
+    assert [(e.id, e.msg) for e in backend.check()] == [
+        ("backrun.E002", "TASKS['reports']: queue name 'high priority' is not valid for backrun")
+    ]

@@ -29,9 +29,11 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
+from django.utils import timezone
 from pydantic import BaseModel, Field
 
 from backrun.context import JobContext
+from backrun.engine import QUEUE_NAME
 from backrun.jobs import Job, JobState
 from backrun.retries import RetryPolicy
 
@@ -122,17 +124,36 @@ class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
             kwargs=_json(dict(kwargs)),
             backend=self.alias,
         )
+        run_after = task.run_after
+        if run_after is not None and timezone.is_naive(run_after):  # USE_TZ = False
+            run_after = timezone.make_aware(run_after)
         engine = get_engine()
         job = engine.enqueue(
             TASK_HANDLER,
             call,
-            at=task.run_after,
+            at=run_after,
             queue=task.queue_name,
             priority=task.priority,
         )
         result = self._result(task, job)
         _signals.task_enqueued.send(type(self), task_result=result)
         return result
+
+    def check(self, **kwargs: Any) -> list[Any]:
+        """Django's backend checks, plus queue names backrun can store."""
+        from django.core import checks
+
+        found = list(super().check(**kwargs))
+        found.extend(
+            checks.Error(
+                f"TASKS[{self.alias!r}]: queue name {queue!r} is not valid for backrun",
+                hint="Queue names are 1-64 characters of A-Z a-z 0-9 _ . -",
+                id="backrun.E002",
+            )
+            for queue in sorted(self.queues)
+            if not isinstance(queue, str) or QUEUE_NAME.match(queue) is None
+        )
+        return found
 
     def get_result(self, result_id: str) -> Any:
         """The ``TaskResult`` of a job, as the store has it now.

@@ -19,5 +19,17 @@ class Command(BaseCommand):  # type: ignore[misc]
     )
 
     def run_from_argv(self, argv: list[str]) -> None:
-        """Hand everything after ``backrun`` to the CLI's own parser."""
-        sys.exit(cli_main(argv[2:], engine=get_engine(), prog=f"{argv[0]} backrun"))
+        """Hand everything after ``backrun`` to the CLI's own parser.
+
+        ``--settings`` and ``--pythonpath`` were applied by ``manage.py`` already.
+        """
+        args: list[str] = []
+        skip = False
+        for arg in argv[2:]:
+            if skip:
+                skip = False
+            elif arg in ("--settings", "--pythonpath"):
+                skip = True
+            elif not arg.startswith(("--settings=", "--pythonpath=")):
+                args.append(arg)
+        sys.exit(cli_main(args, engine=get_engine(), prog=f"{argv[0]} backrun"))
