@@ -17,6 +17,15 @@ A claim whose answer was lost in transit (the connection dropped after the
 commit) leaves a job RUNNING under a live worker that does not know it holds
 it. Each heartbeat stamps the jobs it renews, so such a job is reported as an
 orphan once its worker has gone a full lease without renewing it.
+
+Durability: ``add`` and ``update`` commit synchronously (a job, and how its
+attempt ended, survive a database crash once the call returns). Claims commit
+with ``synchronous_commit = off`` unless ``synchronous_claims=True``: a
+PostgreSQL crash may forget a claim of the last fraction of a second, and the
+job, back to its previous state, runs again (at-least-once, as after any
+crash); a later synchronous commit flushes every earlier claim with it. This
+makes a claim about five times cheaper on a disk where a flush costs a
+millisecond or more.
 """
 
 from __future__ import annotations
@@ -67,7 +76,9 @@ class PostgresStorage(Storage):
             purges them.
         purge_batch: rows deleted per statement when purging.
         register_ttl: how long a registered worker counts as live before its
-            first heartbeat.
+            first heartbeat; keep it at least the engine's ``lease``.
+        synchronous_claims: flush each claim to disk before returning it
+            (slower; see the module docstring).
     """
 
     def __init__(
@@ -81,6 +92,7 @@ class PostgresStorage(Storage):
         retention: timedelta = timedelta(days=7),
         purge_batch: int = 1000,
         register_ttl: timedelta = timedelta(seconds=60),
+        synchronous_claims: bool = False,
     ) -> None:
         self.schema = schema
         self._sql = Statements(schema)
@@ -88,6 +100,7 @@ class PostgresStorage(Storage):
         self.retention = retention
         self.purge_batch = purge_batch
         self.register_ttl = register_ttl
+        self.synchronous_claims = synchronous_claims
         if isinstance(dsn_or_pool, str):
             self._pool: ConnectionPool[Any] = ConnectionPool(
                 dsn_or_pool,
@@ -291,7 +304,9 @@ class PostgresStorage(Storage):
             query += " AND queue = ANY(%(queues)s)"
             params["queues"] = list(queues)
         query += self._sql.claim_tail
-        with self._connect() as conn:
+        with self._connect() as conn, conn.transaction():
+            if not self.synchronous_claims:
+                conn.execute("SET LOCAL synchronous_commit = off")
             rows = conn.execute(query, params).fetchall()
         jobs = [row_to_job(row) for row in rows]
         jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
