@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 from flask import Flask, current_app
@@ -99,6 +99,18 @@ class Backrun:
 
     # -- handlers -----------------------------------------------------------
 
+    @overload
+    def handler(self, fn: F, /) -> F: ...
+    @overload
+    def handler(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        queue: str | None = None,
+    ) -> Callable[[F], F]: ...
     def handler(
         self,
         fn: F | None = None,
@@ -107,7 +119,7 @@ class Backrun:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
-    ) -> Any:
+    ) -> F | Callable[[F], F]:
         """Register a function handler on every app's engine: ``@jobs.handler(name=...)``."""
 
         def register(target: F) -> F:

@@ -266,3 +266,24 @@ def test_task_backend_check_refuses_queue_names_backrun_cannot_store(site: Simpl
     assert [(e.id, e.msg) for e in backend.check()] == [
         ("backrun.E002", "TASKS['reports']: queue name 'high priority' is not valid for backrun")
     ]
+
+
+def test_worker_middleware_closes_connections_past_their_age(site: SimpleNamespace) -> None:
+    import time
+
+    from django.db import connection
+
+    from backrun.contrib.django.middleware import CloseOldConnectionsMiddleware
+
+    seen: list[bool] = []
+
+    def handler(ctx: Any) -> None:
+        seen.append(connection.connection is None)  # closed before the job
+        connection.ensure_connection()
+        connection.close_at = time.monotonic() - 1  # as CONN_MAX_AGE expiring mid-job
+
+    connection.ensure_connection()
+    connection.close_at = time.monotonic() - 1
+    CloseOldConnectionsMiddleware().process(None, handler)  # type: ignore[arg-type]
+    assert seen == [True]
+    assert connection.connection is None  # and after it

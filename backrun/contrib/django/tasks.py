@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import ModuleType
 from typing import Any
 
 from django.utils import timezone
-from pydantic import BaseModel, Field
 
 from backrun.context import JobContext
 from backrun.engine import QUEUE_NAME
@@ -67,12 +67,20 @@ USING_DJANGO_TASKS = _root.__name__ == "django.tasks"
 """True when Django's own ``django.tasks`` is in use, False for the backport."""
 
 
-class TaskCall(BaseModel):
-    """The payload of a ``django.task`` job: which task, with which arguments."""
+@dataclass(frozen=True)
+class TaskCall:
+    """The payload of a ``django.task`` job: which task, with which arguments.
 
-    task: str = Field(description="the task's import path (module.function)")
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    Attributes:
+        task: the task's import path (``module.function``).
+        args: its positional arguments (JSON).
+        kwargs: its keyword arguments (JSON).
+        backend: the ``TASKS`` alias it was enqueued through.
+    """
+
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     backend: str = "default"
 
 
@@ -169,15 +177,14 @@ class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
             job = None
         if job is None or job.handler != TASK_HANDLER:
             raise _exceptions.TaskResultDoesNotExist(result_id)
-        call = TaskCall.model_validate(job.payload)
         try:
-            task = _import_task(call.task)
+            task = _import_task(str(job.payload.get("task", "")))
         except ImportError as exc:
             raise _exceptions.TaskResultDoesNotExist(f"{result_id}: {exc}") from exc
         return self._result(task, job)
 
     def _result(self, task: Any, job: Job, *, status: str | None = None) -> Any:
-        call = TaskCall.model_validate(job.payload)
+        payload = job.payload
         state = status or _STATUS[job.state]
         result = _base.TaskResult(
             task=task,
@@ -187,8 +194,8 @@ class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
             started_at=job.started_at,
             finished_at=job.finished_at if job.finished else None,
             last_attempted_at=job.started_at,
-            args=call.args,
-            kwargs=call.kwargs,
+            args=payload.get("args", []),
+            kwargs=payload.get("kwargs", {}),
             backend=self.alias,
             errors=[
                 _base.TaskError(exception_class_path=_error_path(e.type), traceback=e.traceback)
