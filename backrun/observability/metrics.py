@@ -1,4 +1,4 @@
-"""Prometheus metrics: a middleware, a scrape-time queue collector, and ``/metrics``.
+"""Prometheus metrics: the middleware and the ``/metrics`` endpoint (queue gauges: queue_collector).
 
 Depends on prometheus_client only. Nothing is registered at import: metric
 objects are created the first time a middleware (or :func:`serve_metrics`)
@@ -9,20 +9,15 @@ timeseries".
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
-from prometheus_client.registry import Collector
 
-from backrun.clock import Clock, SystemClock
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
 from backrun.jobs import Job, JobState
@@ -30,6 +25,7 @@ from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 from backrun.storage.base import Storage
 
 from ._inflight import InflightTable
+from .queue_collector import QueueCollector, register_queue_collector
 
 if TYPE_CHECKING:
     from backrun.engine import Engine
@@ -42,8 +38,6 @@ __all__ = [
     "register_queue_collector",
     "serve_metrics",
 ]
-
-log = logging.getLogger("backrun.observability")
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -161,9 +155,6 @@ class _Metrics:
 
 _lock = threading.Lock()
 _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-_collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueCollector] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _metrics_for(registry: CollectorRegistry, buckets: tuple[float, ...]) -> _Metrics:
@@ -252,103 +243,6 @@ class MetricsMiddleware(Middleware):
     def worker_stopping(self, worker: object) -> None:
         """Forget attempts whose outcome was never recorded (their claim was lost)."""
         self._inflight.drain(min_age=5.0)
-
-
-# -- scrape time --------------------------------------------------------------
-
-
-class QueueCollector(Collector):
-    """Reads the stores at scrape time: ``backrun_queue_jobs{queue,state}`` and lag.
-
-    ``backrun_queue_oldest_ready_age_seconds{queue}`` is how long the oldest
-    due job of each queue has waited past its ``run_at`` (0 when nothing is
-    due). Every state of every known queue is reported, zeros included.
-    With several stores in one registry, counts are summed and the age is the
-    largest. Every process serving a store reports the same numbers, so
-    aggregate these with ``max`` rather than ``sum`` across instances.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sources: dict[int, tuple[Storage, Clock]] = {}
-
-    def add(self, storage: Storage, clock: Clock | None = None) -> None:
-        """Report ``storage`` (once, however often it is added)."""
-        with self._lock:
-            self._sources.setdefault(id(storage), (storage, clock or SystemClock()))
-
-    def remove(self, storage: Storage) -> None:
-        """Stop reporting ``storage``."""
-        with self._lock:
-            self._sources.pop(id(storage), None)
-
-    def describe(self) -> list[Metric]:
-        """The families, without touching any store (so registering is free)."""
-        return list(self._families())
-
-    def collect(self) -> list[Metric]:
-        """Ask each store for its counts and oldest due job."""
-        with self._lock:
-            sources = list(self._sources.values())
-        counts: dict[tuple[str, str], int] = {}
-        ages: dict[str, float] = {}
-        for storage, clock in sources:
-            try:
-                now = clock.now()
-                by_state = storage.counts()
-                oldest = storage.oldest_due(now=now)
-            except Exception:
-                log.warning("metrics: could not read the store %r", storage, exc_info=True)
-                continue
-            for (queue, state), n in by_state.items():
-                key = (queue, JobState(state).value)
-                counts[key] = counts.get(key, 0) + n
-                ages.setdefault(queue, 0.0)
-            for queue, run_at in oldest.items():
-                ages[queue] = max(ages.get(queue, 0.0), _age(now, run_at))
-        depth, lag = self._families()
-        for queue in sorted(ages):
-            for state in JobState:
-                depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
-            lag.add_metric([queue], ages[queue])
-        return [depth, lag]
-
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        depth = GaugeMetricFamily(
-            "backrun_queue_jobs",
-            "Jobs in the store, by queue and state (read at scrape time).",
-            labels=["queue", "state"],
-        )
-        lag = GaugeMetricFamily(
-            "backrun_queue_oldest_ready_age_seconds",
-            "How long the oldest due job of each queue has waited past its run_at.",
-            labels=["queue"],
-        )
-        return depth, lag
-
-
-def _age(now: datetime, run_at: datetime) -> float:
-    seconds = (now - run_at).total_seconds()
-    return seconds if seconds > 0.0 else 0.0
-
-
-def register_queue_collector(
-    storage: Storage, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
-) -> QueueCollector:
-    """Report ``storage``'s queues in ``registry`` (default: the global one).
-
-    One :class:`QueueCollector` serves each registry; adding a store twice is
-    harmless. Use this when your application serves ``/metrics`` itself.
-    """
-    registry = registry if registry is not None else REGISTRY
-    with _lock:
-        collector = _collectors.get(registry)
-        if collector is None:
-            collector = _collectors[registry] = QueueCollector()
-            registry.register(collector)
-    collector.add(storage, clock)
-    return collector
 
 
 class MetricsServer:

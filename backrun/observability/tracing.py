@@ -64,7 +64,7 @@ class TracingMiddleware(Middleware):
 
     def __init__(
         self, tracer_provider: trace.TracerProvider | None = None, use_links: bool = False
-    ):
+    ) -> None:
         self.use_links = use_links
         self._provider = tracer_provider
         self._tracer: Tracer | None = None

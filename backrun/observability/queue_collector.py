@@ -1,0 +1,124 @@
+"""Queue depth and lag, read from the store at scrape time.
+
+One :class:`QueueCollector` serves each Prometheus registry; it reports every
+store added to it. Registering it never touches a store: the families are
+described without samples, and the store is read only when scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from datetime import datetime
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from backrun.clock import Clock, SystemClock
+from backrun.jobs import JobState
+from backrun.storage.base import Storage
+
+__all__ = ["QueueCollector", "register_queue_collector"]
+
+log = logging.getLogger("backrun.observability")
+
+_lock = threading.Lock()
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class QueueCollector(Collector):
+    """Reads the stores at scrape time: ``backrun_queue_jobs{queue,state}`` and lag.
+
+    ``backrun_queue_oldest_ready_age_seconds{queue}`` is how long the oldest
+    due job of each queue has waited past its ``run_at`` (0 when nothing is
+    due). Every state of every known queue is reported, zeros included.
+    With several stores in one registry, counts are summed and the age is the
+    largest. Every process serving a store reports the same numbers, so
+    aggregate these with ``max`` rather than ``sum`` across instances.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[int, tuple[Storage, Clock]] = {}
+
+    def add(self, storage: Storage, clock: Clock | None = None) -> None:
+        """Report ``storage`` (once, however often it is added)."""
+        with self._lock:
+            self._sources.setdefault(id(storage), (storage, clock or SystemClock()))
+
+    def remove(self, storage: Storage) -> None:
+        """Stop reporting ``storage``."""
+        with self._lock:
+            self._sources.pop(id(storage), None)
+
+    def describe(self) -> list[Metric]:
+        """The families, without touching any store (so registering is free)."""
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        """Ask each store for its counts and oldest due job."""
+        with self._lock:
+            sources = list(self._sources.values())
+        counts: dict[tuple[str, str], int] = {}
+        ages: dict[str, float] = {}
+        for storage, clock in sources:
+            try:
+                now = clock.now()
+                by_state = storage.counts()
+                oldest = storage.oldest_due(now=now)
+            except Exception:
+                log.warning("metrics: could not read the store %r", storage, exc_info=True)
+                continue
+            for (queue, state), n in by_state.items():
+                key = (queue, JobState(state).value)
+                counts[key] = counts.get(key, 0) + n
+                ages.setdefault(queue, 0.0)
+            for queue, run_at in oldest.items():
+                ages[queue] = max(ages.get(queue, 0.0), _age(now, run_at))
+        depth, lag = self._families()
+        for queue in sorted(ages):
+            for state in JobState:
+                depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
+            lag.add_metric([queue], ages[queue])
+        return [depth, lag]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "backrun_queue_jobs",
+            "Jobs in the store, by queue and state (read at scrape time).",
+            labels=["queue", "state"],
+        )
+        lag = GaugeMetricFamily(
+            "backrun_queue_oldest_ready_age_seconds",
+            "How long the oldest due job of each queue has waited past its run_at.",
+            labels=["queue"],
+        )
+        return depth, lag
+
+
+def _age(now: datetime, run_at: datetime) -> float:
+    seconds = (now - run_at).total_seconds()
+    return seconds if seconds > 0.0 else 0.0
+
+
+def register_queue_collector(
+    storage: Storage, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+) -> QueueCollector:
+    """Report ``storage``'s queues in ``registry`` (default: the global one).
+
+    One :class:`QueueCollector` serves each registry; adding a store twice is
+    harmless. Use this when your application serves ``/metrics`` itself.
+    """
+    registry = registry if registry is not None else REGISTRY
+    with _lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = QueueCollector()
+            registry.register(collector)
+    collector.add(storage, clock)
+    return collector
