@@ -32,8 +32,8 @@ from datetime import UTC, datetime, timedelta
 from backrun.errors import StorageError
 from backrun.jobs import Job, JobState
 
-from . import fs
-from ._jsonfile_cache import RACY_NS, ReadyCache
+from . import _jsonfile_cache, fs
+from ._jsonfile_cache import ReadyCache
 from ._jsonfile_files import Files
 from ._jsonfile_layout import (
     BUCKET_US,
@@ -117,6 +117,14 @@ class StoreBase:
 
     def qdir(self, qenc: str, sub: str) -> str:
         return os.path.join(self.queues_dir, qenc, sub)
+
+    @staticmethod
+    def names_in(directory: str) -> list[str]:
+        """The names in ``directory``; none if it is missing (a crash mid-creation)."""
+        try:
+            return fs.listdir(directory)
+        except FileNotFoundError:
+            return []
 
     def queue_dirs(self) -> list[str]:
         """The encoded names of all queues, re-listed only when ``q/`` changed."""
@@ -369,7 +377,7 @@ _QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
 
 
 def _settled(mtime_ns: int) -> bool:
-    return time.time_ns() - mtime_ns > RACY_NS
+    return time.time_ns() - mtime_ns > _jsonfile_cache.RACY_NS
 
 
 def _job_id_of(name: str) -> str | None:

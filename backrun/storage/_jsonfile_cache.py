@@ -20,6 +20,10 @@ from ._jsonfile_layout import GRAB_SUFFIX, ReadyName, parse_ready
 __all__ = ["RACY_NS", "ReadyCache"]
 
 RACY_NS = 20_000_000
+"""A listing taken this soon (ns) after the directory's last change is not trusted."""
+RELIST_MIN_S = 0.005
+RELIST_COST_FACTOR = 4.0
+"""While due jobs remain, re-list at most every max(RELIST_MIN_S, factor x listing cost)."""
 
 
 class ReadyCache:
@@ -45,7 +49,8 @@ class ReadyCache:
             return
         if st.st_mtime_ns == self.mtime_ns and not self.racy:
             return
-        recent = time.monotonic() - self.listed_at < max(0.005, 4 * self.list_cost)
+        pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
+        recent = time.monotonic() - self.listed_at < pause
         if not force and recent and self.has_due(now_key):
             return
         started = time.monotonic()

@@ -83,10 +83,13 @@ class Files:
         self._reported: set[str] = set()
         self._lock = threading.Lock()
 
-    def write_tmp(self, data: bytes, *, sync: bool) -> str:
-        """Write ``data`` to a new file in ``tmp/`` (flushed to disk if ``sync``); return its path.
+    def write_tmp(self, data: bytes, *, sync: bool, mtime_ns: int | None = None) -> str:
+        """Write ``data`` to a new file in ``tmp/``; return its path.
 
-        On any failure the file is removed again and the error raised.
+        The data is flushed to the disk if ``sync`` (and the store syncs), and
+        the file's mtime set to ``mtime_ns`` if given, so it is right the
+        moment the file is renamed into view. On any failure the file is
+        removed again and the error raised.
         """
         path = os.path.join(self.tmp, secrets.token_hex(12) + ".tmp")
         fd = fs.open_new(path)
@@ -94,6 +97,8 @@ class Files:
             fs.write_all(fd, data, path)
             if sync and self.fsync:
                 fs.fsync(fd, path)
+            if mtime_ns is not None:
+                fs.utime(path, mtime_ns)
         except Exception:
             fs.close(fd, path)
             self.discard(path)

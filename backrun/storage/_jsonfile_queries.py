@@ -167,7 +167,7 @@ class QueryMixin(StoreBase):
             for done, sub in FINISHED_DIRS.items():
                 if state is None or state is done:
                     directory = self.qdir(qenc, sub)
-                    for name in fs.listdir(directory):
+                    for name in self.names_in(directory):
                         if len(name) == 37 and name.endswith(".json"):
                             paths[name[:32]] = (os.path.join(directory, name), (done,))
         result: list[Job] = []
@@ -197,7 +197,7 @@ class QueryMixin(StoreBase):
                 if later is not None:
                     counts[(queue, later.state)] += 1
             for done, sub in FINISHED_DIRS.items():
-                names = fs.listdir(self.qdir(qenc, sub))
+                names = self.names_in(self.qdir(qenc, sub))
                 total = sum(1 for n in names if n.endswith(".json"))
                 if total:
                     counts[(queue, done)] += total

@@ -226,6 +226,8 @@ class JsonFileStorage(QueryMixin, Storage):
                 assert rn is not None
                 job = self.read_running(rn, path)
                 if job is not None:
+                    if job.cancel_requested:  # carried over: let heartbeats see it too
+                        self._request_cancel(path, job.id, rn.token)
                     claimed.append(job)
         return claimed
 
@@ -255,7 +257,10 @@ class JsonFileStorage(QueryMixin, Storage):
         src = os.path.join(self.running_dir, rn.name)
         if job.state is JobState.RUNNING and self.has_marker(job.id, token):
             job = job.replace(cancel_requested=True)
-        tmp = self.files.write_tmp(dump_job(job), sync=job.state not in FINISHED_STATES)
+        dest, mtime = self._place(job, rn)
+        tmp = self.files.write_tmp(
+            dump_job(job), sync=job.state not in FINISHED_STATES, mtime_ns=mtime
+        )
         try:
             grabbed = self.grab(src)
         except FileNotFoundError:
@@ -266,13 +271,12 @@ class JsonFileStorage(QueryMixin, Storage):
             self.files.discard(tmp)
             raise
         try:
-            dest, mtime = self._place(job, rn)
             self.publish(tmp, *os.path.split(dest))
         except Exception:
             self.files.discard(tmp)
             self.ungrab(grabbed)
             raise
-        self._after_publish(job, dest, mtime)
+        self._after_publish(job, dest)
         self.drop_grab(grabbed)
         if job.state is not JobState.RUNNING:
             self.mine.pop(job.id, None)
@@ -294,23 +298,20 @@ class JsonFileStorage(QueryMixin, Storage):
         self.ensure_queue(qenc)
         return os.path.join(directory, name), None
 
-    def _after_publish(self, job: Job, dest: str, mtime: int | None) -> None:
+    def _after_publish(self, job: Job, dest: str) -> None:
         """Finishing touches once a change is visible: they must not undo or fail it."""
         directory, name = os.path.split(dest)
-        if job.state in READY_STATES and os.path.basename(directory) == "ready":
+        if job.state not in READY_STATES:
+            return
+        if os.path.basename(directory) == "ready":
             parsed = parse_ready(name)
             assert parsed is not None
             with self.mutex:
                 self.cache(os.path.basename(os.path.dirname(directory))).add(parsed)
         try:
-            if mtime is not None:
-                fs.utime(dest, mtime)
-            if job.state in READY_STATES:
-                self.files.sync_dir(directory)
-        except FileNotFoundError:
-            pass
+            self.files.sync_dir(directory)
         except OSError as exc:
-            logger.warning("job %s is saved, but a finishing step failed: %s", job.id, exc)
+            logger.warning("job %s is saved, but syncing its directory failed: %s", job.id, exc)
 
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
@@ -400,7 +401,16 @@ class JsonFileStorage(QueryMixin, Storage):
 
     def _replace_waiting(self, found: Found, new: Job) -> bool:
         """Swap a job nobody owns for ``new`` by grab and publish; False if it moved first."""
-        tmp = self.files.write_tmp(dump_job(new), sync=new.state not in FINISHED_STATES)
+        if new.state in FINISHED_STATES:
+            qenc, dest = self.finished_path(new)
+            mtime: int | None = to_ns(new.finished_at or utcnow())
+        else:
+            qenc, directory, name = self.waiting_path(new, new.run_at)
+            dest, mtime = os.path.join(directory, name), None
+        self.ensure_queue(qenc)
+        tmp = self.files.write_tmp(
+            dump_job(new), sync=new.state not in FINISHED_STATES, mtime_ns=mtime
+        )
         try:
             grabbed = self.grab(found.path)
         except FileNotFoundError:
@@ -414,19 +424,12 @@ class JsonFileStorage(QueryMixin, Storage):
         with self.mutex:
             self.cache(found.qenc).discard(os.path.basename(found.path))
         try:
-            if new.state in FINISHED_STATES:
-                qenc, dest = self.finished_path(new)
-                mtime: int | None = to_ns(new.finished_at or utcnow())
-            else:
-                qenc, directory, name = self.waiting_path(new, new.run_at)
-                dest, mtime = os.path.join(directory, name), None
-            self.ensure_queue(qenc)
             self.publish(tmp, *os.path.split(dest))
         except Exception:
             self.files.discard(tmp)
             self.ungrab(grabbed)
             raise
-        self._after_publish(new, dest, mtime)
+        self._after_publish(new, dest)
         self.drop_grab(grabbed)
         return True
 
@@ -446,7 +449,7 @@ class JsonFileStorage(QueryMixin, Storage):
             for qenc in self.queue_dirs():
                 for state in set(states) & FINISHED_STATES:
                     directory = self.qdir(qenc, FINISHED_DIRS[state])
-                    for name in fs.listdir(directory):
+                    for name in self.names_in(directory):
                         if not name.endswith(".json"):
                             continue
                         path = os.path.join(directory, name)
