@@ -19,7 +19,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.from_prefixed_env()  # e.g. FLASK_BACKRUN_STORE=/srv/jobs
     app.config.update(config or {})
-    os.makedirs(app.instance_path, exist_ok=True)
 
     jobs.init_app(app)  # starts nothing; `flask --app shop backrun worker` runs the jobs
 

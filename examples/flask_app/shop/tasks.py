@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import current_app
 from pydantic import BaseModel, Field
 
@@ -16,5 +18,7 @@ class Welcome(BaseModel):
 @jobs.handler(name="send_welcome")
 def send_welcome(payload: Welcome) -> None:
     """Pretend to send a mail: append a line to the outbox file."""
-    with open(current_app.config["OUTBOX"], "a", encoding="utf-8") as outbox:
+    path = current_app.config["OUTBOX"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as outbox:
         outbox.write(f"Welcome, {payload.name} <{payload.email}>\n")
