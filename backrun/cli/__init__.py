@@ -31,7 +31,7 @@ from backrun.errors import StorageError
 
 from . import _jobs
 from ._common import EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
-from ._worker import add_worker_arguments, options_from_namespace, run_worker
+from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
 
 __all__ = ["build_parser", "main"]
 
@@ -78,7 +78,9 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     listing = jobs_sub.add_parser("list", help="list jobs, oldest first")
     listing.add_argument("--state", type=_jobs.parse_state, help="only jobs in this state")
     listing.add_argument("--queue", help="only jobs in this queue")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="at most this many (50)"
+    )
     listing.set_defaults(run=_jobs.cmd_list)
 
     show = jobs_sub.add_parser("show", help="one job's record and every attempt's error")

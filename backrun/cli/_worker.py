@@ -26,7 +26,13 @@ from backrun.worker import Worker
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, describe_store
 
-__all__ = ["WorkerOptions", "add_worker_arguments", "options_from_namespace", "run_worker"]
+__all__ = [
+    "WorkerOptions",
+    "add_worker_arguments",
+    "options_from_namespace",
+    "positive_int",
+    "run_worker",
+]
 
 log = logging.getLogger("backrun.cli")
 
@@ -55,7 +61,8 @@ def _queues(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -91,7 +98,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--queues", type=_queues, metavar="A,B", help="only take jobs from these queues"
     )
     parser.add_argument(
-        "--concurrency", type=_positive_int, metavar="N", help="jobs run at once (threads)"
+        "--concurrency", type=positive_int, metavar="N", help="jobs run at once (threads)"
     )
     parser.add_argument(
         "--metrics-port",

@@ -172,6 +172,7 @@ def test_retry_all_dead_draws_a_progress_bar_on_a_terminal(
         (["jobs", "purge", "--state", "dead", "--older-than", "soon"], 2, "not a duration"),
         (["jobs", "list", "--store", "/nonexistent/store"], 3, "does not exist"),
         (["jobs", "list", "--state", "zombie"], 2, "unknown state 'zombie'"),
+        (["jobs", "list", "--limit", "0"], 2, "argument --limit: must be at least 1"),
     ],
 )
 def test_errors_are_one_line_with_the_documented_exit_code(
