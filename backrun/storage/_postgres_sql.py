@@ -158,7 +158,8 @@ class Statements:
             " ORDER BY priority DESC, run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"UPDATE {jobs} AS j SET state = 'running', attempts = j.attempts + 1, "
             "worker_id = %(worker)s, started_at = %(now)s, lease_expires_at = %(until)s, "
-            "claim_token = replace(gen_random_uuid()::text, '-', ''), renewed_at = now() "
+            "claim_token = %(batch)s || left(replace(gen_random_uuid()::text, '-', ''), 16), "
+            "renewed_at = now() "
             f"FROM picked WHERE j.id = picked.id RETURNING {j}"
         )
         self.update = (
@@ -202,6 +203,11 @@ class Statements:
             "WHERE id = %(id)s AND state IN ('dead', 'cancelled', 'scheduled') "
             f"RETURNING {COLUMNS}) SELECT u.*, pg_notify(%(channel)s, u.queue) FROM u"
         )
+        self.claimed_in_batch = (
+            f"SELECT {COLUMNS} FROM {jobs} WHERE state = 'running' AND worker_id = %s "
+            "AND left(claim_token, 16) = %s"
+        )
+        self.count_ids = f"SELECT count(*) FROM {jobs} WHERE id = ANY(%s)"
         self.state_of = f"SELECT state FROM {jobs} WHERE id = %s"
         self.find = f"SELECT {COLUMNS} FROM {jobs}"
         self.counts = f"SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state"

@@ -31,15 +31,15 @@ millisecond or more.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "PostgresStorage needs psycopg 3 and psycopg_pool: pip install 'backrun[postgres]'"
@@ -49,6 +49,7 @@ from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 from ._postgres_listen import Listener
+from ._postgres_pool import RETRY, Connections
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
 from .base import READY_STATES, Storage
 
@@ -101,73 +102,14 @@ class PostgresStorage(Storage):
         self.purge_batch = purge_batch
         self.register_ttl = register_ttl
         self.synchronous_claims = synchronous_claims
-        if isinstance(dsn_or_pool, str):
-            self._pool: ConnectionPool[Any] = ConnectionPool(
-                dsn_or_pool,
-                min_size=1,
-                max_size=pool_size,
-                kwargs={"autocommit": True},
-                timeout=timeout,
-                open=True,
-                name=f"backrun-{schema}",
-            )
-            self._owns_pool = True
-            self._conninfo = dsn_or_pool
-        else:
-            self._pool = dsn_or_pool
-            self._owns_pool = False
-            self._conninfo = str(dsn_or_pool.conninfo)
+        self._db = Connections(dsn_or_pool, schema=schema, size=pool_size, timeout=timeout)
         self._lock = threading.Lock()
         self._listener = Listener(
-            self._conninfo, self._sql.channel, name=f"backrun-listen-{schema}"
+            self._db.conninfo, self._sql.channel, name=f"backrun-listen-{schema}"
         )
-        self._outage = False
         self._closed = False
 
     # -- plumbing -----------------------------------------------------------------
-
-    @contextmanager
-    def _connect(self) -> Iterator[psycopg.Connection[Any]]:
-        """Lend a pooled connection; turn driver failures into StorageError."""
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except psycopg.errors.UndefinedTable as exc:
-            raise StorageError(
-                f"backrun tables are missing in schema {self.schema!r}: run `backrun db init` "
-                "or PostgresStorage.migrate()"
-            ) from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            self._note_outage(exc)
-            raise StorageError(f"PostgreSQL is unreachable: {exc}") from exc
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL error: {exc}") from exc
-        if self._outage:
-            self._outage = False
-            log.warning("PostgreSQL connection restored (schema %s)", self.schema)
-
-    def _note_outage(self, exc: BaseException) -> None:
-        if not self._outage:
-            self._outage = True
-            log.warning("PostgreSQL connection lost (schema %s): %s", self.schema, exc)
-        if not self._closed:
-            # Drop every idle connection the server has closed, so the caller's
-            # retry gets a live one instead of failing once per pooled connection.
-            try:
-                self._pool.check()
-            except Exception:
-                log.debug("pool check failed", exc_info=True)
-
-    def _retrying(self, run: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run an idempotent operation, once more on a fresh connection if the first drops."""
-        try:
-            with self._connect() as conn:
-                return run(conn)
-        except StorageError as exc:
-            if not isinstance(exc.__cause__, psycopg.OperationalError):
-                raise
-        with self._connect() as conn:
-            return run(conn)
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema's tables; safe to run again and concurrently.
@@ -176,7 +118,7 @@ class PostgresStorage(Storage):
             The versions applied by this call (empty when already up to date).
         """
         applied: list[int] = []
-        with self._connect() as conn, conn.transaction():
+        with self._db.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(self._sql.create_schema)
             conn.execute(self._sql.create_versions)
@@ -225,9 +167,14 @@ class PostgresStorage(Storage):
                     raise ValueError("a job with one of these ids exists already") from exc
                 raise
             return
+        ids = [job.id for job in jobs]
+
+        def landed(conn: psycopg.Connection[Any]) -> Any:
+            row = conn.execute(self._sql.count_ids, (ids,)).fetchone()
+            return None if row and row[0] == len(ids) else RETRY
+
         try:
-            with self._connect() as conn:
-                conn.execute(self._sql.insert, params)
+            self._db.uncertain(lambda conn: conn.execute(self._sql.insert, params), landed)
         except StorageError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
                 raise ValueError("a job with one of these ids exists already") from None
@@ -238,7 +185,7 @@ class PostgresStorage(Storage):
     def get(self, job_id: str) -> Job | None:
         """Return the job or ``None``; see :meth:`Storage.get`."""
         check_job_id(job_id)
-        row = self._retrying(lambda conn: conn.execute(self._sql.get, (job_id,)).fetchone())
+        row = self._db.retrying(lambda conn: conn.execute(self._sql.get, (job_id,)).fetchone())
         return None if row is None else row_to_job(row)
 
     def find(
@@ -256,12 +203,12 @@ class PostgresStorage(Storage):
         query = self._sql.find + (" WHERE " + " AND ".join(where) if where else "")
         query += " ORDER BY id LIMIT %s"
         params.append(limit)
-        rows = self._retrying(lambda conn: conn.execute(query, params).fetchall())
+        rows = self._db.retrying(lambda conn: conn.execute(query, params).fetchall())
         return [row_to_job(row) for row in rows]
 
     def counts(self) -> dict[tuple[str, JobState], int]:
         """Count jobs per (queue, state); see :meth:`Storage.counts`."""
-        rows = self._retrying(lambda conn: conn.execute(self._sql.counts).fetchall())
+        rows = self._db.retrying(lambda conn: conn.execute(self._sql.counts).fetchall())
         return {(queue, JobState(state)): n for queue, state, n in rows}
 
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
@@ -270,13 +217,13 @@ class PostgresStorage(Storage):
         if queues is not None:
             query += " AND queue = ANY(%s)"
             params.append(list(queues))
-        row = self._retrying(lambda conn: conn.execute(query, params).fetchone())
+        row = self._db.retrying(lambda conn: conn.execute(query, params).fetchone())
         value: datetime | None = row[0]
         return None if value is None else value.astimezone(UTC)
 
     def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
         """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
-        rows = self._retrying(lambda conn: conn.execute(self._sql.oldest_due, (now,)).fetchall())
+        rows = self._db.retrying(lambda conn: conn.execute(self._sql.oldest_due, (now,)).fetchall())
         return {queue: run_at.astimezone(UTC) for queue, run_at in rows}
 
     # -- claiming and owning ------------------------------------------------------
@@ -304,10 +251,19 @@ class PostgresStorage(Storage):
             query += " AND queue = ANY(%(queues)s)"
             params["queues"] = list(queues)
         query += self._sql.claim_tail
-        with self._connect() as conn, conn.transaction():
-            if not self.synchronous_claims:
-                conn.execute("SET LOCAL synchronous_commit = off")
-            rows = conn.execute(query, params).fetchall()
+        params["batch"] = batch = secrets.token_hex(8)
+
+        def claim(conn: psycopg.Connection[Any]) -> Any:
+            with conn.transaction():
+                if not self.synchronous_claims:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                return conn.execute(query, params).fetchall()
+
+        def landed(conn: psycopg.Connection[Any]) -> Any:
+            # The claim's reply was lost: whatever it took carries this batch's token prefix.
+            return conn.execute(self._sql.claimed_in_batch, (worker_id, batch)).fetchall()
+
+        rows = self._db.uncertain(claim, landed)
         jobs = [row_to_job(row) for row in rows]
         jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
         return jobs
@@ -316,10 +272,26 @@ class PostgresStorage(Storage):
         """Write a claimed job as its owner; see :meth:`Storage.update`."""
         check_job_id(job.id)
         params = update_params(job, self._sql.channel)
-        with self._connect() as conn:
-            row = conn.execute(self._sql.update, params).fetchone()
-        if row is None:
-            raise LeaseLost(f"job {job.id} is no longer held under this claim")
+        lost = LeaseLost(f"job {job.id} is no longer held under this claim")
+
+        def landed(conn: psycopg.Connection[Any]) -> Any:
+            row = conn.execute(self._sql.get, (job.id,)).fetchone()
+            stored = None if row is None else row_to_job(row)
+            if stored is not None and stored.state is job.state is JobState.RUNNING:
+                written = job.replace(cancel_requested=stored.cancel_requested)
+            else:
+                written = job
+            if stored == written:
+                return True
+            running = stored is not None and stored.state is JobState.RUNNING
+            if running and stored is not None and stored.claim_token == job.claim_token:
+                return RETRY
+            raise lost
+
+        if not self._db.uncertain(
+            lambda conn: conn.execute(self._sql.update, params).fetchone() is not None, landed
+        ):
+            raise lost
 
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
@@ -332,7 +304,7 @@ class PostgresStorage(Storage):
             "ids": [job.id for job in jobs],
             "tokens": [job.claim_token for job in jobs],
         }
-        rows = self._retrying(lambda conn: conn.execute(self._sql.heartbeat, params).fetchall())
+        rows = self._db.retrying(lambda conn: conn.execute(self._sql.heartbeat, params).fetchall())
         renewed: dict[str, bool] = dict(rows)
         return {job.id for job in jobs if renewed.get(job.id, True)}
 
@@ -342,11 +314,11 @@ class PostgresStorage(Storage):
 
     def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row; its running jobs (if any) become orphans."""
-        self._retrying(lambda conn: conn.execute(self._sql.unregister, (worker_id,)))
+        self._db.retrying(lambda conn: conn.execute(self._sql.unregister, (worker_id,)))
 
     def orphans(self, *, now: datetime) -> list[Job]:
         """Running jobs whose worker is gone or expired by the database's clock."""
-        rows = self._retrying(lambda conn: conn.execute(self._sql.orphans).fetchall())
+        rows = self._db.retrying(lambda conn: conn.execute(self._sql.orphans).fetchall())
         return [row_to_job(row) for row in rows]
 
     # -- changing unowned jobs ----------------------------------------------------
@@ -354,7 +326,7 @@ class PostgresStorage(Storage):
     def cancel(self, job_id: str, *, now: datetime) -> Job:
         """Cancel a job; see :meth:`Storage.cancel`."""
         check_job_id(job_id)
-        with self._connect() as conn:
+        with self._db.connect() as conn:
             row = conn.execute(self._sql.cancel, {"id": job_id, "now": now}).fetchone()
         if row is None:
             raise JobNotFound(job_id)
@@ -364,7 +336,7 @@ class PostgresStorage(Storage):
         """Run a job again now; see :meth:`Storage.requeue`."""
         check_job_id(job_id)
         params = {"id": job_id, "now": now, "channel": self._sql.channel}
-        with self._connect() as conn:
+        with self._db.connect() as conn:
             row = conn.execute(self._sql.requeue, params).fetchone()
             if row is None:
                 found = conn.execute(self._sql.state_of, (job_id,)).fetchone()
@@ -383,7 +355,7 @@ class PostgresStorage(Storage):
             return 0
         total = 0
         while True:
-            with self._connect() as conn:
+            with self._db.connect() as conn:
                 cur = conn.execute(self._sql.purge_batch, (wanted, before, self.purge_batch))
                 deleted = cur.rowcount
             total += deleted
@@ -393,7 +365,9 @@ class PostgresStorage(Storage):
     def maintain(self, *, now: datetime) -> None:
         """Purge finished jobs past ``retention`` and forget long-dead workers."""
         self.purge(before=now - self.retention)
-        self._retrying(lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),)))
+        self._db.retrying(
+            lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),))
+        )
 
     # -- notifications ------------------------------------------------------------
 
@@ -412,8 +386,7 @@ class PostgresStorage(Storage):
                 return
             self._closed = True
         self._listener.stop()
-        if self._owns_pool:
-            self._pool.close()
+        self._db.close()
 
 
 def _sqlstate(exc: BaseException) -> str | None:
