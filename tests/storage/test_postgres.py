@@ -124,7 +124,7 @@ def test_claim_plans_use_the_partial_ready_index_despite_many_finished_rows(stor
         sql = store._sql
         query = sql.claim_head + (" AND queue = ANY(%(queues)s)" if queues else "")
         query += sql.claim_tail
-        params = {"now": T0, "limit": 1, "worker": "w", "until": T0, "queues": queues}
+        params = {"now": T0, "limit": 1, "worker": "w", "until": T0, "queues": queues, "batch": "b"}
         plan = "\n".join(r[0] for r in psql("EXPLAIN " + query, params))
         assert "jobs_ready" in plan, plan
         assert "Seq Scan" not in plan, plan
