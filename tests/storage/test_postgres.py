@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -322,3 +323,54 @@ def test_maintain_purges_finished_jobs_past_retention_in_batches(store: Any) -> 
     store.add(waiting)
     store.maintain(now=T0 + timedelta(days=7, seconds=1))
     assert {j.id for j in store.find(limit=1000)} == {young.id, waiting.id}
+
+
+DJANGO_PROGRAM = """
+import sys
+import django
+from django.conf import settings
+from psycopg.conninfo import conninfo_to_dict
+
+params = conninfo_to_dict(sys.argv[1])
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": params.get("dbname", "test"),
+    "USER": params.get("user", "postgres"), "HOST": params.get("host", "127.0.0.1"),
+    "PORT": params.get("port", "5432"),
+}})
+django.setup()
+from django.db import connection, transaction
+from backrun.jobs import Job, new_job_id
+from backrun.storage.postgres import PostgresStorage
+from datetime import UTC, datetime
+
+now = datetime(2030, 1, 1, tzinfo=UTC)
+store = PostgresStorage(sys.argv[1], schema=sys.argv[2], pool_size=1)
+kept, dropped = (Job(id=new_job_id(), handler="h", payload={"a": [1]}, run_at=now) for _ in "ab")
+try:
+    with transaction.atomic():
+        store.add(dropped, connection=connection)
+        raise RuntimeError("roll back")
+except RuntimeError:
+    pass
+with transaction.atomic():
+    store.add(kept, connection=connection)
+assert store.get(dropped.id) is None
+assert store.get(kept.id) == kept
+print("ok")
+"""
+
+
+def test_django_connection_enqueues_inside_the_request_transaction(store: Any) -> None:
+    """Django's connection (client-side binding) works as the caller's connection."""
+    pytest.importorskip("django")
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", DJANGO_PROGRAM, postgres_dsn(), store.schema],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.stdout.strip() == "ok", result.stderr
