@@ -102,6 +102,7 @@ def test_serve_metrics_exposes_the_store_and_the_middleware_metrics() -> None:
         assert server.addr == "127.0.0.1"
         assert server.url.startswith("http://127.0.0.1:")
         text = fetch(server.url)
+    server.close()  # a second close is harmless
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"backrun_queue_jobs", "backrun_jobs_enqueued", "backrun_job_duration_seconds"} <= names
     # Closed: the store is no longer reported.
