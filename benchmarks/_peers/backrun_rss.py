@@ -1,0 +1,83 @@
+"""Worker memory over many jobs: does a backrun worker's RSS grow with the jobs it has run?
+
+``fill PATH --jobs N`` writes N queued no-op jobs into a JSON store (one
+process); ``drain PATH --jobs N`` then runs a worker (default middleware,
+``max_parallelism=4``, the store with ``fsync=True``) in a fresh process until
+all N ran, sampling its own RSS. Growth = peak RSS at the end minus RSS once
+the first 5% ran (imports, caches and thread stacks are warm by then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import emit, peak_rss_kb, rss_kb
+from pydantic import BaseModel
+
+import backrun
+
+
+class Stamp(BaseModel):
+    t0: float = 0.0
+
+
+def noop(payload: Stamp) -> None:
+    return None
+
+
+def fill(path: str, jobs: int) -> None:
+    engine = backrun.Engine(backrun.JsonFileStorage(path, fsync=False), middleware=[])
+    engine.add_handler(noop, name="noop")
+    payload = Stamp()
+    for start in range(0, jobs, 1000):
+        engine.enqueue_many("noop", [payload] * min(1000, jobs - start))
+    engine.close()
+
+
+def drain(path: str, jobs: int, timeout: float) -> dict[str, object]:
+    engine = backrun.Engine(backrun.JsonFileStorage(path), max_parallelism=4)
+    engine.add_handler(noop, name="noop")
+    samples: list[tuple[int, float]] = []
+    baseline: float | None = None
+    started = time.perf_counter()
+    with engine.running() as worker:
+        deadline = time.monotonic() + timeout
+        while worker.processed < jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{worker.processed}/{jobs} jobs ran in {timeout} s")
+            time.sleep(0.25)
+            samples.append((worker.processed, rss_kb() / 1024))
+            if baseline is None and worker.processed >= jobs // 20:
+                baseline = samples[-1][1]
+        elapsed = time.perf_counter() - started
+        peak = peak_rss_kb() / 1024
+    engine.close()
+    assert baseline is not None
+    step = max(1, len(samples) // 20)
+    return {
+        "jobs": jobs,
+        "rate": jobs / elapsed,
+        "baseline_mb": baseline,
+        "peak_mb": peak,
+        "growth_mb": peak - baseline,
+        "samples": samples[::step],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("fill", "drain"))
+    parser.add_argument("path")
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    if args.what == "fill":
+        fill(args.path, args.jobs)
+        emit({"filled": args.jobs})
+    else:
+        emit(drain(args.path, args.jobs, args.timeout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""One backrun trial (run with the project's interpreter): worker threads in this process.
+
+Variants: ``memory``, ``json-fsync``, ``json-nofsync``, ``postgres``; always with
+the default middleware stack (tracing + metrics). Usage: see ``_common.trial_arguments``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+from typing import Any
+
+from _common import Driver, MemoryLedger, main_for
+from pydantic import BaseModel
+
+import backrun
+
+VARIANTS = ("memory", "json-fsync", "json-nofsync", "postgres")
+POSTGRES_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class Stamp(BaseModel):
+    t0: float = 0.0
+
+
+def make_store(variant: str, workdir: str) -> tuple[backrun.Storage, Any]:
+    """Return a fresh store and a callable that removes it."""
+    if variant == "memory":
+        return backrun.MemoryStorage(), lambda: None
+    if variant.startswith("json"):
+        path = os.path.join(workdir, f"backrun-{secrets.token_hex(4)}")
+        store = backrun.JsonFileStorage(path, fsync=variant == "json-fsync")
+        return store, lambda: shutil.rmtree(path, ignore_errors=True)
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(4)}"
+    pg = backrun.PostgresStorage(POSTGRES_DSN, schema=schema)
+    pg.migrate()
+
+    def drop() -> None:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    return pg, drop
+
+
+class BackrunDriver(Driver):
+    def __init__(self, variant: str, workdir: str) -> None:
+        self.ledger = MemoryLedger()
+        self.store, self._remove = make_store(variant, workdir)
+        self.engine = backrun.Engine(self.store, max_parallelism=4)
+        record = self.ledger.record
+
+        def noop(payload: Stamp) -> None:
+            record(payload.t0)
+
+        self.engine.add_handler(noop, name="noop")
+        self._running: contextlib.ExitStack | None = None
+
+    def enqueue(self, enqueued_at: float) -> None:
+        self.engine.enqueue("noop", Stamp(t0=enqueued_at))
+
+    def start_workers(self) -> None:
+        self._running = contextlib.ExitStack()
+        self._running.enter_context(self.engine.running())
+
+    def stop_workers(self) -> None:
+        if self._running is not None:
+            self._running.close()
+            self._running = None
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.engine.close()
+        self._remove()
+
+
+def build(args: argparse.Namespace) -> Driver:
+    return BackrunDriver(args.variant, args.workdir)
+
+
+if __name__ == "__main__":
+    main_for(build, VARIANTS)
