@@ -31,6 +31,15 @@ import backrun
 # -- handlers -------------------------------------------------------------------
 
 
+_output = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one whole line; handlers print from worker threads at the same time."""
+    with _output:
+        print(text, flush=True)
+
+
 class SendMail(BaseModel):
     to: str
     subject: str
@@ -42,7 +51,7 @@ class SendMailHandler(backrun.Handler[SendMail]):
     name = "send_mail"
 
     def execute(self, payload: SendMail, ctx: backrun.JobContext) -> None:
-        print(f"    -> mail to {payload.to}: {payload.subject!r} (attempt {ctx.attempt})")
+        say(f"    -> mail to {payload.to}: {payload.subject!r} (attempt {ctx.attempt})")
 
 
 class Charge(BaseModel):
@@ -58,7 +67,7 @@ def charge_card(payload: Charge, ctx: backrun.JobContext) -> None:
     """Fails on the first attempt (a flaky network), succeeds on the retry."""
     if ctx.attempt == 1:
         raise ConnectionError("card network timed out")
-    print(f"    -> charged order {payload.order_id}: {payload.cents / 100:.2f} EUR")
+    say(f"    -> charged order {payload.order_id}: {payload.cents / 100:.2f} EUR")
 
 
 def make_thumbnail(payload: Thumbnail) -> None:
@@ -118,7 +127,7 @@ def progress(engine: backrun.Engine, ids: list[str], started: float) -> dict[str
         states = Counter(job.state.value for job in jobs.values() if job is not None)
         line = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
         if line != last:
-            print(f"[{time.monotonic() - started:5.1f}s] {line}")
+            say(f"[{time.monotonic() - started:5.1f}s] {line}")
             last = line
         if all(job is not None and job.finished for job in jobs.values()):
             return {k: v for k, v in jobs.items() if v is not None}
