@@ -109,7 +109,7 @@ class PostgresStorage(Storage):
         )
         self._closed = False
 
-    # -- plumbing -----------------------------------------------------------------
+    # -- schema -------------------------------------------------------------------
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema's tables; safe to run again and concurrently.
