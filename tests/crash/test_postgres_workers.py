@@ -118,7 +118,6 @@ def jobs(handler: str, count: int, **payload: Any) -> list[Job]:
     ]
 
 
-@pytest.mark.slow
 def test_three_workers_of_four_threads_run_5000_jobs_exactly_once(cluster: Cluster) -> None:
     first, second = jobs("crash.record", 2500), jobs("crash.record", 2500)
     cluster.store.add_many(first)
