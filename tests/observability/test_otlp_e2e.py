@@ -1,9 +1,9 @@
 """OTLP/HTTP export, received by a real HTTP receiver decoding the protobuf requests.
 
-The test process enqueues (exporting its PRODUCER spans to the receiver); a
-worker subprocess configured only by ``BACKRUN_OTLP_ENDPOINT`` runs the jobs
-and exports its CONSUMER spans and OTel metrics to the same receiver. Each
-job's two spans must share one trace id.
+The test process enqueues into a JSON store (exporting its PRODUCER spans to
+the receiver); a worker subprocess on the same store, configured only by
+``BACKRUN_OTLP_ENDPOINT``, runs the jobs and exports its CONSUMER spans and
+OTel metrics to the same receiver. Each job's spans must share one trace id.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 import backrun
 from backrun.observability import TracingMiddleware
 from backrun.observability.otlp import _signal_url
-from backrun.serialization import dump_job
-from backrun.storage.memory import MemoryStorage
+from backrun.storage.jsonfile import JsonFileStorage
 
 from .support import read_json_line
 from .worker_app import Work
@@ -111,13 +110,13 @@ def receiver() -> Iterator[tuple[str, Received]]:
         thread.join(5)
 
 
-def enqueue_with_tracing(endpoint: str) -> list[backrun.Job]:
+def enqueue_with_tracing(endpoint: str, store: Path) -> list[backrun.Job]:
     """Enqueue in this process, exporting the send spans over OTLP (no global provider)."""
     provider = TracerProvider(resource=Resource.create({"service.name": "producer"}))
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=_signal_url(endpoint, "traces")))
     )
-    engine = backrun.Engine(MemoryStorage(), middleware=[TracingMiddleware(provider)])
+    engine = backrun.Engine(JsonFileStorage(store), middleware=[TracingMiddleware(provider)])
 
     @engine.handler(name="ok")
     def ok(payload: Work) -> None:
@@ -137,13 +136,13 @@ def test_producer_and_consumer_spans_share_a_trace_across_processes(
     receiver: tuple[str, Received], tmp_path: Path
 ) -> None:
     endpoint, received = receiver
-    jobs = enqueue_with_tracing(endpoint)
-    jobs_file = tmp_path / "jobs.jsonl"
-    jobs_file.write_bytes(b"\n".join(dump_job(job) for job in jobs))
+    store = tmp_path / "store"
+    jobs = enqueue_with_tracing(endpoint, store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["BACKRUN_OTLP_ENDPOINT"] = endpoint
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.observability.worker_app", "otlp", str(jobs_file)],
+        [sys.executable, "-m", "tests.observability.worker_app", "otlp", str(store)]
+        + [job.id for job in jobs],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -6,11 +6,10 @@
     timed-out handler left stuck, orphans of a "ghost" worker to recover, and
     a backlog on a queue nobody serves (lag).
 
-``python -m tests.observability.worker_app otlp JOBS_FILE``
-    Exports over OTLP (``BACKRUN_OTLP_ENDPOINT``); adds the jobs in
-    ``JOBS_FILE`` (one serialized job per line, as another process enqueued
-    them, trace headers included) to its store, runs them all, flushes, and
-    prints ``{"states": [...]}``.
+``python -m tests.observability.worker_app otlp STORE_DIR JOB_ID...``
+    Exports over OTLP (``BACKRUN_OTLP_ENDPOINT``); runs a worker on the JSON
+    store in ``STORE_DIR`` (where another process enqueued the jobs) until
+    the given jobs are finished, flushes, and prints ``{"states": [...]}``.
 
 Both use the engine's default middleware stack.
 """
@@ -29,7 +28,8 @@ from pydantic import BaseModel
 
 import backrun
 from backrun.observability import configure_otlp, serve_metrics
-from backrun.serialization import load_job
+from backrun.storage.base import Storage
+from backrun.storage.jsonfile import JsonFileStorage
 from backrun.storage.memory import MemoryStorage
 
 RELEASE = threading.Event()  # lets the stuck handler return at exit
@@ -39,9 +39,9 @@ class Work(BaseModel):
     n: int = 0
 
 
-def build_engine() -> backrun.Engine:
+def build_engine(storage: Storage) -> backrun.Engine:
     engine = backrun.Engine(
-        MemoryStorage(),
+        storage,
         max_parallelism=4,
         retry=backrun.RetryPolicy(max_retries=1, wait=tenacity.wait_fixed(0.05)),
         shutdown_timeout=2.0,
@@ -76,7 +76,7 @@ def emit(message: dict[str, object]) -> None:
 
 
 def prometheus_mode() -> None:
-    engine = build_engine()
+    engine = build_engine(MemoryStorage())
     server = serve_metrics(engine, 0)
     stop = threading.Event()
 
@@ -114,32 +114,30 @@ def prometheus_mode() -> None:
     emit({"stopped": True})
 
 
-def otlp_mode(jobs_file: Path) -> None:
+def otlp_mode(store: Path, job_ids: list[str]) -> None:
     export = configure_otlp(service_name="backrun-worker")
     if export is None:
         raise SystemExit("BACKRUN_OTLP_ENDPOINT is not set")
-    engine = build_engine()
-    jobs = [load_job(line) for line in jobs_file.read_text().splitlines() if line]
-    for job in jobs:
-        engine.storage.add(job)
+    engine = build_engine(JsonFileStorage(store))
     deadline = time.monotonic() + 30
     with engine.running():
         while True:
-            current = [engine.get(job.id) for job in jobs]
+            current = [engine.get(job_id) for job_id in job_ids]
             if all(j is not None and j.finished for j in current):
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"jobs did not finish: {current}")
             time.sleep(0.02)
     export.flush()
+    engine.close()
     emit({"states": [j.state.value for j in current if j is not None]})
 
 
 def main(argv: list[str]) -> None:
     if argv[1:2] == ["prometheus"]:
         prometheus_mode()
-    elif argv[1:2] == ["otlp"] and len(argv) == 3:
-        otlp_mode(Path(argv[2]))
+    elif argv[1:2] == ["otlp"] and len(argv) >= 4:
+        otlp_mode(Path(argv[2]), argv[3:])
     else:
         raise SystemExit(__doc__)
 
