@@ -240,6 +240,9 @@ def claim_scaling(dsn: str, finished_sizes: list[int], claims: int = 1000) -> di
             label = f"{size // 1000}k" if size < 1_000_000 else f"{size / 1e6:g}M"
             results[f"claim_ms_p50_{label}_finished"] = statistics.median(times)
             results[f"claim_ms_p99_{label}_finished"] = pct(times, 0.99)
+            start = time.perf_counter()
+            store.counts()
+            results[f"counts_ms_{label}_finished"] = (time.perf_counter() - start) * 1000
             sql(dsn, f"UPDATE \"{name}\".jobs SET state = 'succeeded' WHERE state <> 'succeeded'")
         store.close()
     return results

@@ -23,8 +23,7 @@ import pytest
 from backrun.jobs import WORKER_CRASHED, Job, JobState, new_job_id
 from backrun.testing import wait_until
 from tests.storage.postgres_support import (
-    fresh_postgres_storage,
-    require_postgres,
+    postgres_store,
     tagged_dsn,
     terminate_backends,
 )
@@ -94,8 +93,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    require_postgres()
-    store = fresh_postgres_storage(pool_size=2)
+    store = postgres_store(pool_size=2)
     cluster = Cluster(store, tmp_path)
     try:
         yield cluster

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from backrun.storage.postgres import PostgresStorage
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -60,7 +63,7 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def fresh_postgres_storage(**options: Any) -> Any:
+def fresh_postgres_storage(**options: Any) -> PostgresStorage | None:
     """Return a migrated ``PostgresStorage`` on a new schema, or ``None`` without a server.
 
     Closing the store drops its schema. Its connections carry the schema name as
@@ -100,3 +103,11 @@ def terminate_backends(application_name: str) -> int:
     with psycopg.connect(postgres_dsn(), autocommit=True) as conn:
         row = conn.execute(query, (application_name,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def postgres_store(**options: Any) -> PostgresStorage:
+    """Like :func:`fresh_postgres_storage`, but skip (or fail in CI) without a server."""
+    require_postgres()
+    store = fresh_postgres_storage(**options)
+    assert store is not None
+    return store

@@ -22,8 +22,8 @@ from backrun.jobs import Job, JobState, new_job_id
 from backrun.testing import wait_until
 from tests.storage.postgres_support import (
     drop_schema,
-    fresh_postgres_storage,
     postgres_dsn,
+    postgres_store,
     require_postgres,
     tagged_dsn,
     terminate_backends,
@@ -51,8 +51,7 @@ def make_job(**changes: Any) -> Job:
 
 @pytest.fixture
 def store() -> Iterator[Any]:
-    require_postgres()
-    storage = fresh_postgres_storage()
+    storage = postgres_store()
     try:
         yield storage
     finally:
@@ -229,8 +228,7 @@ def test_add_many_is_all_or_nothing(store: Any) -> None:
 
 
 def test_the_listener_reconnects_after_its_connection_is_killed() -> None:
-    require_postgres()
-    store = fresh_postgres_storage()
+    store: Any = postgres_store()
     from backrun.storage.postgres import PostgresStorage
 
     listener_app = store.schema + "_l"

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from backrun.jobs import Job, JobState, new_job_id
-from tests.storage.postgres_support import fresh_postgres_storage, require_postgres
+from tests.storage.postgres_support import postgres_store
 
 pytestmark = pytest.mark.postgres
 
@@ -71,8 +71,7 @@ class FaultyConnection:
 
 @pytest.fixture
 def faulty() -> Iterator[tuple[Any, Fault]]:
-    require_postgres()
-    store = fresh_postgres_storage()
+    store: Any = postgres_store()
     fault = Fault()
     real_connection = store._db.pool.connection
 

@@ -22,7 +22,7 @@ from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import Job, JobState, new_job_id
 from backrun.storage.base import READY_STATES
 from tests.storage.postgres_support import (
-    fresh_postgres_storage,
+    postgres_store,
     require_postgres,
     terminate_backends,
 )
@@ -38,7 +38,7 @@ R = TypeVar("R")
 class PostgresModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store: Any = fresh_postgres_storage(pool_size=2)
+        self.store: Any = postgres_store(pool_size=2)
         self.now = T0
         self.jobs: dict[str, Job] = {}
         self.stale: list[Job] = []  # records carrying tokens of claims that ended
