@@ -372,3 +372,33 @@ def test_django_connection_enqueues_inside_the_request_transaction(store: Any) -
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_engine_enqueue_joins_the_callers_transaction(store: Any) -> None:
+    import inspect
+
+    import psycopg
+    from pydantic import BaseModel
+
+    import backrun
+
+    if "connection" not in inspect.signature(backrun.Engine.enqueue).parameters:
+        pytest.skip("engine.enqueue(..., connection=conn) is not plumbed to the store yet")
+
+    class Note(BaseModel):
+        text: str
+
+    engine = backrun.Engine(store, middleware=[])
+
+    @engine.handler(name="tests.note")
+    def note(payload: Note) -> None:
+        return None
+
+    enqueue: Any = engine.enqueue
+    with psycopg.connect(postgres_dsn()) as conn:
+        with conn.transaction(force_rollback=True):
+            dropped = enqueue(note, {"text": "a"}, connection=conn)
+        with conn.transaction():
+            kept = enqueue(note, {"text": "b"}, connection=conn)
+    assert store.get(dropped.id) is None
+    assert store.get(kept.id) == kept
