@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .attempts import Attempt
@@ -33,6 +33,9 @@ class Supervisor:
         self.storage = worker.storage
         self.clock = worker.clock
         self._unrecorded: list[tuple[Attempt, BaseException]] = []
+        # When (clock time) the loop next wakes by itself, or None while it is
+        # awake; a new attempt whose deadline comes sooner wakes it.
+        self.wakes_at: datetime | None = None
 
     def run(self) -> None:
         """The supervisor thread's loop; returns once the worker has drained or is forced."""
@@ -43,6 +46,8 @@ class Supervisor:
         while not worker.stopping or worker.running_count:
             if worker.forced:
                 return
+            self.wakes_at = None
+            worker.clear_supervisor_wake()
             now = time.monotonic()
             try:
                 if self._unrecorded:
@@ -63,7 +68,9 @@ class Supervisor:
                 wait = min(wait, (deadline - self.clock.now()).total_seconds())
             if worker.stopping:  # drain: look often, the attempts are ending
                 wait = min(wait, 0.1)
-            worker.wait_for_supervisor_work(max(wait, 0.001))
+            wait = max(wait, 0.001)
+            self.wakes_at = self.clock.now() + timedelta(seconds=wait)
+            worker.wait_for_supervisor_work(wait)
 
     def _next_deadline(self) -> datetime | None:
         deadlines = [a.ctx.deadline for a in self.worker.running_attempts() if a.ctx.deadline]

@@ -103,6 +103,7 @@ class Worker:
         self._middleware = list(engine.middleware)
         self.recorder = AttemptRecorder(self, self._middleware)
         self._chain = compose_process(self._middleware, self.recorder.invoke)
+        self._supervisor = Supervisor(self)
 
     # -- public state -----------------------------------------------------
 
@@ -135,7 +136,7 @@ class Worker:
             for _ in range(self.max_parallelism):
                 self._start_slot()
         supervisor = threading.Thread(
-            target=Supervisor(self).run, name=f"backrun-supervisor-{self.id}", daemon=True
+            target=self._supervisor.run, name=f"backrun-supervisor-{self.id}", daemon=True
         )
         self._threads.append(supervisor)
         supervisor.start()
@@ -190,6 +191,9 @@ class Worker:
     def wait_for_supervisor_work(self, seconds: float) -> None:
         """Sleep the supervisor until ``seconds`` pass or something wakes it."""
         self._supervisor_wake.wait(seconds)
+
+    def clear_supervisor_wake(self) -> None:
+        """The supervisor is awake and about to look at everything."""
         self._supervisor_wake.clear()
 
     @property
@@ -360,6 +364,10 @@ class Worker:
         attempt = self.recorder.begin(job, slot)
         with self._lock:
             self._attempts[job.id] = attempt
+        deadline = attempt.ctx.deadline
+        wakes_at = self._supervisor.wakes_at
+        if deadline is not None and (wakes_at is None or deadline < wakes_at):
+            self._supervisor_wake.set()  # a short timeout: the supervisor must look sooner
         try:
             error = self.recorder.execute(attempt, self._chain)
             if attempt.settle():

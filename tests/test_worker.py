@@ -384,3 +384,26 @@ def test_run_until_idle_times_out_on_endless_work(engine: backrun.Engine) -> Non
     engine.enqueue(again, {"a": 0})
     with pytest.raises(TimeoutError):
         engine.run_until_idle(timeout=0.5)
+
+
+def test_a_short_timeout_is_enforced_promptly_with_the_real_clock() -> None:
+    import time
+
+    policy = backrun.RetryPolicy(max_retries=0, timeout=timedelta(milliseconds=100))
+    engine = backrun.Engine(
+        backrun.MemoryStorage(), middleware=[], retry=policy, recovery_interval=30.0
+    )
+    release = threading.Event()
+
+    @engine.handler
+    def stuck(payload: Numbers) -> None:
+        release.wait(30)
+
+    with engine.running() as worker:
+        wait_until(lambda: worker.processed == 0 and worker.running_count == 0)
+        started = time.monotonic()
+        job = engine.enqueue(stuck, {"a": 1})
+        wait_until(lambda: engine.get(job.id).state is JobState.DEAD, timeout=10)  # type: ignore[union-attr]
+        elapsed = time.monotonic() - started
+        release.set()
+    assert elapsed < 3.0, f"a 100 ms timeout took {elapsed:.1f} s to enforce"
