@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
@@ -25,8 +26,12 @@ class Listener:
     every (re)connect because notifications sent while it was away are lost.
     """
 
-    def __init__(self, conninfo: str, channel: str, name: str) -> None:
+    def __init__(
+        self, conninfo: str, channel: str, name: str, connect_kwargs: dict[str, Any] | None = None
+    ) -> None:
         self._conninfo = conninfo
+        self._connect_kwargs = {**(connect_kwargs or {}), "autocommit": True}
+        self._connect_kwargs.setdefault("connect_timeout", 5)
         self._channel = channel
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
@@ -71,7 +76,7 @@ class Listener:
         lost = False
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._conninfo, **self._connect_kwargs) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
                     if lost:
                         log.warning("notification listener reconnected (%s)", self._channel)

@@ -49,10 +49,16 @@ class Connections:
             )
             self.owned = True
             self.conninfo = dsn_or_pool
+            self.connect_kwargs: dict[str, Any] = {}
         else:
             self.pool = dsn_or_pool
             self.owned = False
-            self.conninfo = str(dsn_or_pool.conninfo)
+            # The listener opens its own connection like the caller's pool would
+            # (psycopg_pool >= 3.3 accepts callables for both settings).
+            conninfo, kwargs = dsn_or_pool.conninfo, dsn_or_pool.kwargs
+            self.conninfo = str(conninfo() if callable(conninfo) else conninfo)
+            kwargs = kwargs() if callable(kwargs) else kwargs
+            self.connect_kwargs = {k: v for k, v in (kwargs or {}).items() if k != "autocommit"}
         self._outage = False
         self._closed = False
 

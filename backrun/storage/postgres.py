@@ -105,7 +105,10 @@ class PostgresStorage(Storage):
         self._db = Connections(dsn_or_pool, schema=schema, size=pool_size, timeout=timeout)
         self._lock = threading.Lock()
         self._listener = Listener(
-            self._db.conninfo, self._sql.channel, name=f"backrun-listen-{schema}"
+            self._db.conninfo,
+            self._sql.channel,
+            name=f"backrun-listen-{schema}",
+            connect_kwargs=self._db.connect_kwargs,
         )
         self._closed = False
 

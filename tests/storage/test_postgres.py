@@ -289,13 +289,23 @@ def test_a_pool_passed_in_is_used_and_left_open() -> None:
     from backrun.storage.postgres import PostgresStorage
 
     schema = unique_schema()
-    with ConnectionPool(postgres_dsn(), min_size=1, max_size=2, open=True) as pool:
+    kwargs = {"application_name": schema}  # settings given to the pool reach the listener too
+    with ConnectionPool(postgres_dsn(), kwargs=kwargs, min_size=1, max_size=2, open=True) as pool:
         store = PostgresStorage(pool, schema=schema)
         try:
             store.migrate()
+            woken = threading.Event()
+            store.subscribe(woken.set)
+            wait_until(woken.is_set)
+            woken.clear()
             job = make_job()
-            store.add(job)
+            store.add(job)  # outside a transaction: the caller's pool is not autocommit
             assert store.get(job.id) == job
+            wait_until(woken.is_set)
+            apps = psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (schema,)
+            )
+            assert apps[0][0] >= 2  # the pool's connection and the listener's
         finally:
             store.close()
         assert not pool.closed
