@@ -329,8 +329,9 @@ class PostgresStorage(Storage):
     def cancel(self, job_id: str, *, now: datetime) -> Job:
         """Cancel a job; see :meth:`Storage.cancel`."""
         check_job_id(job_id)
-        with self._db.connect() as conn:
-            row = conn.execute(self._sql.cancel, {"id": job_id, "now": now}).fetchone()
+        params = {"id": job_id, "now": now}
+        # Cancelling twice ends where cancelling once does, so a dropped call is retried.
+        row = self._db.retrying(lambda conn: conn.execute(self._sql.cancel, params).fetchone())
         if row is None:
             raise JobNotFound(job_id)
         return row_to_job(row)
@@ -339,15 +340,23 @@ class PostgresStorage(Storage):
         """Run a job again now; see :meth:`Storage.requeue`."""
         check_job_id(job_id)
         params = {"id": job_id, "now": now, "channel": self._sql.channel}
-        with self._db.connect() as conn:
+
+        def requeue(conn: psycopg.Connection[Any]) -> Any:
             row = conn.execute(self._sql.requeue, params).fetchone()
-            if row is None:
-                found = conn.execute(self._sql.state_of, (job_id,)).fetchone()
-        if row is not None:
-            return row_to_job(row)
-        if found is None:
-            raise JobNotFound(job_id)
-        raise ValueError(f"job {job_id} is {found[0]}; it cannot be retried")
+            if row is not None:
+                return row
+            found = conn.execute(self._sql.state_of, (job_id,)).fetchone()
+            if found is None:
+                raise JobNotFound(job_id)
+            raise ValueError(f"job {job_id} is {found[0]}; it cannot be retried")
+
+        def landed(conn: psycopg.Connection[Any]) -> Any:
+            row = conn.execute(self._sql.get, (job_id,)).fetchone()
+            job = None if row is None else row_to_job(row)
+            done = job is not None and job.state is JobState.QUEUED and job.run_at == now
+            return row if done else RETRY
+
+        return row_to_job(self._db.uncertain(requeue, landed))
 
     # -- housekeeping -------------------------------------------------------------
 

@@ -135,3 +135,28 @@ def test_a_claim_that_never_ran_takes_nothing(faulty: tuple[Any, Fault]) -> None
     fault.arm("WITH picked AS", after_commit=False)
     assert store.claim(queues=None, limit=2, now=T0, worker_id="w", lease=LEASE) == []
     assert len(store.claim(queues=None, limit=2, now=T0, worker_id="w", lease=LEASE)) == 1
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_requeue_lands_exactly_once(faulty: tuple[Any, Fault], after_commit: bool) -> None:
+    store, fault = faulty
+    store.add(make_job())
+    [job] = store.claim(queues=None, limit=1, now=T0, worker_id="w", lease=LEASE)
+    store.update(job.replace(state=JobState.DEAD, finished_at=T0))
+    fault.arm("WITH u AS (UPDATE", after_commit=after_commit)
+    later = T0 + timedelta(hours=1)
+    again = store.requeue(job.id, now=later)
+    assert fault.fired == 1
+    assert (again.state, again.attempts, again.run_at) == (JobState.QUEUED, 0, later)
+    assert store.get(job.id) == again
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_a_cancel_lands_once(faulty: tuple[Any, Fault], after_commit: bool) -> None:
+    store, fault = faulty
+    job = make_job()
+    store.add(job)
+    fault.arm("'cancelled'", after_commit=after_commit)
+    cancelled = store.cancel(job.id, now=T0)
+    assert fault.fired == 1
+    assert cancelled == job.replace(state=JobState.CANCELLED, finished_at=T0)
