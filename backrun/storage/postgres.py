@@ -13,10 +13,14 @@ machines, so it uses the database's own ``now()``: a heartbeat stores
 the database's ``now()``. Skewed worker clocks cannot make a live worker look
 dead nor keep a dead one alive.
 
-A claim whose answer was lost in transit (the connection dropped after the
-commit) leaves a job RUNNING under a live worker that does not know it holds
-it. Each heartbeat stamps the jobs it renews, so such a job is reported as an
-orphan once its worker has gone a full lease without renewing it.
+Dropped connections: reads and idempotent writes are retried once; a write
+that may or may not have committed is checked against the database before it
+is retried (see ``_postgres_pool``). A claim stamps its jobs' tokens with a
+per-call prefix, so a claim whose reply was lost still hands over what it
+took. Should even that check fail, the job sits RUNNING under a live worker
+that does not know it holds it; each heartbeat stamps the jobs it renews, so
+such a job is reported as an orphan once its worker has gone a full lease
+without renewing it.
 
 Durability: ``add`` and ``update`` commit synchronously (a job, and how its
 attempt ended, survive a database crash once the call returns). Claims commit
