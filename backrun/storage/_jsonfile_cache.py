@@ -22,7 +22,7 @@ __all__ = ["RACY_NS", "ReadyCache"]
 RACY_NS = 20_000_000
 """A listing taken this soon (ns) after the directory's last change is not trusted."""
 RELIST_MIN_S = 0.005
-RELIST_COST_FACTOR = 4.0
+RELIST_COST_FACTOR = 10.0
 """While due jobs remain, re-list at most every max(RELIST_MIN_S, factor x listing cost)."""
 
 

@@ -25,6 +25,7 @@ class LockHolder:
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
         self._mutex = threading.Lock()
+        self._acquiring = threading.Lock()
 
     def acquire(self, path: str, *, wait: float = 1.0) -> None:
         """Take the lock at ``path`` and keep it; ``TimeoutError`` if another holder keeps it.
@@ -33,6 +34,10 @@ class LockHolder:
         leaving us locking a nameless file: we check that the locked file is
         still the one at ``path`` and start again if not.
         """
+        with self._acquiring:  # one at a time: two threads must not race for one lock
+            self._acquire(path, wait)
+
+    def _acquire(self, path: str, wait: float) -> None:
         with self._mutex:
             if path in self._fds:
                 return
