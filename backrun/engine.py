@@ -7,6 +7,7 @@ the jobs. Nothing here needs an event loop.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -278,6 +279,7 @@ class Engine:
         queue: str | None = None,
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
+        connection: Any = None,
     ) -> Job:
         """Validate a payload and store a new job; return it once it is durable.
 
@@ -292,6 +294,10 @@ class Engine:
             queue: the queue (default: the handler's, else ``"default"``).
             priority: higher runs first among due jobs.
             headers: extra metadata stored with the job.
+            connection: an open DB-API connection (psycopg, or Django's) whose
+                transaction the job joins: it exists exactly when that
+                transaction commits. Needs a store that supports it
+                (:class:`PostgresStorage`).
 
         Raises:
             UnknownHandler: the handler is not registered.
@@ -300,11 +306,28 @@ class Engine:
             ValueError: bad ``delay``/``at``/``queue``.
             StorageError: the store could not write; nothing was stored.
         """
-        job = self._enqueue_chain(
-            self._build(handler, payload, delay, at, queue, priority, headers)
-        )
+        job = self._build(handler, payload, delay, at, queue, priority, headers)
+        if connection is None:
+            job = self._enqueue_chain(job)
+        else:
+            add_many = self._transactional_add_many()
+
+            def persist_in_transaction(job: Job) -> Job:
+                add_many([job], connection=connection)
+                return job
+
+            job = compose_enqueue(self.middleware, persist_in_transaction)(job)
         self._wake(job)
         return job
+
+    def _transactional_add_many(self) -> Callable[..., None]:
+        add_many = self.storage.add_many
+        if "connection" not in inspect.signature(add_many).parameters:
+            raise TypeError(
+                f"{type(self.storage).__name__} cannot join your transaction "
+                "(connection=); use PostgresStorage"
+            )
+        return add_many
 
     def enqueue_many(
         self,
@@ -315,11 +338,14 @@ class Engine:
         at: datetime | None = None,
         queue: str | None = None,
         priority: int = 0,
+        connection: Any = None,
     ) -> list[Job]:
         """Enqueue many jobs of one handler in one store write (all or none).
 
         Every payload is validated before anything is written. The enqueue
-        middleware sees each job; the store receives them as one batch.
+        middleware sees each job before the store receives them as one batch
+        (so its spans and counts cover building the batch, not the write).
+        ``connection`` joins the caller's transaction, as in :meth:`enqueue`.
         """
         built = [self._build(handler, p, delay, at, queue, priority, None) for p in payloads]
         collected: list[Job] = []
@@ -331,7 +357,10 @@ class Engine:
         chain = compose_enqueue(self.middleware, collect)
         for job in built:
             chain(job)
-        self.storage.add_many(collected)
+        if connection is None:
+            self.storage.add_many(collected)
+        else:
+            self._transactional_add_many()(collected, connection=connection)
         with self._workers_lock:
             workers = list(self._workers)
         for worker in workers:

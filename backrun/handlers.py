@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -129,14 +130,29 @@ def _first_param_type(fn: Callable[..., Any], skip_self: bool) -> Any:
         raise TypeError(f"{fn.__qualname__} must take a payload parameter")
     if params[0].annotation is inspect.Parameter.empty:
         return Any
+    return _resolve_hints(fn).get(params[0].name, Any)
+
+
+def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The function's resolved annotations, looking in its callers' locals too.
+
+    A handler and its payload model defined inside a function (a test, an app
+    factory) have string annotations that the module's globals cannot resolve;
+    like pydantic, look in the frames that are registering it.
+    """
     try:
-        hints = typing.get_type_hints(fn)
-    except Exception as exc:
+        return typing.get_type_hints(fn)
+    except NameError as first_error:
+        frame = sys._getframe(1)
+        while frame is not None:
+            try:
+                return typing.get_type_hints(fn, localns=frame.f_locals)
+            except NameError:
+                frame = frame.f_back  # type: ignore[assignment]
         raise TypeError(
-            f"cannot resolve the payload annotation of {fn.__qualname__} ({exc}); "
-            "define the payload model where the handler's module can see it"
+            f"cannot resolve the payload annotation of {fn.__qualname__} ({first_error}); "
+            "define the payload model where the handler can see it"
         ) from None
-    return hints.get(params[0].name, Any)
 
 
 def _payload_type(cls: type[Handler[Any]]) -> Any:

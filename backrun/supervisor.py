@@ -41,7 +41,7 @@ class Supervisor:
         """The supervisor thread's loop; returns once the worker has drained or is forced."""
         worker = self.worker
         heartbeat_every = max(worker.lease.total_seconds() / 3, 0.05)
-        next_heartbeat = time.monotonic() + heartbeat_every
+        next_heartbeat = time.monotonic()  # at once: a store may judge liveness by it
         next_recovery = time.monotonic()
         while not worker.stopping or worker.running_count:
             if worker.forced:
@@ -62,6 +62,7 @@ class Supervisor:
                     next_recovery = now + worker.recovery_interval
             except Exception:
                 log.exception("supervisor round failed; will retry")
+            worker.first_round_done.set()
             wait = min(next_heartbeat, next_recovery) - time.monotonic()
             deadline = self._next_deadline()
             if deadline is not None:
@@ -114,9 +115,10 @@ class Supervisor:
 
     def _recover(self) -> None:
         now = self.clock.now()
+        running_here = {a.job.id for a in self.worker.running_attempts()}
         for orphan in self.storage.orphans(now=now):
-            if orphan.worker_id == self.worker.id:
-                continue
+            if orphan.id in running_here:
+                continue  # ours and running; a claim of ours whose reply was lost is rescued
             rescued = rescue_orphan(orphan, now=now, max_crashes=self.worker.max_crashes)
             try:
                 self.storage.update(rescued)

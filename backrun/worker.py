@@ -90,6 +90,7 @@ class Worker:
         self._work = threading.Condition(self._lock)  # idle slots wait here
         self._changed = threading.Condition(self._lock)  # idle/drain observers wait here
         self._supervisor_wake = threading.Event()
+        self.first_round_done = threading.Event()  # orphans rescued once, leases renewed once
         self._stopping = False
         self._forced = False
         self._wake_seq = 0
@@ -98,6 +99,7 @@ class Worker:
         self._stuck: set[_Slot] = set()
         self._attempts: dict[str, Attempt] = {}
         self._processed = 0
+        self._claim_failing = False
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Callable[[], None]] = []
         self._middleware = list(engine.middleware)
@@ -280,6 +282,9 @@ class Worker:
             TimeoutError: work remained after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
+        # Orphans of dead workers are work too: let the first recovery round run.
+        if not self.first_round_done.wait(timeout):
+            raise TimeoutError(f"the worker's first recovery round did not finish in {timeout} s")
         while True:
             with self._lock:
                 while self._attempts or self._idle < self._live_slots():
@@ -318,10 +323,14 @@ class Worker:
                         worker_id=self.id,
                         lease=self.lease,
                     )
-                except Exception:
-                    log.exception("claim failed; retrying")
+                except Exception as exc:
+                    self._claim_failed(exc)
                     jobs = []
                     self._pause(1.0)
+                else:
+                    if self._claim_failing:
+                        self._claim_failing = False
+                        log.warning("claiming works again")
                 if jobs:
                     self._run(jobs[0], slot)
                     continue
@@ -339,6 +348,12 @@ class Worker:
                 if slot in self._slots and slot.abandoned:
                     self._slots.remove(slot)
                 self._changed.notify_all()
+
+    def _claim_failed(self, exc: Exception) -> None:
+        # One line per outage, not one per slot per second; the store logs its own.
+        if not self._claim_failing:
+            self._claim_failing = True
+            log.error("claiming failed (%s: %s); retrying every second", type(exc).__name__, exc)
 
     def _pause(self, seconds: float) -> None:
         with self._lock:

@@ -216,3 +216,32 @@ def test_handlers_discovered_from_a_package(engine: backrun.Engine) -> None:
 
     assert sorted(LOG) == ["HELLO BOB", "hello ada"]
     assert engine.add_handlers_from_package("tests.fixtures.discovered") == []
+
+
+def test_connection_needs_a_store_that_can_join_a_transaction(engine: backrun.Engine) -> None:
+    @engine.handler
+    def work(payload: Numbers) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="PostgresStorage"):
+        engine.enqueue(work, {"a": 1}, connection=object())
+    with pytest.raises(TypeError, match="PostgresStorage"):
+        engine.enqueue_many(work, [{"a": 1}], connection=object())
+    assert engine.jobs() == []
+
+
+def test_a_handler_and_its_model_defined_inside_a_function(engine: backrun.Engine) -> None:
+    class Local(pydantic.BaseModel):
+        word: str
+
+    seen: list[str] = []
+
+    @engine.handler(name="local")
+    def local(payload: Local) -> None:
+        seen.append(payload.word)
+
+    with pytest.raises(pydantic.ValidationError):
+        engine.enqueue("local", {"word": 3})
+    engine.enqueue("local", {"word": "hi"})
+    engine.run_until_idle(timeout=10)
+    assert seen == ["hi"]
