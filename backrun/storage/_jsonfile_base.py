@@ -19,6 +19,7 @@ second copy of a job, so "every job in exactly one place" holds after healing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from backrun.errors import StorageError
 from backrun.jobs import Job, JobState
@@ -51,10 +53,12 @@ from ._jsonfile_layout import (
 )
 from ._jsonfile_locks import LockHolder
 
-__all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns"]
+__all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+P = ParamSpec("P")
+R = TypeVar("R")
 _US = timedelta(microseconds=1)
 
 
@@ -75,6 +79,20 @@ def storage_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise StorageError(f"job store: {what} failed: {exc}") from exc
+
+
+def wraps_os_errors(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a method so that an ``OSError`` it meets surfaces as a :class:`StorageError`."""
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with storage_errors(what):
+                return method(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from datetime import datetime
 from backrun.jobs import Job, JobState, check_job_id
 
 from . import fs
-from ._jsonfile_base import Found, StoreBase
+from ._jsonfile_base import Found, StoreBase, wraps_os_errors
 from ._jsonfile_layout import (
     BUCKET_US,
     FINISHED_DIRS,
@@ -127,6 +127,7 @@ class QueryMixin(StoreBase):
                 if not name.endswith(GRAB_SUFFIX):
                     yield directory, name
 
+    @wraps_os_errors("get")
     def get(self, job_id: str) -> Job | None:
         """Return the job, or ``None``; see :meth:`Storage.get`."""
         found = self.locate(check_job_id(job_id))
@@ -141,6 +142,7 @@ class QueryMixin(StoreBase):
             if job is not None:
                 yield rn, job
 
+    @wraps_os_errors("find")
     def find(
         self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
     ) -> list[Job]:
@@ -182,6 +184,7 @@ class QueryMixin(StoreBase):
                 result.append(job)
         return result
 
+    @wraps_os_errors("counts")
     def counts(self) -> dict[tuple[str, JobState], int]:
         """Count jobs per (queue, state) from file names; see :meth:`Storage.counts`."""
         counts: Counter[tuple[str, JobState]] = Counter()
@@ -205,6 +208,7 @@ class QueryMixin(StoreBase):
             counts[(job.queue, JobState.RUNNING)] += 1
         return dict(counts)
 
+    @wraps_os_errors("next_run_at")
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
         earliest: int | None = None
@@ -232,6 +236,7 @@ class QueryMixin(StoreBase):
         for name in names:
             yield directory, name
 
+    @wraps_os_errors("oldest_due")
     def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
         """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
         now_key = to_key(now)
@@ -246,6 +251,7 @@ class QueryMixin(StoreBase):
                 oldest[decode_queue(qenc)] = from_key(min(keys))
         return oldest
 
+    @wraps_os_errors("orphans")
     def orphans(self, *, now: datetime) -> list[Job]:
         """Running jobs whose worker's lock is free; see :meth:`Storage.orphans`."""
         alive: dict[str, bool] = {}

@@ -21,21 +21,20 @@ completed job may run again (at-least-once), never be lost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 from backrun.clock import utcnow
-from backrun.errors import JobNotFound, LeaseLost, StorageError
+from backrun.errors import LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 from backrun.serialization import dump_job
 
 from . import fs
-from ._jsonfile_base import Found, storage_errors, to_ns
+from ._jsonfile_base import storage_errors, to_ns
+from ._jsonfile_changes import ChangesMixin
 from ._jsonfile_files import prepare_root
 from ._jsonfile_layout import (
     FINISHED_DIRS,
@@ -47,8 +46,6 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
-from ._jsonfile_locks import is_free
-from ._jsonfile_queries import QueryMixin
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -57,7 +54,7 @@ __all__ = ["JsonFileStorage"]
 logger = logging.getLogger("backrun.storage.jsonfile")
 
 
-class JsonFileStorage(QueryMixin, Storage):
+class JsonFileStorage(ChangesMixin, Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:
@@ -124,6 +121,8 @@ class JsonFileStorage(QueryMixin, Storage):
             seen.add(job.id)
             plans.append((job, *self.waiting_path(job, job.created_at)))
         with storage_errors("enqueue"):
+            for qenc in {qenc for _, qenc, _, _ in plans}:
+                self.ensure_queue(qenc)
             for job, *_ in plans:
                 if self._exists(job.id):
                     raise ValueError(f"job {job.id} exists already")
@@ -221,15 +220,39 @@ class JsonFileStorage(QueryMixin, Storage):
                     except FileNotFoundError:
                         continue
                     self.mine[parsed.job_id] = rname
-                fs.utime(path, lease_ns)
-                rn = parse_running(rname)
-                assert rn is not None
-                job = self.read_running(rn, path)
+                job = self._claimed(path, rname, lease_ns, os.path.join(cache.path, name))
                 if job is not None:
-                    if job.cancel_requested:  # carried over: let heartbeats see it too
-                        self._request_cancel(path, job.id, rn.token)
                     claimed.append(job)
         return claimed
+
+    def _claimed(self, path: str, rname: str, lease_ns: int, ready: str) -> Job | None:
+        """Finish a won claim without raising: an error here must not strand the job.
+
+        A live worker's jobs are never orphans, so a claim that failed after its
+        rename would keep the job RUNNING until the worker stopped: on a read
+        error the job is renamed back to its ready name instead.
+        """
+        rn = parse_running(rname)
+        assert rn is not None
+        try:
+            fs.utime(path, lease_ns)
+        except OSError as exc:
+            logger.warning("job %s: could not stamp its lease: %s", rn.job_id, exc)
+        try:
+            job = self.read_running(rn, path)  # an unreadable file is quarantined
+            if job is not None and job.cancel_requested:  # carried over: heartbeats see it
+                self._request_cancel(path, job.id, rn.token)
+            return job
+        except OSError as exc:
+            logger.error(
+                "job %s: claim failed after taking it (%s); putting it back", rn.job_id, exc
+            )
+        self.mine.pop(rn.job_id, None)
+        try:
+            fs.rename(path, ready)
+        except OSError as exc:
+            logger.error("job %s stays RUNNING until this worker stops: %s", rn.job_id, exc)
+        return None
 
     def update(self, job: Job) -> None:
         """Write a claimed job as the owner of its claim; see :meth:`Storage.update`."""
@@ -298,21 +321,6 @@ class JsonFileStorage(QueryMixin, Storage):
         self.ensure_queue(qenc)
         return os.path.join(directory, name), None
 
-    def _after_publish(self, job: Job, dest: str) -> None:
-        """Finishing touches once a change is visible: they must not undo or fail it."""
-        directory, name = os.path.split(dest)
-        if job.state not in READY_STATES:
-            return
-        if os.path.basename(directory) == "ready":
-            parsed = parse_ready(name)
-            assert parsed is not None
-            with self.mutex:
-                self.cache(os.path.basename(os.path.dirname(directory))).add(parsed)
-        try:
-            self.files.sync_dir(directory)
-        except OSError as exc:
-            logger.warning("job %s is saved, but syncing its directory failed: %s", job.id, exc)
-
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
     ) -> set[str]:
@@ -335,174 +343,6 @@ class JsonFileStorage(QueryMixin, Storage):
                 if self.has_marker(job.id, token):
                     stop.add(job.id)
         return stop
-
-    # -- changes by anyone: cancel, requeue ------------------------------------
-
-    def cancel(self, job_id: str, *, now: datetime) -> Job:
-        """Cancel a job; see :meth:`Storage.cancel`."""
-        check_job_id(job_id)
-        with storage_errors("cancel"):
-            for _ in range(1000):
-                found = self.locate(job_id)
-                if found is None:
-                    raise JobNotFound(job_id)
-                job = found.job
-                if found.kind in ("ready", "later"):
-                    new = job.replace(state=JobState.CANCELLED, finished_at=now)
-                    if self._replace_waiting(found, new):
-                        return new
-                elif found.kind == "running":
-                    assert found.running is not None
-                    if self._request_cancel(found.path, job_id, found.running.token):
-                        return job.replace(cancel_requested=True)
-                elif found.kind == "finished":
-                    return job
-                self._wait_for_change(found)
-        raise StorageError(f"job {job_id} kept changing; cancel gave up")
-
-    def _request_cancel(self, path: str, job_id: str, token: str) -> bool:
-        marker = self.marker_path(job_id, token)
-        with contextlib.suppress(FileExistsError):
-            fs.close(fs.open_new(marker), marker)
-        try:
-            fs.lstat(path)
-        except FileNotFoundError:
-            self.files.discard(marker)
-            return False
-        return True
-
-    def requeue(self, job_id: str, *, now: datetime) -> Job:
-        """Run a job again now; see :meth:`Storage.requeue`."""
-        check_job_id(job_id)
-        with storage_errors("requeue"):
-            for _ in range(1000):
-                found = self.locate(job_id)
-                if found is None:
-                    raise JobNotFound(job_id)
-                job = found.job
-                if job.state in (JobState.DEAD, JobState.CANCELLED) and found.kind == "finished":
-                    new = job.replace(
-                        state=JobState.QUEUED,
-                        attempts=0,
-                        run_at=now,
-                        finished_at=None,
-                        cancel_requested=False,
-                    )
-                elif job.state is JobState.SCHEDULED and found.kind in ("ready", "later"):
-                    new = job.replace(state=JobState.QUEUED, run_at=now)
-                elif found.kind != "grabbed":
-                    raise ValueError(f"job {job_id} is {job.state.value}; it cannot be retried")
-                else:
-                    self._wait_for_change(found)
-                    continue
-                if self._replace_waiting(found, new):
-                    return new
-        raise StorageError(f"job {job_id} kept changing; requeue gave up")
-
-    def _replace_waiting(self, found: Found, new: Job) -> bool:
-        """Swap a job nobody owns for ``new`` by grab and publish; False if it moved first."""
-        if new.state in FINISHED_STATES:
-            qenc, dest = self.finished_path(new)
-            mtime: int | None = to_ns(new.finished_at or utcnow())
-        else:
-            qenc, directory, name = self.waiting_path(new, new.run_at)
-            dest, mtime = os.path.join(directory, name), None
-        self.ensure_queue(qenc)
-        tmp = self.files.write_tmp(
-            dump_job(new), sync=new.state not in FINISHED_STATES, mtime_ns=mtime
-        )
-        try:
-            grabbed = self.grab(found.path)
-        except FileNotFoundError:
-            self.files.discard(tmp)
-            with self.mutex:
-                self.cache(found.qenc).refresh(0, force=True)
-            return False
-        except Exception:
-            self.files.discard(tmp)
-            raise
-        with self.mutex:
-            self.cache(found.qenc).discard(os.path.basename(found.path))
-        try:
-            self.publish(tmp, *os.path.split(dest))
-        except Exception:
-            self.files.discard(tmp)
-            self.ungrab(grabbed)
-            raise
-        self._after_publish(new, dest)
-        self.drop_grab(grabbed)
-        return True
-
-    def _wait_for_change(self, found: Found) -> None:
-        """Another change holds the job: heal it if its session is gone, else wait a moment."""
-        if found.kind == "grabbed":
-            self.heal_dead_sessions()
-        time.sleep(0.001)
-
-    # -- housekeeping ------------------------------------------------------------
-
-    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
-        """Delete finished jobs whose finished_at (file mtime) is before ``before``."""
-        cutoff = to_ns(before)
-        removed = 0
-        with storage_errors("purge"):
-            for qenc in self.queue_dirs():
-                for state in set(states) & FINISHED_STATES:
-                    directory = self.qdir(qenc, FINISHED_DIRS[state])
-                    for name in self.names_in(directory):
-                        if not name.endswith(".json"):
-                            continue
-                        path = os.path.join(directory, name)
-                        try:
-                            if fs.lstat(path).st_mtime_ns < cutoff:
-                                fs.unlink(path)
-                                removed += 1
-                        except FileNotFoundError:
-                            continue
-        return removed
-
-    def maintain(self, *, now: datetime) -> None:
-        """Heal what crashes left, drop stale temporary files and markers, purge old jobs."""
-        with storage_errors("maintain"):
-            self.heal_dead_sessions()
-            for grabbed in list(self.stranded):
-                self.stranded.discard(grabbed)
-                self.heal_grab(grabbed, lambda job_id: self.locate(job_id, grabs=False))
-            grace = int(self.tmp_grace.total_seconds() * 1e9)
-            self.files.clean_tmp(older_than_ns=time.time_ns() - grace)
-            self._clean_markers_and_locks()
-            every = min(self.retention / 10, timedelta(minutes=1))
-            if self._last_purge is None or abs(now - self._last_purge) >= every:
-                self._last_purge = now
-                self.purge(before=now - self.retention)
-
-    def heal_dead_sessions(self) -> None:
-        """Finish or undo the half-done changes of every store that died."""
-        directory = os.path.join(self.root, "sessions")
-        for name in fs.listdir(directory):
-            path = os.path.join(directory, name)
-            if path == self.session_path or not name.endswith(".lock"):
-                continue
-            try:
-                self.locks.acquire(path, wait=0)
-            except TimeoutError:
-                continue
-            try:
-                self.heal_session(name[:-5], lambda job_id: self.locate(job_id, grabs=False))
-            finally:
-                self.locks.release(path, unlink=True)
-
-    def _clean_markers_and_locks(self) -> None:
-        running = [parse_running(n) for n in self.running_entries()]
-        claims = {(rn.job_id, rn.token) for rn in running if rn is not None}
-        workers = {rn.worker_id for rn in running if rn is not None}
-        for name in fs.listdir(self.cancels_dir):
-            if tuple(name.split("~", 1)) not in claims:
-                self.files.discard(os.path.join(self.cancels_dir, name))
-        for name in fs.listdir(self.workers_dir):
-            path = os.path.join(self.workers_dir, name)
-            if name[:-5] not in workers and not self.locks.holds(path):
-                is_free(path, remove=True)
 
     def register_worker(self, worker_id: str, *, now: datetime) -> None:
         """Take this worker's lock and hold it until :meth:`unregister_worker` or exit."""

@@ -1,0 +1,146 @@
+"""The JSON store's changes to jobs nobody owns: cancel and requeue (grab, then publish)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from datetime import datetime
+
+from backrun.clock import utcnow
+from backrun.errors import JobNotFound, StorageError
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+from backrun.serialization import dump_job
+
+from . import fs
+from ._jsonfile_base import Found, storage_errors, to_ns
+from ._jsonfile_layout import parse_ready
+from ._jsonfile_upkeep import UpkeepMixin
+from .base import READY_STATES
+
+__all__ = ["ChangesMixin"]
+
+logger = logging.getLogger("backrun.storage.jsonfile")
+
+
+class ChangesMixin(UpkeepMixin):
+    """Cancel and requeue, and the finishing touches every published change gets."""
+
+    def _after_publish(self, job: Job, dest: str) -> None:
+        """Finishing touches once a change is visible: they must not undo or fail it."""
+        directory, name = os.path.split(dest)
+        if job.state not in READY_STATES:
+            return
+        if os.path.basename(directory) == "ready":
+            parsed = parse_ready(name)
+            assert parsed is not None
+            with self.mutex:
+                self.cache(os.path.basename(os.path.dirname(directory))).add(parsed)
+        try:
+            self.files.sync_dir(directory)
+        except OSError as exc:
+            logger.warning("job %s is saved, but syncing its directory failed: %s", job.id, exc)
+
+    # -- changes by anyone: cancel, requeue ------------------------------------
+
+    def cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a job; see :meth:`Storage.cancel`."""
+        check_job_id(job_id)
+        with storage_errors("cancel"):
+            for _ in range(1000):
+                found = self.locate(job_id)
+                if found is None:
+                    raise JobNotFound(job_id)
+                job = found.job
+                if found.kind in ("ready", "later"):
+                    new = job.replace(state=JobState.CANCELLED, finished_at=now)
+                    if self._replace_waiting(found, new):
+                        return new
+                elif found.kind == "running":
+                    assert found.running is not None
+                    if self._request_cancel(found.path, job_id, found.running.token):
+                        return job.replace(cancel_requested=True)
+                elif found.kind == "finished":
+                    return job
+                self._wait_for_change(found)
+        raise StorageError(f"job {job_id} kept changing; cancel gave up")
+
+    def _request_cancel(self, path: str, job_id: str, token: str) -> bool:
+        marker = self.marker_path(job_id, token)
+        with contextlib.suppress(FileExistsError):
+            fs.close(fs.open_new(marker), marker)
+        try:
+            fs.lstat(path)
+        except FileNotFoundError:
+            self.files.discard(marker)
+            return False
+        return True
+
+    def requeue(self, job_id: str, *, now: datetime) -> Job:
+        """Run a job again now; see :meth:`Storage.requeue`."""
+        check_job_id(job_id)
+        with storage_errors("requeue"):
+            for _ in range(1000):
+                found = self.locate(job_id)
+                if found is None:
+                    raise JobNotFound(job_id)
+                job = found.job
+                if job.state in (JobState.DEAD, JobState.CANCELLED) and found.kind == "finished":
+                    new = job.replace(
+                        state=JobState.QUEUED,
+                        attempts=0,
+                        run_at=now,
+                        finished_at=None,
+                        cancel_requested=False,
+                    )
+                elif job.state is JobState.SCHEDULED and found.kind in ("ready", "later"):
+                    new = job.replace(state=JobState.QUEUED, run_at=now)
+                elif found.kind != "grabbed":
+                    raise ValueError(f"job {job_id} is {job.state.value}; it cannot be retried")
+                else:
+                    self._wait_for_change(found)
+                    continue
+                if self._replace_waiting(found, new):
+                    return new
+        raise StorageError(f"job {job_id} kept changing; requeue gave up")
+
+    def _replace_waiting(self, found: Found, new: Job) -> bool:
+        """Swap a job nobody owns for ``new`` by grab and publish; False if it moved first."""
+        if new.state in FINISHED_STATES:
+            qenc, dest = self.finished_path(new)
+            mtime: int | None = to_ns(new.finished_at or utcnow())
+        else:
+            qenc, directory, name = self.waiting_path(new, new.run_at)
+            dest, mtime = os.path.join(directory, name), None
+        self.ensure_queue(qenc)
+        tmp = self.files.write_tmp(
+            dump_job(new), sync=new.state not in FINISHED_STATES, mtime_ns=mtime
+        )
+        try:
+            grabbed = self.grab(found.path)
+        except FileNotFoundError:
+            self.files.discard(tmp)
+            with self.mutex:
+                self.cache(found.qenc).refresh(0, force=True)
+            return False
+        except Exception:
+            self.files.discard(tmp)
+            raise
+        with self.mutex:
+            self.cache(found.qenc).discard(os.path.basename(found.path))
+        try:
+            self.publish(tmp, *os.path.split(dest))
+        except Exception:
+            self.files.discard(tmp)
+            self.ungrab(grabbed)
+            raise
+        self._after_publish(new, dest)
+        self.drop_grab(grabbed)
+        return True
+
+    def _wait_for_change(self, found: Found) -> None:
+        """Another change holds the job: heal it if its session is gone, else wait a moment."""
+        if found.kind == "grabbed":
+            self.heal_dead_sessions()
+        time.sleep(0.001)

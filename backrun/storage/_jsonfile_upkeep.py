@@ -1,0 +1,91 @@
+"""The JSON store's housekeeping: healing what crashes left, tmp files, markers, retention."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+from backrun.jobs import FINISHED_STATES, JobState
+
+from . import fs
+from ._jsonfile_base import storage_errors, to_ns
+from ._jsonfile_layout import FINISHED_DIRS, parse_running
+from ._jsonfile_locks import is_free
+from ._jsonfile_queries import QueryMixin
+
+__all__ = ["UpkeepMixin"]
+
+
+class UpkeepMixin(QueryMixin):
+    """purge() and maintain(); see :meth:`maintain`."""
+
+    retention: timedelta
+    tmp_grace: timedelta
+    _last_purge: datetime | None
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
+        """Delete finished jobs whose finished_at (file mtime) is before ``before``."""
+        cutoff = to_ns(before)
+        removed = 0
+        with storage_errors("purge"):
+            for qenc in self.queue_dirs():
+                for state in set(states) & FINISHED_STATES:
+                    directory = self.qdir(qenc, FINISHED_DIRS[state])
+                    for name in self.names_in(directory):
+                        if not name.endswith(".json"):
+                            continue
+                        path = os.path.join(directory, name)
+                        try:
+                            if fs.lstat(path).st_mtime_ns < cutoff:
+                                fs.unlink(path)
+                                removed += 1
+                        except FileNotFoundError:
+                            continue
+        return removed
+
+    def maintain(self, *, now: datetime) -> None:
+        """Heal what crashes left, drop stale temporary files and markers, purge old jobs."""
+        with storage_errors("maintain"):
+            self.heal_dead_sessions()
+            for grabbed in list(self.stranded):
+                self.stranded.discard(grabbed)
+                self.heal_grab(grabbed, lambda job_id: self.locate(job_id, grabs=False))
+            grace = int(self.tmp_grace.total_seconds() * 1e9)
+            self.files.clean_tmp(older_than_ns=time.time_ns() - grace)
+            self._clean_markers_and_locks()
+            every = min(self.retention / 10, timedelta(minutes=1))
+            if self._last_purge is None or abs(now - self._last_purge) >= every:
+                self._last_purge = now
+                self.purge(before=now - self.retention)
+
+    def heal_dead_sessions(self) -> None:
+        """Finish or undo the half-done changes of every store that died."""
+        directory = os.path.join(self.root, "sessions")
+        for name in fs.listdir(directory):
+            path = os.path.join(directory, name)
+            if path == self.session_path or not name.endswith(".lock"):
+                continue
+            try:
+                self.locks.acquire(path, wait=0)
+            except TimeoutError:
+                continue
+            try:
+                self.heal_session(name[:-5], lambda job_id: self.locate(job_id, grabs=False))
+            finally:
+                self.locks.release(path, unlink=True)
+
+    def _clean_markers_and_locks(self) -> None:
+        running = [parse_running(n) for n in self.running_entries()]
+        claims = {(rn.job_id, rn.token) for rn in running if rn is not None}
+        workers = {rn.worker_id for rn in running if rn is not None}
+        for name in fs.listdir(self.cancels_dir):
+            if tuple(name.split("~", 1)) not in claims:
+                self.files.discard(os.path.join(self.cancels_dir, name))
+        for name in fs.listdir(self.workers_dir):
+            path = os.path.join(self.workers_dir, name)
+            if name[:-5] not in workers and not self.locks.holds(path):
+                is_free(path, remove=True)
