@@ -130,6 +130,8 @@ class StoreBase:
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
         self._later: dict[str, tuple[int, list[int]]] = {}
         self._queues: tuple[int, list[str]] | None = None
+        self._queues_checked = 0.0
+        self._later_checked: dict[str, float] = {}
 
     # -- paths ----------------------------------------------------------------
 
@@ -144,10 +146,17 @@ class StoreBase:
         except FileNotFoundError:
             return []
 
-    def queue_dirs(self) -> list[str]:
-        """The encoded names of all queues, re-listed only when ``q/`` changed."""
-        mtime = fs.stat(self.queues_dir).st_mtime_ns
+    def queue_dirs(self, *, fresh: bool = True) -> list[str]:
+        """The encoded names of all queues, re-listed only when ``q/`` changed.
+
+        With ``fresh=False`` (the claim path) a check younger than
+        :data:`RECHECK_S` is trusted without even a stat.
+        """
         seen = self._queues
+        if not fresh and seen is not None and _recent(self._queues_checked):
+            return seen[1]
+        mtime = fs.stat(self.queues_dir).st_mtime_ns
+        self._queues_checked = time.monotonic()
         if seen is not None and seen[0] == mtime and _settled(mtime):
             return seen[1]
         names = sorted(fs.listdir(self.queues_dir))
@@ -167,6 +176,7 @@ class StoreBase:
             except FileExistsError:
                 pass
         if created:
+            self._queues = None
             self.files.sync_dir(self.queues_dir)
             self.files.sync_dir(base)
         self.made.add(qenc)
@@ -202,27 +212,35 @@ class StoreBase:
             fs.mkdir(path)
         except FileExistsError:
             return
+        self._later.pop(os.path.basename(os.path.dirname(os.path.dirname(path))), None)
         self.files.sync_dir(os.path.dirname(path))
 
     # -- far-future buckets ---------------------------------------------------
 
-    def later_buckets(self, qenc: str) -> list[int]:
-        """The bucket numbers under a queue's later/, re-listed only when it changed."""
+    def later_buckets(self, qenc: str, *, fresh: bool = True) -> list[int]:
+        """The bucket numbers under a queue's later/, re-listed only when it changed.
+
+        With ``fresh=False`` (the claim path) a check younger than
+        :data:`RECHECK_S` is trusted: buckets start at least minutes ahead.
+        """
+        seen = self._later.get(qenc)
+        if not fresh and seen is not None and _recent(self._later_checked.get(qenc, 0.0)):
+            return seen[1]
         path = self.qdir(qenc, "later")
         try:
             mtime = fs.stat(path).st_mtime_ns
         except FileNotFoundError:
             return []
-        seen = self._later.get(qenc)
+        self._later_checked[qenc] = time.monotonic()
         if seen is not None and seen[0] == mtime and _settled(mtime):
             return seen[1]
         buckets = sorted(int(n) for n in fs.listdir(path) if n.isdigit())
         self._later[qenc] = (mtime, buckets)
         return buckets
 
-    def promote(self, qenc: str, now_key: int) -> None:
+    def promote(self, qenc: str, now_key: int, *, fresh: bool = True) -> None:
         """Move the jobs of every bucket that has begun into ready/ (one rename each)."""
-        buckets = self.later_buckets(qenc)
+        buckets = self.later_buckets(qenc, fresh=fresh)
         if not buckets or buckets[0] * BUCKET_US > now_key:
             return
         ready = self.qdir(qenc, "ready")
@@ -280,12 +298,21 @@ class StoreBase:
             return False
         return True
 
-    def running_job(self, record: Job, rn: RunningName, path: str) -> Job | None:
-        """The job a running file stands for: its record, plus the claim its name records."""
-        try:
-            lease = from_ns(fs.lstat(path).st_mtime_ns)
-        except FileNotFoundError:
-            return None
+    def running_job(
+        self, record: Job, rn: RunningName, path: str, *, lease_ns: int | None = None
+    ) -> Job | None:
+        """The job a running file stands for: its record, plus the claim its name records.
+
+        ``lease_ns`` is given by a claim that has just stamped the lease (and
+        whose fresh token can have no cancel marker yet).
+        """
+        if lease_ns is None:
+            try:
+                lease = from_ns(fs.lstat(path).st_mtime_ns)
+            except FileNotFoundError:
+                return None
+        else:
+            lease = from_ns(lease_ns)
         if record.state is JobState.RUNNING and record.claim_token == rn.token:
             job = record
         else:
@@ -296,7 +323,7 @@ class StoreBase:
                 started_at=from_key(rn.started_key),
                 claim_token=rn.token,
             )
-        cancel = job.cancel_requested or self.has_marker(rn.job_id, rn.token)
+        cancel = job.cancel_requested or (lease_ns is None and self.has_marker(rn.job_id, rn.token))
         return job.replace(lease_expires_at=lease, cancel_requested=cancel)
 
     def new_running_name(self, job: Job, old: RunningName) -> str:
@@ -392,6 +419,10 @@ class StoreBase:
 
 
 _QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
+
+
+def _recent(checked: float) -> bool:
+    return time.monotonic() - checked < _jsonfile_cache.RECHECK_S
 
 
 def _settled(mtime_ns: int) -> bool:

@@ -17,12 +17,14 @@ import time
 from . import fs
 from ._jsonfile_layout import GRAB_SUFFIX, ReadyName, parse_ready
 
-__all__ = ["RACY_NS", "ReadyCache"]
+__all__ = ["RACY_NS", "RECHECK_S", "RELIST_COST_FACTOR", "RELIST_MIN_S", "ReadyCache"]
 
 RACY_NS = 20_000_000
 """A listing taken this soon (ns) after the directory's last change is not trusted."""
 RELIST_MIN_S = 0.005
 RELIST_COST_FACTOR = 10.0
+RECHECK_S = 0.05
+"""The claim path re-checks q/ and later/ (queues, far-future buckets) at most this often."""
 """While due jobs remain, re-list at most every max(RELIST_MIN_S, factor x listing cost)."""
 
 
@@ -42,16 +44,15 @@ class ReadyCache:
 
     def refresh(self, now_key: int, *, force: bool = False) -> None:
         """Re-list the directory if it changed (and, while jobs are due, not too often)."""
+        pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
+        if not force and time.monotonic() - self.listed_at < pause and self.has_due(now_key):
+            return
         try:
             st = fs.stat(self.path)
         except FileNotFoundError:
             self._load([], -1, racy=False)
             return
         if st.st_mtime_ns == self.mtime_ns and not self.racy:
-            return
-        pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
-        recent = time.monotonic() - self.listed_at < pause
-        if not force and recent and self.has_due(now_key):
             return
         started = time.monotonic()
         names = fs.listdir(self.path)

@@ -48,15 +48,17 @@ class QueryMixin(StoreBase):
             return None
         return job
 
-    def read_running(self, rn: RunningName, path: str) -> Job | None:
+    def read_running(
+        self, rn: RunningName, path: str, *, lease_ns: int | None = None
+    ) -> Job | None:
         record = self.read_checked(path, rn.job_id, _RUNNING_OR_WAITING)
-        return None if record is None else self.running_job(record, rn, path)
+        return None if record is None else self.running_job(record, rn, path, lease_ns=lease_ns)
 
-    def queues_for(self, queues: Collection[str] | None) -> list[str]:
+    def queues_for(self, queues: Collection[str] | None, *, fresh: bool = True) -> list[str]:
         """The encoded names of the queue directories to look at."""
         if queues is None:
-            return self.queue_dirs()
-        existing = set(self.queue_dirs())
+            return self.queue_dirs(fresh=fresh)
+        existing = set(self.queue_dirs(fresh=fresh))
         return [q for q in (encode_queue(name) for name in queues) if q in existing]
 
     def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:

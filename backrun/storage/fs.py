@@ -21,6 +21,7 @@ __all__ = [
     "close",
     "fsync",
     "fsync_dir",
+    "fsync_path",
     "link",
     "listdir",
     "lock_exclusive",
@@ -74,6 +75,16 @@ def fsync(fd: int, path: str) -> None:
     """Flush a file's data and metadata to the disk."""
     _report("fsync", path)
     os.fsync(fd)
+
+
+def fsync_path(path: str) -> None:
+    """Flush the data of the file at ``path`` to the disk (opening it read-only)."""
+    _report("fsync", path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def close(fd: int, path: str) -> None:

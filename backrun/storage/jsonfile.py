@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from backrun.clock import utcnow
@@ -52,6 +53,7 @@ from .base import READY_STATES, Storage
 __all__ = ["JsonFileStorage"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
+_BATCH_THREADS = 8
 
 
 class JsonFileStorage(ChangesMixin, Storage):
@@ -91,6 +93,7 @@ class JsonFileStorage(ChangesMixin, Storage):
         self.poll_interval = poll_interval
         self.tmp_grace = tmp_grace
         self._last_purge: datetime | None = None
+        self._busy = False
         self._watcher = Watcher(self, watch_interval)
         self._closed = False
 
@@ -148,9 +151,18 @@ class JsonFileStorage(ChangesMixin, Storage):
         tmps: list[str] = []
         published: list[str] = []
         try:
-            for job, qenc, _, _ in plans:
-                self.ensure_queue(qenc)
-                tmps.append(self.files.write_tmp(dump_job(job), sync=True))
+            records = [dump_job(job) for job, *_ in plans]
+            if len(plans) > 1 and self.fsync:
+                # Written and fsynced in parallel: concurrent fsyncs share journal commits.
+                with ThreadPoolExecutor(min(_BATCH_THREADS, len(plans))) as pool:
+                    futures = [pool.submit(self.files.write_tmp, r, sync=True) for r in records]
+                    for future in futures:
+                        if future.exception() is None:
+                            tmps.append(future.result())
+                    for future in futures:
+                        future.result()  # raise the first failure, once all are accounted for
+            else:
+                tmps.extend(self.files.write_tmp(r, sync=True) for r in records)
             for tmp, (job, _, directory, name) in zip(tmps, plans, strict=True):
                 dest = os.path.join(directory, name)
                 try:
@@ -194,10 +206,12 @@ class JsonFileStorage(ChangesMixin, Storage):
         lease_ns = to_ns(now + lease)
         claimed: list[Job] = []
         with storage_errors("claim"):
-            qencs = self.queues_for(queues)
+            # While claims keep coming back full, trust recent checks of q/ and later/.
+            busy = self._busy
+            qencs = self.queues_for(queues, fresh=not busy)
             with self.mutex:
                 for qenc in qencs:
-                    self.promote(qenc, now_key)
+                    self.promote(qenc, now_key, fresh=not busy)
                     self.cache(qenc).refresh(now_key)
             while len(claimed) < limit:
                 with self.mutex:
@@ -210,19 +224,24 @@ class JsonFileStorage(ChangesMixin, Storage):
                         break
                     qenc, name = best
                     cache = self.cache(qenc)
-                    cache.discard(name)
-                    parsed = parse_ready(name)
-                    assert parsed is not None
-                    rname = running_name(parsed.job_id, secrets.token_hex(8), now, worker_id)
-                    path = os.path.join(self.running_dir, rname)
-                    try:
-                        fs.rename(os.path.join(cache.path, name), path)
-                    except FileNotFoundError:
-                        continue
-                    self.mine[parsed.job_id] = rname
+                    cache.discard(name)  # taken out under the lock: no other thread tries it
+                parsed = parse_ready(name)
+                assert parsed is not None
+                rname = running_name(parsed.job_id, secrets.token_hex(8), now, worker_id)
+                path = os.path.join(self.running_dir, rname)
+                try:
+                    fs.rename(os.path.join(cache.path, name), path)
+                except FileNotFoundError:
+                    continue  # another process took it
+                except OSError:
+                    with self.mutex:
+                        cache.add(parsed)
+                    raise
+                self.mine[parsed.job_id] = rname
                 job = self._claimed(path, rname, lease_ns, os.path.join(cache.path, name))
                 if job is not None:
                     claimed.append(job)
+        self._busy = len(claimed) >= limit
         return claimed
 
     def _claimed(self, path: str, rname: str, lease_ns: int, ready: str) -> Job | None:
@@ -239,7 +258,7 @@ class JsonFileStorage(ChangesMixin, Storage):
         except OSError as exc:
             logger.warning("job %s: could not stamp its lease: %s", rn.job_id, exc)
         try:
-            job = self.read_running(rn, path)  # an unreadable file is quarantined
+            job = self.read_running(rn, path, lease_ns=lease_ns)  # unreadable: quarantined
             if job is not None and job.cancel_requested:  # carried over: heartbeats see it
                 self._request_cancel(path, job.id, rn.token)
             return job
@@ -302,8 +321,7 @@ class JsonFileStorage(ChangesMixin, Storage):
         self._after_publish(job, dest)
         self.drop_grab(grabbed)
         if job.state is not JobState.RUNNING:
-            self.mine.pop(job.id, None)
-            self.files.discard(self.marker_path(job.id, token))
+            self.mine.pop(job.id, None)  # a cancel marker left behind is maintain()'s to drop
         elif dest != src:
             self.mine[job.id] = os.path.basename(dest)
 
