@@ -186,6 +186,9 @@ def run_script(python: Path | str, script: str, args: list[str], timeout: float)
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
             return {"error": f"timed out after {timeout:.0f} s"}
+        except BaseException:  # interrupted: take the trial and its workers down too
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
     for line in reversed(stdout.splitlines()):
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[7:])
@@ -201,7 +204,9 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=None, help="seconds per phase at most")
     parser.add_argument("--latency-jobs", type=int, default=None)
     parser.add_argument("--rss-jobs", type=int, default=None, help="default 100000")
-    parser.add_argument("--scaling", action="store_true", help="add the scaling run")
+    parser.add_argument(
+        "--scaling", action="store_true", help="add the scaling run and the pre-filled RSS run"
+    )
     parser.add_argument("--quick", action="store_true", help="small phases and scaling (smoke)")
     parser.add_argument("--only", default=None, help="comma-separated names (substring match)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
@@ -215,6 +220,7 @@ def main() -> None:
     rss_jobs = args.rss_jobs or (2_000 if quick else 100_000)
     began = time.monotonic()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: trials get killed
     ensure_peer_venv()
     workdir = tempfile.mkdtemp(prefix="backrun-bench-", dir=args.workdir)
     skipped: dict[str, str] = {}
@@ -242,6 +248,7 @@ def main() -> None:
             for name, what in order[shift:] + order[:shift]:
                 loads.append(os.getloadavg()[0])
                 print(f"[{round_ + 1}/{args.repeat}] {name} ...", end=" ", flush=True)
+                trial_began = time.monotonic()
                 if isinstance(what, System):
                     python = peer_python() if what.peers else sys.executable
                     argv = [what.variant, *common, *what.extra]
@@ -251,10 +258,16 @@ def main() -> None:
                     result = run_script(
                         sys.executable, "limits.py", [*limit_args, "--workdir", workdir], 300
                     )
-                print(result.get("error") or _report.brief(result), flush=True)
+                result["seconds"] = round(time.monotonic() - trial_began, 1)
+                print(
+                    result.get("error") or _report.brief(result),
+                    f"[{result['seconds']} s]",
+                    flush=True,
+                )
                 samples.setdefault(name, []).append(result)
-        rss = _rss_run(workdir, rss_jobs)
-        scaling = _scaling_run(workdir, quick) if (args.scaling or quick) else None
+        with_scaling = args.scaling or quick
+        rss = _rss_run(workdir, rss_jobs, prefilled=with_scaling)
+        scaling = _scaling_run(workdir, quick) if with_scaling else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     loads.append(os.getloadavg()[0])
@@ -305,17 +318,34 @@ def main() -> None:
     print(f"total {results['runtime_seconds']} s")
 
 
-def _rss_run(workdir: str, jobs: int) -> dict[str, Any]:
-    """Fill a JSON store in one process, drain it in a fresh one that watches its RSS."""
-    path = os.path.join(workdir, "rss-store")
-    print(f"worker RSS over {jobs:,} jobs (JSON store, fsync=True) ...", end=" ", flush=True)
-    result = run_script(sys.executable, "backrun_rss.py", ["fill", path, "--jobs", str(jobs)], 1800)
-    if "error" not in result:
-        argv = ["drain", path, "--jobs", str(jobs)]
-        result = run_script(sys.executable, "backrun_rss.py", argv, 1800)
-    shutil.rmtree(path, ignore_errors=True)
-    print(result.get("error") or f"{result['growth_mb']:+.1f} MB", flush=True)
-    return result
+def _rss_run(workdir: str, jobs: int, prefilled: bool) -> dict[str, Any]:
+    """A worker's RSS over ``jobs`` jobs fed steadily (and over a queue pre-filled with all)."""
+    results: dict[str, Any] = {}
+    script = str(PEERS / "backrun_rss.py")
+    for mode in ("steady", "prefilled") if prefilled else ("steady",):
+        path = os.path.join(workdir, f"rss-{mode}")
+        print(f"worker RSS over {jobs:,} jobs, {mode} (JSON store) ...", end=" ", flush=True)
+        feeder = None
+        if mode == "prefilled":
+            result = run_script(
+                sys.executable, "backrun_rss.py", ["fill", path, "--jobs", str(jobs)], 1800
+            )
+        else:
+            result = {}
+            from backrun.storage.jsonfile import JsonFileStorage
+
+            JsonFileStorage(path).close()  # made here, not raced for by the two processes
+            feeder = subprocess.Popen([sys.executable, script, "feed", path, "--jobs", str(jobs)])
+        if "error" not in result:
+            argv = ["drain", path, "--jobs", str(jobs)]
+            result = run_script(sys.executable, "backrun_rss.py", argv, 1800)
+        if feeder is not None:
+            feeder.kill()
+            feeder.wait()
+        shutil.rmtree(path, ignore_errors=True)
+        print(result.get("error") or f"{result['growth_mb']:+.1f} MB", flush=True)
+        results[mode] = result
+    return results
 
 
 def _scaling_run(workdir: str, quick: bool) -> dict[str, Any]:

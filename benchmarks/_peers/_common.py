@@ -293,7 +293,34 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def main_for(build: Callable[[argparse.Namespace], Driver], variants: Sequence[str]) -> None:
+def burst(work: Callable[[], None], threads: int, seconds: float) -> tuple[int, float]:
+    """Call ``work`` in a loop from ``threads`` threads for ``seconds``; (calls, elapsed)."""
+    counts = [0] * threads
+    deadline = time.perf_counter() + seconds
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < deadline:
+            work()
+            counts[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts), time.perf_counter() - started
+
+
+Extra = Callable[[Driver, argparse.Namespace], dict[str, Any]]
+
+
+def main_for(
+    build: Callable[[argparse.Namespace], Driver],
+    variants: Sequence[str],
+    extra: Extra | None = None,
+) -> None:
+    """Parse the arguments, run the trial (and ``extra``), print the RESULT line."""
     args = trial_arguments(variants).parse_args()
     driver = build(args)
     try:
@@ -306,6 +333,8 @@ def main_for(build: Callable[[argparse.Namespace], Driver], variants: Sequence[s
             timeout=args.timeout,
             enqueue_threads=args.enqueue_threads,
         )
+        if extra is not None:
+            result.update(extra(driver, args))
     finally:
         driver.close()
     emit(result)

@@ -1,10 +1,13 @@
 """Worker memory over many jobs: does a backrun worker's RSS grow with the jobs it has run?
 
-``fill PATH --jobs N`` writes N queued no-op jobs into a JSON store (one
-process); ``drain PATH --jobs N`` then runs a worker (default middleware,
-``max_parallelism=4``, the store with ``fsync=True``) in a fresh process until
-all N ran, sampling its own RSS. Growth = peak RSS at the end minus RSS once
-the first 5% ran (imports, caches and thread stacks are warm by then).
+``drain PATH --jobs N`` runs a worker (default middleware, ``max_parallelism=4``,
+the store with ``fsync=True``) in a fresh process until N jobs ran, sampling
+its own RSS. Growth = peak RSS at the end minus RSS once the first 5% ran
+(imports, caches and thread stacks are warm by then). The jobs come either
+from ``feed PATH --jobs N`` running beside it (another process keeping about
+``--depth`` jobs waiting: a steady stream, the leak test) or from
+``fill PATH --jobs N`` beforehand (all N waiting at once: memory that grows
+with the depth of the queue shows here).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from _common import emit, peak_rss_kb, rss_kb
 from pydantic import BaseModel
 
 import backrun
+from backrun.jobs import JobState
+
+WAITING = (JobState.QUEUED, JobState.SCHEDULED)
 
 
 class Stamp(BaseModel):
@@ -32,6 +38,24 @@ def fill(path: str, jobs: int) -> None:
     payload = Stamp()
     for start in range(0, jobs, 1000):
         engine.enqueue_many("noop", [payload] * min(1000, jobs - start))
+    engine.close()
+
+
+def feed(path: str, jobs: int, depth: int) -> None:
+    """Keep about ``depth`` jobs waiting until ``jobs`` were written (a steady producer)."""
+    store = backrun.JsonFileStorage(path, fsync=False)
+    engine = backrun.Engine(store, middleware=[])
+    engine.add_handler(noop, name="noop")
+    payload = Stamp()
+    written = 0
+    while written < jobs:
+        waiting = sum(n for (_, state), n in store.counts().items() if state in WAITING)
+        if waiting < depth:
+            batch = min(depth // 2, jobs - written)
+            engine.enqueue_many("noop", [payload] * batch)
+            written += batch
+        else:
+            time.sleep(0.05)
     engine.close()
 
 
@@ -67,14 +91,17 @@ def drain(path: str, jobs: int, timeout: float) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("fill", "drain"))
+    parser.add_argument("what", choices=("fill", "feed", "drain"))
     parser.add_argument("path")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--depth", type=int, default=2000)
     args = parser.parse_args()
     if args.what == "fill":
         fill(args.path, args.jobs)
         emit({"filled": args.jobs})
+    elif args.what == "feed":
+        feed(args.path, args.jobs, args.depth)
     else:
         emit(drain(args.path, args.jobs, args.timeout))
 

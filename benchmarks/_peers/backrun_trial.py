@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
+import tempfile
 from typing import Any
 
-from _common import Driver, MemoryLedger, main_for
+from _common import Driver, MemoryLedger, burst, main_for
 from pydantic import BaseModel
 
 import backrun
@@ -82,5 +84,38 @@ def build(args: argparse.Namespace) -> Driver:
     return BackrunDriver(args.variant, args.workdir)
 
 
+def paired_durable(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
+    """Durable enqueue from 4 threads against the 4-thread durable-write limit, paired.
+
+    Other processes' disk traffic moves both figures a lot, so they alternate
+    in 1-second bursts (3 each) on the same file system, and the ratio of the
+    totals is reported beside them.
+    """
+    if args.variant != "json-fsync" or not args.enqueue_threads:
+        return {}
+    from limits import durable_write
+
+    directory = tempfile.mkdtemp(prefix="paired-", dir=args.workdir)
+    os.mkdir(os.path.join(directory, "tmp"))
+    os.mkdir(os.path.join(directory, "ready"))
+    names = itertools.count()
+    totals = {"limit": [0, 0.0], "enqueue": [0, 0.0]}
+    work = {
+        "limit": lambda: durable_write(directory, str(next(names))),
+        "enqueue": lambda: driver.enqueue(0.0),
+    }
+    try:
+        for _ in range(3):
+            for name, call in work.items():
+                count, elapsed = burst(call, args.enqueue_threads, 1.0)
+                totals[name][0] += count
+                totals[name][1] += elapsed
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    limit = totals["limit"][0] / totals["limit"][1]
+    enqueue = totals["enqueue"][0] / totals["enqueue"][1]
+    return {"paired_limit_4t": limit, "paired_enqueue_4t": enqueue, "paired_ratio": enqueue / limit}
+
+
 if __name__ == "__main__":
-    main_for(build, VARIANTS)
+    main_for(build, VARIANTS, paired_durable)

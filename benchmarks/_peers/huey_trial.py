@@ -2,7 +2,8 @@
 
 The consumer runs in this process (``Consumer.start()``), as ``huey_consumer -k
 thread -w 4`` would; MemoryHuey can only work that way. Consumer settings are
-Huey's defaults (idle workers poll from 0.1 s, backing off to 10 s).
+Huey's defaults (idle workers poll from 0.1 s, backing off to 10 s). FileHuey
+gets ``use_thread_lock=True``, which Huey's docs prescribe for thread workers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 from typing import Any
 
-from _common import Driver, MemoryLedger, main_for
+from _common import Driver, MemoryLedger, main_for, warm_up
 from huey import FileHuey, MemoryHuey, SqliteHuey
 
 VARIANTS = ("memory", "sqlite", "file")
@@ -30,7 +31,9 @@ class HueyDriver(Driver):
             os.makedirs(self._path)
             huey = SqliteHuey("bench", filename=os.path.join(self._path, "huey.db"))
         else:
-            huey = FileHuey("bench", path=self._path)
+            # Huey's file lock shares one descriptor between threads and deadlocks
+            # under the thread consumer; its docs prescribe the thread lock then.
+            huey = FileHuey("bench", path=self._path, use_thread_lock=True)
         self.huey = huey
         record = self.ledger.record
 
@@ -52,6 +55,14 @@ class HueyDriver(Driver):
         if self._consumer is not None:
             self._consumer.stop(graceful=True)
             self._consumer = None
+
+    can_restart_empty = True
+
+    def restart_empty(self) -> None:
+        self.stop_workers()
+        self.huey.flush()
+        self.start_workers()
+        warm_up(self)
 
     def close(self) -> None:
         self.stop_workers()

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 
 LIMIT = "bare ThreadPoolExecutor(4)"
 
@@ -59,8 +60,15 @@ def main() -> None:
     right.set_title("Pickup latency, idle workers (lower is better)")
     right.axvline(1.0, color="#2ca02c", linestyle="--", linewidth=1)
     for y, value in enumerate(p50):
-        right.text(value * 1.08, y - 0.2, f"{value:.2g}", va="center", fontsize=8)
-    right.legend(loc="lower right")
+        label = f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+        right.text(value * 1.08, y - 0.2, label, va="center", fontsize=8)
+    right.set_xlim(right=max(p99) * 4)
+    handles = [
+        Patch(color=colour("backrun"), label="backrun (p50)"),
+        Patch(color=colour("peer"), label="peer (p50)"),
+        Patch(color="#d0d0d0", label="p99"),
+    ]
+    right.legend(handles=handles, loc="upper right", fontsize=8)
 
     m, st = results["machine"], results["settings"]
     fig.suptitle(
