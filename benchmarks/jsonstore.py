@@ -207,22 +207,26 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def pickup_in_process(base: Path, samples: int) -> dict[str, float]:
+    """Enqueue (returned) to handler start, one job at a time, worker in this process."""
     root = Path(tempfile.mkdtemp(dir=base))
     store = JsonFileStorage(root / "s", fsync=True)
     engine = backrun.Engine(store, max_parallelism=4, middleware=[])
-    latencies: list[float] = []
-    started = threading.Event()
+    started: dict[str, float] = {}
+    event = threading.Event()
 
     @engine.handler(name="stamp")
-    def stamp(payload: Stamp) -> None:
-        latencies.append(time.perf_counter() - payload.t)
-        started.set()
+    def stamp(payload: Stamp, ctx: backrun.JobContext) -> None:
+        started[ctx.job.id] = time.perf_counter()
+        event.set()
 
+    latencies: list[float] = []
     with engine.running():
         for _ in range(samples):
-            started.clear()
-            engine.enqueue(stamp, {"t": time.perf_counter()})
-            started.wait(5)
+            event.clear()
+            job = engine.enqueue(stamp, {"t": 0.0})
+            returned = time.perf_counter()
+            event.wait(5)
+            latencies.append(max(0.0, started[job.id] - returned))
     engine.close()
     shutil.rmtree(root)
     return percentiles(latencies)
@@ -242,8 +246,8 @@ engine = backrun.Engine(JsonFileStorage(sys.argv[1], fsync=True), middleware=[])
 out = sys.argv[2]
 
 @engine.handler(name="stamp")
-def stamp(payload: Stamp) -> None:
-    line = f"{time.time() - payload.t:.6f}\\n".encode()
+def stamp(payload: Stamp, ctx: backrun.JobContext) -> None:
+    line = f"{ctx.job.id} {time.time():.6f}\\n".encode()
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(fd, line)
     os.close(fd)
@@ -253,36 +257,33 @@ engine.run_forever()
 
 
 def pickup_cross_process(base: Path, samples: int) -> dict[str, float]:
+    """Enqueue (returned) in this process to handler start in a worker process."""
     root = Path(tempfile.mkdtemp(dir=base))
     store = JsonFileStorage(root / "s", fsync=True)
-    out = root / "latencies"
+    out = root / "starts"
     worker = subprocess.Popen(
         [sys.executable, "-c", _WORKER, str(root / "s"), str(out), str(HERE.parent)]
     )
+    returned: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 30
         while not os.listdir(root / "s" / "workers") and time.monotonic() < deadline:
             time.sleep(0.05)
         for n in range(samples):
             now = datetime.now(UTC)
-            job = Job(
-                id=new_job_id(),
-                handler="stamp",
-                payload={"t": time.time()},
-                run_at=now,
-                created_at=now,
-            )
+            job = Job(id=new_job_id(), handler="stamp", payload={}, run_at=now, created_at=now)
             store.add(job)
+            returned[job.id] = time.time()
             while _lines(out) <= n and time.monotonic() < deadline + 60:
                 time.sleep(0.0005)
             time.sleep(0.003 + (n % 7) * 0.004)  # enqueue at varied moments
-        latencies = [float(x) for x in out.read_text().split()]
+        starts = dict(line.split() for line in out.read_text().splitlines())
     finally:
         worker.terminate()
         worker.wait(30)
         store.close()
         shutil.rmtree(root)
-    return percentiles(latencies)
+    return percentiles([max(0.0, float(starts[i]) - t) for i, t in returned.items()])
 
 
 def _lines(path: Path) -> int:
