@@ -133,6 +133,10 @@ class StoreBase:
         self._queues_checked = 0.0
         self._later_checked: dict[str, float] = {}
 
+    def watched(self) -> bool:
+        """True if a watcher wakes the workers when a ready directory changes."""
+        return False
+
     # -- paths ----------------------------------------------------------------
 
     def qdir(self, qenc: str, sub: str) -> str:

@@ -42,11 +42,19 @@ class ReadyCache:
         self._due: list[str] = []
         self._pending: list[tuple[int, str]] = []
 
-    def refresh(self, now_key: int, *, force: bool = False) -> None:
-        """Re-list the directory if it changed (and, while jobs are due, not too often)."""
-        pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
-        if not force and time.monotonic() - self.listed_at < pause and self.has_due(now_key):
-            return
+    def refresh(self, now_key: int, *, force: bool = False, watched: bool = False) -> None:
+        """Re-list the directory if it changed (and, while jobs are due, not too often).
+
+        ``watched``: a watcher will wake the caller when the directory changes,
+        so a listing younger than :data:`RELIST_MIN_S` is trusted as it is.
+        """
+        since = time.monotonic() - self.listed_at
+        if not force:
+            pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
+            if since < pause and self.has_due(now_key):
+                return
+            if watched and since < RELIST_MIN_S:
+                return
         try:
             st = fs.stat(self.path)
         except FileNotFoundError:

@@ -214,10 +214,11 @@ class QueryMixin(StoreBase):
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
         earliest: int | None = None
+        watched = self.watched()
         for qenc in self.queues_for(queues):
             with self.mutex:
                 cache = self.cache(qenc)
-                cache.refresh(0, force=True)
+                cache.refresh(0, force=not watched, watched=watched)
                 key = cache.earliest()
             buckets = self.later_buckets(qenc)
             if buckets and (key is None or buckets[0] * BUCKET_US < key):

@@ -56,6 +56,12 @@ class Watcher:
 
         return unsubscribe
 
+    @property
+    def active(self) -> bool:
+        """True while the thread runs for at least one subscriber."""
+        thread = self._thread
+        return bool(self._callbacks) and thread is not None and thread.is_alive()
+
     def stop(self) -> None:
         """Stop the thread (for good) and wait for it."""
         self._stop.set()

@@ -97,6 +97,10 @@ class JsonFileStorage(ChangesMixin, Storage):
         self._watcher = Watcher(self, watch_interval)
         self._closed = False
 
+    def watched(self) -> bool:
+        """True if the :meth:`subscribe` watcher runs (it wakes workers on changes)."""
+        return self._watcher.active
+
     def __repr__(self) -> str:
         return f"JsonFileStorage({self.path!r}, fsync={self.fsync})"
 
@@ -212,7 +216,7 @@ class JsonFileStorage(ChangesMixin, Storage):
             with self.mutex:
                 for qenc in qencs:
                     self.promote(qenc, now_key, fresh=not busy)
-                    self.cache(qenc).refresh(now_key)
+                    self.cache(qenc).refresh(now_key, watched=self._watcher.active)
             while len(claimed) < limit:
                 with self.mutex:
                     best: tuple[str, str] | None = None
