@@ -10,8 +10,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
-import signal
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,11 +17,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
+from .enqueueing import build_job, check_queue
 from .handlers import Handler, HandlerRegistry, HandlerSpec
-from .jobs import Job, JobState, new_job_id
+from .jobs import Job, JobState
 from .middleware import Middleware, compose_enqueue
 from .retries import RetryPolicy
-from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH, check_payload
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH
+from .signals import stop_on_signals
 from .storage.base import Storage
 from .worker import Worker
 
@@ -36,8 +36,6 @@ log = logging.getLogger("backrun.engine")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-QUEUE_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
-
 
 def _default_storage() -> Storage:
     from .storage.jsonfile import JsonFileStorage
@@ -49,12 +47,6 @@ def _default_middleware() -> list[Middleware]:
     from .observability import default_middleware
 
     return default_middleware()
-
-
-def _check_queue(queue: str) -> str:
-    if not isinstance(queue, str) or QUEUE_NAME.match(queue) is None:
-        raise ValueError(f"queue names are 1-64 characters of A-Z a-z 0-9 _ . - (got {queue!r})")
-    return queue
 
 
 class Engine:
@@ -110,7 +102,7 @@ class Engine:
         self.storage: Storage = storage if storage is not None else _default_storage()
         self.max_parallelism = max_parallelism
         self.retry_policy = retry if retry is not None else RetryPolicy()
-        self.queues = None if queues is None else frozenset(_check_queue(q) for q in queues)
+        self.queues = None if queues is None else frozenset(check_queue(q) for q in queues)
         self.shutdown_timeout = float(shutdown_timeout)
         self.lease = lease
         self.recovery_interval = float(recovery_interval)
@@ -159,7 +151,7 @@ class Engine:
         if factory is not None:
             raise TypeError("factory= is for Handler classes")
         if queue is not None:
-            _check_queue(queue)
+            check_queue(queue)
         return self.registry.add_function(handler, name=name, retry=retry, queue=queue)
 
     @overload
@@ -225,45 +217,19 @@ class Engine:
         priority: int,
         headers: Mapping[str, str] | None,
     ) -> Job:
-        spec = self.registry.resolve(handler)
-        data = spec.dump({} if payload is None else payload)
-        check_payload(data, max_bytes=self.max_payload_bytes, max_depth=self.max_payload_depth)
-        now = self.clock.now()
-        run_at = self._run_at(now, delay, at)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError("priority must be an int")
-        policy = spec.retry if spec.retry is not None else self.retry_policy
-        return Job(
-            id=new_job_id(),
-            handler=spec.name,
-            payload=data,
-            queue=_check_queue(queue or spec.queue or "default"),
+        return build_job(
+            self.registry.resolve(handler),
+            payload,
+            now=self.clock.now(),
+            delay=delay,
+            at=at,
+            queue=queue,
             priority=priority,
-            state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
-            max_attempts=policy.max_attempts,
-            run_at=run_at,
-            created_at=now,
-            headers=dict(headers) if headers else {},
+            headers=headers,
+            default_policy=self.retry_policy,
+            max_payload_bytes=self.max_payload_bytes,
+            max_payload_depth=self.max_payload_depth,
         )
-
-    @staticmethod
-    def _run_at(now: datetime, delay: timedelta | float | None, at: datetime | None) -> datetime:
-        if delay is not None and at is not None:
-            raise ValueError("give delay= or at=, not both")
-        if at is not None:
-            if not isinstance(at, datetime):
-                raise TypeError("at= must be a datetime")
-            if at.tzinfo is None or at.utcoffset() is None:
-                raise ValueError("at= must be timezone-aware (e.g. datetime.now(UTC))")
-            return at
-        if delay is None:
-            return now
-        if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
-            raise TypeError("delay= must be a timedelta or a number of seconds")
-        span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
-        if span < timedelta(0):
-            raise ValueError("delay= must not be negative")
-        return now + span
 
     def _persist(self, job: Job) -> Job:
         self.storage.add(job)
@@ -434,7 +400,7 @@ class Engine:
         """Build (but do not start) a worker for this engine."""
         return Worker(
             self,
-            queues=self.queues if queues is None else frozenset(_check_queue(q) for q in queues),
+            queues=self.queues if queues is None else frozenset(check_queue(q) for q in queues),
             max_parallelism=self.max_parallelism,
             shutdown_timeout=self.shutdown_timeout,
             lease=self.lease,
@@ -501,42 +467,25 @@ class Engine:
         The first signal stops claiming and waits up to ``shutdown_timeout``
         for running jobs, then releases the rest; a second SIGINT releases
         them at once. Signal handlers are installed only in the main thread;
-        elsewhere, stop it with :meth:`Worker.request_stop` from another thread
-        via :meth:`running` instead.
+        elsewhere, call :meth:`shutdown` from another thread to stop it.
 
         Returns:
             True if every running job finished; False if some were released.
         """
         worker = self.worker(queues=queues)
-        interrupts = 0
-
-        def on_signal(signum: int, frame: object) -> None:
-            nonlocal interrupts
-            if signum == signal.SIGINT:
-                interrupts += 1
-            if interrupts >= 2:
-                worker.force()
-            else:
-                worker.request_stop()
-
-        previous: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, on_signal)
-        self._stop_requested.clear()
-        self._start(worker)
-        try:
-            while not worker.stopping:
-                self._stop_requested.wait(0.25)
-            log.info("stopping: finishing running jobs, claiming no more")
-            drained = worker.stop()
-            if interrupts >= 2:
-                log.warning("second interrupt: running jobs were released")
-            return drained
-        finally:
-            self._forget(worker)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with stop_on_signals(worker) as interrupts:
+            self._stop_requested.clear()
+            self._start(worker)
+            try:
+                while not worker.stopping:
+                    self._stop_requested.wait(0.25)
+                log.info("stopping: finishing running jobs, claiming no more")
+                drained = worker.stop()
+                if interrupts.forced:
+                    log.warning("second interrupt: running jobs were released")
+                return drained
+            finally:
+                self._forget(worker)
 
     def shutdown(self) -> None:
         """Ask this engine's workers to stop, as SIGTERM would (from any thread)."""

@@ -18,7 +18,8 @@ from types import FrameType
 from typing import IO, Any
 
 from backrun import __version__
-from backrun.engine import QUEUE_NAME, Engine
+from backrun.engine import Engine
+from backrun.enqueueing import QUEUE_NAME
 from backrun.errors import StorageError
 from backrun.joblog import LoggingMiddleware, configure_logging
 from backrun.middleware import Middleware

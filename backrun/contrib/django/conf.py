@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from backrun.engine import QUEUE_NAME, Engine
+from backrun.engine import Engine
+from backrun.enqueueing import QUEUE_NAME
 from backrun.retries import RetryPolicy
 
 __all__ = ["KNOWN_KEYS", "build_engine", "handler_modules", "read_settings", "setting_problems"]

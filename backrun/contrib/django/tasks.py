@@ -33,7 +33,7 @@ from typing import Any
 from django.utils import timezone
 
 from backrun.context import JobContext
-from backrun.engine import QUEUE_NAME
+from backrun.enqueueing import QUEUE_NAME
 from backrun.jobs import Job, JobState
 from backrun.retries import RetryPolicy
 

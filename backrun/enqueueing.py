@@ -1,0 +1,84 @@
+"""Turning enqueue arguments into a new job record, refusing bad input first."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from .handlers import HandlerSpec
+from .jobs import Job, JobState, new_job_id
+from .retries import RetryPolicy
+from .serialization import check_payload
+
+__all__ = ["QUEUE_NAME", "build_job", "check_queue", "due_time"]
+
+QUEUE_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def check_queue(queue: str) -> str:
+    """Return ``queue`` if it is a valid queue name; raise ``ValueError`` otherwise."""
+    if not isinstance(queue, str) or QUEUE_NAME.match(queue) is None:
+        raise ValueError(f"queue names are 1-64 characters of A-Z a-z 0-9 _ . - (got {queue!r})")
+    return queue
+
+
+def due_time(now: datetime, delay: timedelta | float | None, at: datetime | None) -> datetime:
+    """When a job enqueued ``now`` with ``delay=`` or ``at=`` may first run."""
+    if delay is not None and at is not None:
+        raise ValueError("give delay= or at=, not both")
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise TypeError("at= must be a datetime")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("at= must be timezone-aware (e.g. datetime.now(UTC))")
+        return at
+    if delay is None:
+        return now
+    if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
+        raise TypeError("delay= must be a timedelta or a number of seconds")
+    span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+    if span < timedelta(0):
+        raise ValueError("delay= must not be negative")
+    return now + span
+
+
+def build_job(
+    spec: HandlerSpec,
+    payload: object,
+    *,
+    now: datetime,
+    delay: timedelta | float | None,
+    at: datetime | None,
+    queue: str | None,
+    priority: int,
+    headers: Mapping[str, str] | None,
+    default_policy: RetryPolicy,
+    max_payload_bytes: int,
+    max_payload_depth: int,
+) -> Job:
+    """Validate everything about a new job and return its record; nothing is stored.
+
+    Raises:
+        pydantic.ValidationError: the payload does not fit the handler's type.
+        PayloadTooLarge: the payload exceeds the size or depth limit.
+        ValueError, TypeError: bad ``delay``, ``at``, ``queue`` or ``priority``.
+    """
+    data = spec.dump({} if payload is None else payload)
+    check_payload(data, max_bytes=max_payload_bytes, max_depth=max_payload_depth)
+    run_at = due_time(now, delay, at)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError("priority must be an int")
+    policy = spec.retry if spec.retry is not None else default_policy
+    return Job(
+        id=new_job_id(),
+        handler=spec.name,
+        payload=data,
+        queue=check_queue(queue or spec.queue or "default"),
+        priority=priority,
+        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
+        max_attempts=policy.max_attempts,
+        run_at=run_at,
+        created_at=now,
+        headers=dict(headers) if headers else {},
+    )
