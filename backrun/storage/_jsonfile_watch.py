@@ -38,12 +38,15 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last: dict[str, int] = {}
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Add a subscriber, starting the thread if needed; return its unsubscribe."""
         with self._lock:
             self._callbacks.append(callback)
             if self._thread is None and not self._stop.is_set():
+                # Taken now, so any change after subscribe() returns is noticed.
+                self._last = self._snapshot()
                 self._thread = threading.Thread(
                     target=self._run, name="backrun-jsonfile-watch", daemon=True
                 )
@@ -82,7 +85,7 @@ class Watcher:
         return seen
 
     def _run(self) -> None:
-        last = self._snapshot()
+        last = self._last
         while not self._stop.wait(self._interval):
             current = self._snapshot()
             if current == last:

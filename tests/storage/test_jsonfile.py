@@ -434,3 +434,18 @@ def test_a_dead_stores_half_done_change_is_healed(tmp_path: Path) -> None:
     assert os.listdir(root / "sessions") == []
     store.close()
     other.close()
+
+
+def test_subscribers_are_woken_when_another_store_adds_a_job(tmp_path: Path) -> None:
+    a = JsonFileStorage(tmp_path / "s", fsync=False)
+    b = JsonFileStorage(tmp_path / "s", fsync=False, watch_interval=0.005)
+    a.add(make_job())  # the queue exists before the watcher starts
+    woken: list[int] = []
+    unsubscribe = b.subscribe(lambda: woken.append(1))
+    assert b.watched()
+    a.add(make_job())
+    wait_until(lambda: woken, timeout=5, message="a wake-up")
+    unsubscribe()
+    b.close()
+    assert not b.watched()
+    a.close()
