@@ -62,7 +62,9 @@ class Engine:
             before releasing them back to QUEUED.
         lease: how long a claim is valid without a heartbeat; heartbeats
             renew it every third of it.
-        recovery_interval: seconds between a worker's orphan scans.
+        recovery_interval: seconds between a worker's orphan scans (and store
+            housekeeping); a dead worker's jobs are rescued about this long
+            after it dies.
         max_crashes: a job whose worker died this many times goes DEAD.
         clock: the time source (tests pass ``backrun.testing.FakeClock``).
         middleware: the middleware stack, outermost first. Default: tracing
@@ -80,7 +82,7 @@ class Engine:
         queues: Collection[str] | None = None,
         shutdown_timeout: float = 30.0,
         lease: timedelta = timedelta(seconds=60),
-        recovery_interval: float = 5.0,
+        recovery_interval: float = 2.0,
         max_crashes: int = 3,
         clock: Clock | None = None,
         middleware: Sequence[Middleware] | None = None,
