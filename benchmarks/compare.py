@@ -211,10 +211,17 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated names (substring match)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--workdir", default=None, help="where stores go (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default benchmarks/results (with --quick: a temp dir)",
+    )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
     quick = args.quick
+    if args.out is None:  # a smoke run must not overwrite the day's measured results
+        args.out = Path(tempfile.gettempdir()) / "backrun-bench-quick" if quick else RESULTS
     cap = args.cap if args.cap is not None else (1.0 if quick else 4.0)
     latency_jobs = args.latency_jobs or (100 if quick else 500)
     rss_jobs = args.rss_jobs or (2_000 if quick else 100_000)
