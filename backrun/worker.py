@@ -377,8 +377,7 @@ class Worker:
 
     def _run(self, job: Job, slot: _Slot) -> None:
         attempt = self.recorder.begin(job, slot)
-        with self._lock:
-            self._attempts[job.id] = attempt
+        self._attempts[job.id] = attempt  # one dict store: atomic, no lock needed
         deadline = attempt.ctx.deadline
         wakes_at = self._supervisor.wakes_at
         if deadline is not None and (wakes_at is None or deadline < wakes_at):
@@ -392,7 +391,8 @@ class Worker:
                 if self._attempts.get(job.id) is attempt:
                     del self._attempts[job.id]
                 self._processed += 1
-                self._changed.notify_all()
+                if not self._attempts:  # observers wait for "nothing in flight" only
+                    self._changed.notify_all()
         if slot.abandoned:
             log.warning("stuck thread for job %s returned; its result was discarded", job.id)
 
