@@ -16,11 +16,12 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.slow
 def test_wheel_and_sdist_build_and_the_wheel_installs_in_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = dist.glob("backrun-*.whl")
     (sdist,) = dist.glob("backrun-*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
