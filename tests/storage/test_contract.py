@@ -6,7 +6,7 @@ Times are explicit (a fixed epoch plus offsets), never the wall clock.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,23 +14,7 @@ import pytest
 from backrun.errors import JobNotFound, LeaseLost
 from backrun.jobs import Job, JobError, JobState, new_job_id
 from backrun.storage.base import Storage
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job(**changes: Any) -> Job:
-    run_at = changes.pop("run_at", T0)
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "handler": "tests.noop",
-        "payload": {"n": 1},
-        "run_at": run_at,
-        "created_at": T0,
-        "state": JobState.SCHEDULED if run_at > T0 else JobState.QUEUED,
-    }
-    fields.update(changes)
-    return Job(**fields)
+from tests.storage.factories import LEASE, T0, make_job
 
 
 def claim(storage: Storage, *, now: datetime = T0, limit: int = 10, **kw: Any) -> list[Job]:

@@ -25,23 +25,7 @@ from backrun.storage._jsonfile_layout import (
 )
 from backrun.storage.jsonfile import JsonFileStorage
 from backrun.testing import wait_until
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job(**changes: Any) -> Job:
-    run_at = changes.pop("run_at", T0)
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "handler": "tests.noop",
-        "payload": {"n": 1},
-        "run_at": run_at,
-        "created_at": T0,
-        "state": JobState.SCHEDULED if run_at > T0 else JobState.QUEUED,
-    }
-    fields.update(changes)
-    return Job(**fields)
+from tests.storage.factories import LEASE, T0, make_job
 
 
 @pytest.fixture
