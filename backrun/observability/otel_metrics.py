@@ -20,7 +20,6 @@ Attributes: ``messaging.system="backrun"``, ``messaging.operation.type`` and
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from opentelemetry import metrics
 
@@ -28,7 +27,7 @@ from backrun.context import JobContext
 from backrun.jobs import Job
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 
-from ._common import error_type, library_version
+from ._common import error_type, library_version, messaging_attributes
 
 __all__ = ["OtelMetricsMiddleware"]
 
@@ -62,24 +61,10 @@ class OtelMetricsMiddleware(Middleware):
             description="Duration of handling one job attempt.",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        self._attributes: dict[tuple[str, str, str], dict[str, Any]] = {}
-
-    def _attrs(self, operation: str, queue: str, handler: str) -> dict[str, Any]:
-        key = (operation, queue, handler)
-        attributes = self._attributes.get(key)
-        if attributes is None:
-            attributes = self._attributes[key] = {
-                "messaging.system": "backrun",
-                "messaging.operation.type": operation,
-                "messaging.operation.name": operation,
-                "messaging.destination.name": queue,
-                "backrun.job.handler": handler,
-            }
-        return attributes
 
     def enqueue(self, job: Job, call_next: EnqueueNext) -> Job:
         """Count the job as sent (with ``error.type`` if persisting it failed)."""
-        attributes = self._attrs("send", job.queue, job.handler)
+        attributes = messaging_attributes("send", job.queue, job.handler)
         try:
             job = call_next(job)
         except BaseException as exc:
@@ -91,7 +76,7 @@ class OtelMetricsMiddleware(Middleware):
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
         """Count the delivery; time the handler."""
         job = ctx.job
-        attributes = self._attrs("process", job.queue, job.handler)
+        attributes = messaging_attributes("process", job.queue, job.handler)
         self._consumed.add(1, attributes)
         start = time.perf_counter()
         try:

@@ -8,7 +8,6 @@ along (a job enqueued inside a traced request keeps its ``traceparent``).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -19,7 +18,7 @@ from backrun.errors import JobTimeout
 from backrun.jobs import Job, JobState
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 
-from ._common import error_type, library_version
+from ._common import error_type, library_version, messaging_attributes
 from ._inflight import Inflight, InflightTable
 
 __all__ = ["TracingMiddleware"]
@@ -71,7 +70,6 @@ class TracingMiddleware(Middleware):
         if tracer_provider is not None and not isinstance(tracer_provider, _NOOP_PROVIDERS):
             self._tracer = tracer_provider.get_tracer("backrun", library_version())
         self._inflight: InflightTable[Span] = InflightTable(on_dropped=_end_dropped)
-        self._attributes: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def _get_tracer(self) -> Tracer | None:
         """The tracer, or ``None`` while tracing is a no-op (no SDK configured)."""
@@ -81,19 +79,6 @@ class TracingMiddleware(Middleware):
             if not isinstance(provider, _NOOP_PROVIDERS):
                 tracer = self._tracer = provider.get_tracer("backrun", library_version())
         return tracer
-
-    def _base_attributes(self, operation: str, queue: str, handler: str) -> dict[str, Any]:
-        key = (operation, queue, handler)
-        attributes = self._attributes.get(key)
-        if attributes is None:
-            attributes = self._attributes[key] = {
-                "messaging.system": "backrun",
-                "messaging.operation.type": operation,
-                "messaging.operation.name": operation,
-                "messaging.destination.name": queue,
-                "backrun.job.handler": handler,
-            }
-        return attributes
 
     # -- producer ----------------------------------------------------------
 
@@ -107,7 +92,7 @@ class TracingMiddleware(Middleware):
                 if len(carrier) != len(job.headers):
                     job = job.replace(headers=carrier)
             return call_next(job)
-        attributes = dict(self._base_attributes("send", job.queue, job.handler))
+        attributes = dict(messaging_attributes("send", job.queue, job.handler))
         attributes["messaging.message.id"] = job.id
         span = tracer.start_span(f"send {job.queue}", kind=SpanKind.PRODUCER, attributes=attributes)
         ctx = trace.set_span_in_context(span)
@@ -140,7 +125,7 @@ class TracingMiddleware(Middleware):
                 otel_context.detach(token)
             return
         parent = propagate.extract(job.headers) if job.headers else otel_context.Context()
-        attributes = dict(self._base_attributes("process", job.queue, job.handler))
+        attributes = dict(messaging_attributes("process", job.queue, job.handler))
         attributes["messaging.message.id"] = job.id
         attributes["messaging.client.id"] = ctx.worker_id
         attributes["backrun.job.attempt"] = ctx.attempt

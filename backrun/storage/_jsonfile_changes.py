@@ -27,6 +27,21 @@ logger = logging.getLogger("backrun.storage.jsonfile")
 class ChangesMixin(UpkeepMixin):
     """Cancel and requeue, and the finishing touches every published change gets."""
 
+    def _replace_grabbed(self, tmp: str, dest: str, grabbed: str, job: Job) -> None:
+        """Move the new record ``tmp`` into place at ``dest`` and drop the grabbed old one.
+
+        If the new record cannot be placed, the grab is undone: the old record
+        returns to where it was, and the change never happened.
+        """
+        try:
+            self.publish(tmp, *os.path.split(dest))
+        except Exception:
+            self.files.discard(tmp)
+            self.ungrab(grabbed)
+            raise
+        self._after_publish(job, dest)
+        self.drop_grab(grabbed)
+
     def _after_publish(self, job: Job, dest: str) -> None:
         """Finishing touches once a change is visible: they must not undo or fail it."""
         directory, name = os.path.split(dest)
@@ -129,14 +144,7 @@ class ChangesMixin(UpkeepMixin):
             raise
         with self.mutex:
             self.cache(found.qenc).discard(os.path.basename(found.path))
-        try:
-            self.publish(tmp, *os.path.split(dest))
-        except Exception:
-            self.files.discard(tmp)
-            self.ungrab(grabbed)
-            raise
-        self._after_publish(new, dest)
-        self.drop_grab(grabbed)
+        self._replace_grabbed(tmp, dest, grabbed, new)
         return True
 
     def _wait_for_change(self, found: Found) -> None:

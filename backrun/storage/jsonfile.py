@@ -316,14 +316,7 @@ class JsonFileStorage(ChangesMixin, Storage):
         except Exception:
             self.files.discard(tmp)
             raise
-        try:
-            self.publish(tmp, *os.path.split(dest))
-        except Exception:
-            self.files.discard(tmp)
-            self.ungrab(grabbed)
-            raise
-        self._after_publish(job, dest)
-        self.drop_grab(grabbed)
+        self._replace_grabbed(tmp, dest, grabbed, job)
         if job.state is not JobState.RUNNING:
             self.mine.pop(job.id, None)  # a cancel marker left behind is maintain()'s to drop
         elif dest != src:
