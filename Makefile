@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit bench clean
+# The other supported Pythons (pyenv has them on every development and CI
+# machine): the core and integration tests run on each, with the Django the
+# resolver picks there (5.2 + django-tasks on 3.11, 6.x on 3.12+).
+COMPAT_PYTHONS ?= 3.12 3.13
+
+.PHONY: demo test lint typecheck unit compat bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +30,30 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# Not the slow crash loops: those run once, on the main Python.
+compat: $(STAMP)
+	@for v in $(COMPAT_PYTHONS); do \
+	    prefix=$$(pyenv prefix $$v 2>/dev/null || true); \
+	    py=$${prefix:+$$prefix/bin/python}; \
+	    [ -n "$$py" ] && [ -x "$$py" ] || py=$$(command -v python$$v || true); \
+	    if [ ! -x "$$py" ]; then \
+	        echo "compat: Python $$v not found (pyenv install $$v)"; \
+	        if [ "$${CI:-}" = true ]; then exit 1; else continue; fi; \
+	    fi; \
+	    venv=.venv-$$v; stamp=$$venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1); \
+	    if [ ! -f $$stamp ]; then \
+	        rm -rf $$venv && $$py -m venv $$venv && \
+	        $$venv/bin/python -m pip install --quiet --upgrade "pip>=25.1" && \
+	        $$venv/bin/python -m pip install --quiet -e ".[all]" --group dev && touch $$stamp || exit 1; \
+	    fi; \
+	    echo "== Python $$v: $$($$venv/bin/python -c 'import django, sys; print(sys.version.split()[0], "Django", django.__version__)')"; \
+	    $$venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider || exit 1; \
+	done
+
+test: lint typecheck unit compat
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build
+	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache dist build
