@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand
 
 from backrun.cli import main as cli_main
+from backrun.cli._common import exit_on_error
 from backrun.contrib.django import get_engine
 
 
@@ -32,4 +34,5 @@ class Command(BaseCommand):  # type: ignore[misc]
                 skip = True
             elif not arg.startswith(("--settings=", "--pythonpath=")):
                 args.append(arg)
-        sys.exit(cli_main(args, engine=get_engine(), prog=f"{argv[0]} backrun"))
+        engine = exit_on_error(get_engine, usage_errors=(ImproperlyConfigured,))
+        sys.exit(cli_main(args, engine=engine, prog=f"{argv[0]} backrun"))
