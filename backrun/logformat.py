@@ -104,6 +104,9 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line without traceback, with the job label before the message."""
+        if record.name == "py.warnings":
+            # "file:line: Category: text" then the source line: keep the first.
+            record.message = record.message.strip().splitlines()[0]
         job_id = getattr(record, "job_id", None)
         if job_id is not None and record.name != JOB_LOGGER:
             handler = getattr(record, "job_handler", "?")

@@ -338,6 +338,8 @@ def run_worker(
     stream = out if out is not None else sys.stderr
     log_format: LogFormat = "json" if options.log_format == "json" else "text"
     configure_logging(log_format, stream=stream, level=options.log_level)
+    # Ready, stopping, stopped: shown whatever --log-level, as a worker's pulse.
+    log.setLevel(min(options.log_level, logging.INFO))
     _apply(engine, options)
     try:
         engine.storage.counts()
