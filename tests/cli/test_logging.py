@@ -23,7 +23,8 @@ _TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 def logapp(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     monkeypatch.setenv("CLI_TEST_STORE", str(store))
     spec = importlib.util.spec_from_file_location("logapp_local", APPS / "logapp.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
@@ -79,7 +80,8 @@ def test_handler_logs_appear_with_the_job_in_one_text_format(
     ), worker.output
     assert "debug detail" not in worker.output  # --log-level defaults to info
     stopped = [line for line in lines if "worker stopped cleanly" in line]
-    assert len(stopped) == 1 and re.match(rf"{_TIME} INFO backrun\.cli: ", stopped[0])
+    assert len(stopped) == 1
+    assert re.match(rf"{_TIME} INFO backrun\.cli: ", stopped[0])
 
 
 def test_json_log_is_json_on_every_line_and_log_level_applies(
@@ -94,7 +96,8 @@ def test_json_log_is_json_on_every_line_and_log_level_applies(
     }
     assert all(r["handler"] == "greet" and r["attempt"] == 1 for r in mine)
     banner = [r for r in records if r.get("event") == "worker.banner"]
-    assert len(banner) == 1 and banner[0]["handlers"] == ["greet"]
+    assert len(banner) == 1
+    assert banner[0]["handlers"] == ["greet"]
 
 
 def test_log_level_warning_hides_info_lines(logapp: ModuleType, app_env: dict[str, str]) -> None:

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import backrun
-from backrun.jobs import Job
 from backrun.joblog import LoggingMiddleware
+from backrun.jobs import Job
 from backrun.observability.metrics import MetricsMiddleware
 
 SLOW_WRITE_S = 0.5
@@ -55,4 +55,5 @@ def test_log_and_histogram_durations_exclude_the_outcome_write(
         "backrun_job_duration_seconds_count", {"queue": "default", "handler": "instant"}
     )
     assert count == 1
-    assert total is not None and total < SLOW_WRITE_S / 2
+    assert total is not None
+    assert total < SLOW_WRITE_S / 2
