@@ -14,6 +14,7 @@ is known to be installed.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,9 @@ _NOISY = (
     "opentelemetry.sdk.metrics._internal.export",
     "opentelemetry.sdk.trace.export",
 )
-_REASON_WIDTH = 160
+_REASON_WIDTH = 100
+# "... NewConnectionError(...: [Errno 111] Connection refused'))" -> the OS's words.
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\"()]+)")
 
 
 class _Hush(logging.Filter):
@@ -71,10 +74,11 @@ class Outage:
             logging.getLogger(name).addFilter(self._hush)
 
     def note(self, record: logging.LogRecord) -> None:
-        """Remember why the exporter failed (its own log message, shortened)."""
+        """Remember why the exporter failed: its first message of the outage, shortened."""
         text = record.getMessage().strip().splitlines()
-        if text:
-            line = text[0]
+        if text and not self._reason:
+            cause = _OS_ERROR.search(text[0])
+            line = cause.group(1).strip() if cause else text[0]
             reason = line if len(line) <= _REASON_WIDTH else line[: _REASON_WIDTH - 3] + "..."
             with self._lock:
                 self._reason = reason
