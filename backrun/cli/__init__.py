@@ -191,7 +191,9 @@ def main(
             read_only=getattr(ns, "read_only", False),
         )
         run: Command = ns.run
-        return run(target, ns, out)
+        code = run(target, ns, out)
+        out.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except BrokenPipeError:
         # `backrun jobs list | head -1`: the reader left; stop quietly, as `ls` does.
         _silence_stdout()

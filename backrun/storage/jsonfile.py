@@ -406,7 +406,4 @@ def check_is_store(root: str) -> None:
         raise StorageError(f"no job store at {root}: it {what}")
     missing = [name for name in SUBDIRS if not os.path.isdir(os.path.join(root, name))]
     if missing:
-        raise StorageError(
-            f"{root} is not a backrun job store (no {', '.join(missing)} directory); "
-            "give the directory a worker created"
-        )
+        raise StorageError(f"{root} is not a backrun job store (it has no {missing[0]}/)")
