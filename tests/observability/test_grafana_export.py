@@ -1,4 +1,4 @@
-"""The Grafana files ship in the package and ``backrun grafana export`` writes them (issue 11.11)."""
+"""Grafana files ship in the package; ``backrun grafana export`` writes them (issue 11.11)."""
 
 from __future__ import annotations
 
