@@ -19,6 +19,8 @@ class Command(BaseCommand):  # type: ignore[misc]
         "Inspect and steer jobs: jobs list|show|retry|cancel|purge, stats, worker "
         "(the backrun CLI on settings.BACKRUN; see 'manage.py backrun --help')."
     )
+    # Errors are the CLI's one line and exit code; `manage.py check` runs the checks.
+    requires_system_checks: list[str] = []
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand everything after ``backrun`` to the CLI's own parser.

@@ -23,6 +23,9 @@ class Command(BaseCommand):  # type: ignore[misc]
         "Run a backrun worker until SIGTERM/SIGINT (drains running jobs; a second Ctrl+C "
         "forces). Exit codes: 0 clean, 1 forced or crashed, 2 usage, 3 store unavailable."
     )
+    # A bad setting or store is one "error:" line with the CLI's exit code (2, 3),
+    # not a SystemCheckError listing; `manage.py check` reports them (E001, E002).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The same options as ``backrun worker``."""
