@@ -20,7 +20,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         "(the backrun CLI on settings.BACKRUN; see 'manage.py backrun --help')."
     )
     # Errors are the CLI's one line and exit code; `manage.py check` runs the checks.
-    requires_system_checks: list[str] = []
+    requires_system_checks = ()
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand everything after ``backrun`` to the CLI's own parser.

@@ -25,7 +25,7 @@ class Command(BaseCommand):  # type: ignore[misc]
     )
     # A bad setting or store is one "error:" line with the CLI's exit code (2, 3),
     # not a SystemCheckError listing; `manage.py check` reports them (E001, E002).
-    requires_system_checks: list[str] = []
+    requires_system_checks = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The same options as ``backrun worker``."""
