@@ -250,7 +250,7 @@ def _start_otlp() -> tuple[Any, str]:
             "(running without OTLP export)",
             variable,
         )
-        return None, "off (the otel extra is not installed)"
+        return None, "the otel extra is not installed"
     if export is None:
         return None, ""
     return export, f"OTLP/HTTP to {os.environ[variable]}"
