@@ -67,7 +67,11 @@ def _where(error: BaseException) -> str:
         return f"{_short_path(error.filename)}:{error.lineno}"
     frames = traceback.extract_tb(error.__traceback__)
     for frame in reversed(frames):
-        if "importlib" not in frame.filename and not frame.filename.startswith("<frozen"):
+        if (
+            "importlib" not in frame.filename
+            and not frame.filename.startswith("<frozen")
+            and os.path.abspath(frame.filename) != os.path.abspath(__file__)
+        ):
             return f"{_short_path(frame.filename)}:{frame.lineno}"
     return ""
 

@@ -146,3 +146,11 @@ def test_syntax_error_in_the_app_names_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SyntaxError" in one_error_line(result)
     assert "(typo.py:2)" in one_error_line(result)
+
+
+def test_a_missing_module_points_at_no_backrun_file(tmp_path: Path) -> None:
+    result = run_backrun("worker", "nosuchmodule:engine", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "No module named 'nosuchmodule'" in line
+    assert ".py:" not in line  # no location inside backrun's own import call
