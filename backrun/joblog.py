@@ -4,35 +4,38 @@
 application routes the lines like any other log. Each record carries the
 structured fields in ``record.backrun``; :class:`JsonFormatter` prints them
 as one JSON object a line, and :func:`configure_logging` sets up a stream
-handler in either format (the worker commands call it).
+handler in either format (the worker commands call it; see
+:mod:`backrun.logformat`). While the attempt runs, records logged by the
+handler carry the job (:func:`backrun.logformat.job_scope`).
+
+The duration is the handler's alone: it ends when the handler returns, not
+when the outcome has been written (a store write retried on a full disk is
+not the job's time).
 
 Text lines look like::
 
     send_mail[0187...] started (attempt 1/4)
     send_mail[0187...] succeeded in 0.012s
-    send_mail[0187...] failed (ValueError) attempt 2/4, retry in 4.1s
-    send_mail[0187...] failed (ValueError) dead after 4 attempts
+    send_mail[0187...] failed (ValueError: no such user) attempt 2/4, retry in 4.1s
+    send_mail[0187...] failed (ValueError: no such user) dead after 4 attempts
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
 import time
-from datetime import UTC, datetime
-from typing import IO, Any, Literal
+from typing import Any
 
 from .context import JobContext
 from .jobs import Job, JobState
+from .logformat import JOB_LOGGER, JsonFormatter, LogFormat, configure_logging, job_scope
 from .middleware import Middleware, ProcessNext
 
-__all__ = ["JsonFormatter", "LoggingMiddleware", "configure_logging"]
+__all__ = ["JsonFormatter", "LogFormat", "LoggingMiddleware", "configure_logging"]
 
-LOGGER_NAME = "backrun.jobs"
-
-LogFormat = Literal["text", "json"]
+LOGGER_NAME = JOB_LOGGER
+_MESSAGE_WIDTH = 200
 
 # Starts whose attempt_finished never came (the claim was lost) are dropped
 # once this many are pending.
@@ -51,34 +54,46 @@ class LoggingMiddleware(Middleware):
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self.logger = logger if logger is not None else logging.getLogger(LOGGER_NAME)
         self.level = level
-        self._started: dict[tuple[str, int], float] = {}
+        # (job id, attempt) -> [start, end or None], monotonic seconds.
+        self._started: dict[tuple[str, int], list[float | None]] = {}
         self._lock = threading.Lock()
 
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
-        """Log the start line, remember when, and run the attempt."""
+        """Log the start line, time the rest of the chain, tag its records with the job."""
         job = ctx.job
+        times: list[float | None] = [time.monotonic(), None]
         with self._lock:
             if len(self._started) >= _MAX_PENDING:
                 self._started.clear()
-            self._started[(job.id, ctx.attempt)] = time.monotonic()
-        self._log(
-            self.level,
-            f"{_label(job)} started (attempt {ctx.attempt}/{job.max_attempts})",
-            "started",
-            job,
-            ctx.attempt,
-        )
-        call_next(ctx)
+            self._started[(job.id, ctx.attempt)] = times
+        with job_scope(job.id, job.handler, ctx.attempt, job.queue):
+            self._log(
+                self.level,
+                f"{_label(job)} started (attempt {ctx.attempt}/{job.max_attempts})",
+                "started",
+                job,
+                ctx.attempt,
+            )
+            try:
+                call_next(ctx)
+            finally:
+                times[1] = time.monotonic()
 
     def attempt_finished(self, ctx: JobContext, job: Job, error: BaseException | None) -> None:
         """Log how the attempt ended, from the state the worker recorded."""
         with self._lock:
-            began = self._started.pop((job.id, ctx.attempt), None)
-        duration = None if began is None else time.monotonic() - began
+            times = self._started.pop((job.id, ctx.attempt), None)
+        duration = None
+        if times is not None and times[0] is not None:
+            # A handler still running (timed out, or its claim lost) is timed until now.
+            duration = (times[1] if times[1] is not None else time.monotonic()) - times[0]
         took = "" if duration is None else f" in {duration:.3f}s"
         label = _label(job)
         error_type = None if error is None else type(error).__name__
+        why = "" if error is None else _describe(error)
         extra: dict[str, Any] = {"duration_s": duration, "error_type": error_type}
+        if error is not None:
+            extra["error"] = why
         state = job.state
         if state is JobState.SUCCEEDED:
             self._log(self.level, f"{label} succeeded{took}", "succeeded", job, ctx.attempt, extra)
@@ -89,7 +104,7 @@ class LoggingMiddleware(Middleware):
             extra["retry_in_s"] = seconds
             self._log(
                 logging.WARNING,
-                f"{label} failed ({error_type}) attempt {ctx.attempt}/{job.max_attempts}, "
+                f"{label} failed ({why}) attempt {ctx.attempt}/{job.max_attempts}, "
                 f"retry in {seconds:.1f}s",
                 "retrying",
                 job,
@@ -99,7 +114,7 @@ class LoggingMiddleware(Middleware):
         elif state is JobState.DEAD:
             self._log(
                 logging.ERROR,
-                f"{label} failed ({error_type}) dead after {job.attempts} attempts",
+                f"{label} failed ({why}) dead after {_plural(job.attempts, 'attempt')}",
                 "dead",
                 job,
                 ctx.attempt,
@@ -146,46 +161,12 @@ def _label(job: Job) -> str:
     return f"{job.handler}[{job.id}]"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message and any ``backrun`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as a JSON line."""
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "backrun", None)
-        if isinstance(fields, dict):
-            data.update(fields)
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def configure_logging(
-    log_format: LogFormat = "text", *, stream: IO[str] | None = None, level: int = logging.INFO
-) -> logging.Handler:
-    """Send backrun's log lines (jobs, worker, engine) to ``stream`` in ``log_format``.
-
-    Adds one handler to the ``backrun`` logger (replacing one added by an
-    earlier call) and returns it. Lines look like
-    ``2026-01-01 12:00:00,000 INFO send_mail[...] succeeded in 0.012s``.
-    """
-    if log_format not in ("text", "json"):
-        raise ValueError(f"log format must be 'text' or 'json', not {log_format!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.set_name("backrun-cli")
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("backrun")
-    for old in list(root.handlers):
-        if old.get_name() == "backrun-cli":
-            root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    return handler
+def _describe(error: BaseException) -> str:
+    """``ValueError: no such user``: the type and the message's first line, shortened."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= _MESSAGE_WIDTH else text[: _MESSAGE_WIDTH - 3] + "..."

@@ -27,6 +27,14 @@ def test_wheel_and_sdist_build_and_the_wheel_installs_in_a_fresh_venv(tmp_path: 
     names = zipfile.ZipFile(wheel).namelist()
     assert "backrun/py.typed" in names
     assert "backrun/__init__.py" in names
+    # The Grafana dashboard, its provisioning and the alert rules ship as package data.
+    for shipped in (
+        "backrun/observability/grafana/dashboards/backrun.json",
+        "backrun/observability/grafana/provisioning/dashboards/backrun.yaml",
+        "backrun/observability/grafana/provisioning/datasources/prometheus.yaml",
+        "backrun/observability/grafana/alerts.yaml",
+    ):
+        assert shipped in names, shipped
     assert not [n for n in names if n.startswith(("tests/", "examples/"))]
     with tarfile.open(sdist) as archive:
         members = archive.getnames()
@@ -58,3 +66,11 @@ def test_wheel_and_sdist_build_and_the_wheel_installs_in_a_fresh_venv(tmp_path: 
         [str(python), "-m", "backrun", "--help"], capture_output=True, text=True, cwd=tmp_path
     )
     assert module.returncode == 0, module.stderr
+    exported = subprocess.run(
+        [str(venv / "bin" / "backrun"), "grafana", "export", str(tmp_path / "grafana")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "grafana" / "dashboards" / "backrun.json").is_file()

@@ -8,13 +8,16 @@ Usage::
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
     backrun db init --dsn postgresql://... [--schema backrun]
+    backrun grafana export DIR
 
 ``jobs`` and ``stats`` find the store from ``--store PATH`` (a JSON store
 directory), ``--app MODULE:ENGINE``, ``$BACKRUN_APP``, or the default store
-directory (``$BACKRUN_DIR`` or ``./.backrun``). Every command takes
-``--json``. Errors are one ``error: ...`` line on stderr. Exit codes: 0 ok,
-1 failed (or a worker forced to stop / crashed), 2 usage or import error,
-3 store unavailable.
+directory (``$BACKRUN_DIR`` or ``./.backrun``); they never create a store,
+and ``jobs list``, ``jobs show`` and ``stats`` change nothing. The ``jobs``,
+``stats``, ``db init`` and ``grafana export`` commands take ``--json``.
+Errors are one ``error: ...`` line on stderr (``--traceback`` adds the full
+traceback of an import error). Exit codes: 0 ok, 1 failed (or a worker forced
+to stop / crashed), 2 usage or import error, 3 store unavailable.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import IO
 
 from backrun import __version__
 from backrun.engine import Engine
 from backrun.errors import StorageError
 
-from . import _jobs
-from ._common import EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
+from . import _grafana, _jobs
+from ._common import EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
 
 __all__ = ["build_parser", "main"]
@@ -51,7 +55,16 @@ def _store_options(parser: argparse.ArgumentParser, *, with_app: bool) -> None:
         parser.add_argument(
             "--app", metavar="MODULE:ENGINE", help="import this engine and use its store"
         )
+        _traceback_option(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _traceback_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an import error, print the full traceback too",
+    )
 
 
 def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.ArgumentParser:
@@ -69,6 +82,7 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
             metavar="MODULE:ENGINE",
             help="the engine to run, e.g. myapp.jobs:engine (default: $BACKRUN_APP)",
         )
+        _traceback_option(worker)
     add_worker_arguments(worker)
 
     jobs = sub.add_parser("jobs", help="list, show, retry, cancel and purge jobs")
@@ -81,14 +95,14 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     listing.add_argument(
         "--limit", type=positive_int, default=50, metavar="N", help="at most this many (50)"
     )
-    listing.set_defaults(run=_jobs.cmd_list)
+    listing.set_defaults(run=_jobs.cmd_list, read_only=True)
 
     show = jobs_sub.add_parser("show", help="one job's record and every attempt's error")
     show.add_argument("id", metavar="ID")
     show.add_argument(
         "--tracebacks", action="store_true", help="print every attempt's traceback, not the last"
     )
-    show.set_defaults(run=_jobs.cmd_show)
+    show.set_defaults(run=_jobs.cmd_show, read_only=True)
 
     retry = jobs_sub.add_parser("retry", help="run a dead, cancelled or scheduled job again now")
     retry.add_argument("id", metavar="ID", nargs="?")
@@ -114,7 +128,7 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
 
     stats = sub.add_parser("stats", help="jobs by queue and state, oldest ready job's age")
     _store_options(stats, with_app=not embedded)
-    stats.set_defaults(run=_jobs.cmd_stats)
+    stats.set_defaults(run=_jobs.cmd_stats, read_only=True)
 
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")
@@ -127,6 +141,7 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
             "--timeout", type=float, default=5.0, metavar="S", help="connection timeout (5)"
         )
         init.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _grafana.add_parser(sub)
     return parser
 
 
@@ -167,11 +182,27 @@ def main(
             )
         if ns.command == "db":
             return _jobs.cmd_db_init(ns, out)
-        target = resolve_engine(getattr(ns, "app", None), getattr(ns, "store", None), engine)
+        if ns.command == "grafana":
+            return _grafana.cmd_export(ns, out)
+        target = resolve_engine(
+            getattr(ns, "app", None),
+            getattr(ns, "store", None),
+            engine,
+            read_only=getattr(ns, "read_only", False),
+        )
         run: Command = ns.run
-        return run(target, ns, out)
+        code = run(target, ns, out)
+        out.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        # `backrun jobs list | head -1`: the reader left; stop quietly, as `ls` does.
+        _silence_stdout()
+        return EXIT_OK
     except CliError as exc:
-        out.flush()
+        with suppress(BrokenPipeError):
+            out.flush()
+        if exc.details and getattr(ns, "traceback", False):
+            sys.stderr.write(exc.details)
         sys.stderr.write(f"error: {exc}\n")
         return exc.code
     except StorageError as exc:
@@ -181,3 +212,13 @@ def main(
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - stdout is not a real file
+        pass

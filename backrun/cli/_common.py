@@ -6,7 +6,8 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -24,6 +25,7 @@ __all__ = [
     "Progress",
     "describe_store",
     "engine_for_store",
+    "exit_on_error",
     "format_age",
     "load_engine",
     "open_store",
@@ -40,16 +42,65 @@ APP_ENV = "BACKRUN_APP"
 
 
 class CliError(Exception):
-    """A failure reported as one ``error: ...`` line and an exit code."""
+    """A failure reported as one ``error: ...`` line and an exit code.
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    Args:
+        message: the line (without ``error:``).
+        code: the exit code.
+        details: a full traceback, printed under ``--traceback``.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_FAILED, details: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.details = details
 
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _where(error: BaseException) -> str:
+    """``app.py:12``: where an import failed, in the user's code, not importlib's."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return f"{_short_path(error.filename)}:{error.lineno}"
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        if (
+            "importlib" not in frame.filename
+            and not frame.filename.startswith("<frozen")
+            and os.path.abspath(frame.filename) != os.path.abspath(__file__)
+        ):
+            return f"{_short_path(frame.filename)}:{frame.lineno}"
+    return ""
+
+
+def _short_path(filename: str) -> str:
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return filename
+    return filename if relative.startswith("..") else relative
+
+
+def exit_on_error(
+    build: Callable[[], Engine], *, usage_errors: tuple[type[Exception], ...] = ()
+) -> Engine:
+    """``build()``, or exit as ``backrun`` does: one ``error:`` line and its code.
+
+    For the framework commands (``manage.py backrun_worker``, ``flask backrun``),
+    whose engine is built from settings before the CLI runs: a store that
+    cannot be used exits 3, a bad setting (``usage_errors``) exits 2.
+    """
+    try:
+        return build()
+    except StorageError as exc:
+        sys.stderr.write(f"error: store unavailable: {exc}\n")
+        raise SystemExit(EXIT_STORE) from None
+    except usage_errors as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def load_engine(spec: str) -> Engine:
@@ -76,7 +127,14 @@ def load_engine(spec: str) -> Engine:
             f"store unavailable while importing {module_name!r}: {exc}", EXIT_STORE
         ) from None
     except Exception as exc:
-        raise CliError(f"cannot import {module_name!r}: {_one_line(exc)}", EXIT_USAGE) from exc
+        where = _where(exc)
+        raise CliError(
+            f"cannot import {module_name!r}: {_one_line(exc)}"
+            + (f" ({where})" if where else "")
+            + "; run with --traceback for the full traceback",
+            EXIT_USAGE,
+            details="".join(traceback.format_exception(exc)),
+        ) from exc
     target: object = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -89,30 +147,40 @@ def load_engine(spec: str) -> Engine:
     return target
 
 
-def open_store(path: str) -> Storage:
-    """Open an existing JSON store directory for inspection.
+def open_store(path: str, *, read_only: bool = False) -> Storage:
+    """Open an existing JSON store directory; never create one, nor anything in it.
 
     Unlike a worker, which creates its store, this refuses a missing
-    directory: a typo in ``--store`` should not create an empty store.
+    directory or one that is not a store: a typo in ``--store`` (or
+    ``--store /etc``) must not create or change anything.
+
+    Args:
+        path: the store's directory.
+        read_only: the command only reads (``jobs list``/``show``, ``stats``),
+            so a store this user cannot write is fine.
 
     Raises:
-        CliError: (code 3) missing, not a directory, not writable, or refused
-            by the store itself.
+        CliError: (code 3) missing, not a directory, not a store, not
+            writable (unless ``read_only``), or refused by the store itself.
     """
     where = Path(path)
     if not where.exists():
         raise CliError(f"store directory {path!r} does not exist", EXIT_STORE)
     if not where.is_dir():
         raise CliError(f"store path {path!r} is not a directory", EXIT_STORE)
-    if not os.access(where, os.R_OK | os.W_OK | os.X_OK):
-        raise CliError(f"store directory {path!r} is not writable by this user", EXIT_STORE)
+    access = os.R_OK | os.X_OK if read_only else os.R_OK | os.W_OK | os.X_OK
+    if not os.access(where, access):
+        which = "readable" if read_only else "writable"
+        raise CliError(f"store directory {path!r} is not {which} by this user", EXIT_STORE)
     try:
         from backrun.storage.jsonfile import JsonFileStorage
     except ImportError as exc:  # pragma: no cover - the JSON store ships with backrun
         raise CliError(f"the JSON store is not available: {exc}", EXIT_STORE) from exc
     try:
-        return JsonFileStorage(where)
-    except (StorageError, OSError, ValueError) as exc:
+        return JsonFileStorage(where, create=False)
+    except StorageError as exc:
+        raise CliError(f"cannot open store {path!r}: {exc}", EXIT_STORE) from exc
+    except (OSError, ValueError) as exc:
         raise CliError(f"cannot open store {path!r}: {_one_line(exc)}", EXIT_STORE) from exc
 
 
@@ -121,7 +189,9 @@ def engine_for_store(storage: Storage) -> Engine:
     return Engine(storage, middleware=[])
 
 
-def resolve_engine(app: str | None, store: str | None, injected: Engine | None) -> Engine:
+def resolve_engine(
+    app: str | None, store: str | None, injected: Engine | None, *, read_only: bool = False
+) -> Engine:
     """The engine a ``jobs``/``stats`` command works on.
 
     Order: an engine handed in by a framework command, ``--store``, ``--app``,
@@ -133,13 +203,13 @@ def resolve_engine(app: str | None, store: str | None, injected: Engine | None) 
     if app and store:
         raise CliError("give --app or --store, not both", EXIT_USAGE)
     if store:
-        return engine_for_store(open_store(store))
+        return engine_for_store(open_store(store, read_only=read_only))
     spec = app or os.environ.get(APP_ENV)
     if spec:
         return load_engine(spec)
     default = os.environ.get("BACKRUN_DIR") or ".backrun"
     if Path(default).is_dir():
-        return engine_for_store(open_store(default))
+        return engine_for_store(open_store(default, read_only=read_only))
     raise CliError(
         f"no store: pass --store PATH or --app MODULE:ENGINE, or set {APP_ENV} "
         f"(no default store at {default!r})",

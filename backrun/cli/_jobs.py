@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
+import sys
 from collections import defaultdict
 from datetime import datetime
 from typing import IO, Any
@@ -84,9 +87,23 @@ def _when(job: Job) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
 
 
+def _matching(engine: Engine, state: JobState | None, queue: str | None) -> int:
+    return sum(
+        n
+        for (q, s), n in engine.counts().items()
+        if (state is None or s is state) and (queue is None or q == queue)
+    )
+
+
 def cmd_list(engine: Engine, ns: argparse.Namespace, out: IO[str]) -> int:
-    """``backrun jobs list``."""
+    """``backrun jobs list``; says so on stderr when ``--limit`` cut the list."""
     jobs = engine.jobs(state=ns.state, queue=ns.queue, limit=ns.limit)
+    if len(jobs) >= ns.limit:
+        total = _matching(engine, ns.state, ns.queue)
+        if total > len(jobs):
+            sys.stderr.write(
+                f"showing {len(jobs)} of {total} jobs (oldest first; use --limit N for more)\n"
+            )
     if ns.json:
         _dump([job_to_dict(j) for j in jobs], out)
         return EXIT_OK
@@ -139,9 +156,42 @@ def cmd_show(engine: Engine, ns: argparse.Namespace, out: IO[str]) -> int:
             f"  attempt {error.attempt} at {_time(error.at)}: {error.type}: {error.message}\n"
         )
         if error.traceback and (ns.tracebacks or error is job.errors[-1]):
-            for line in error.traceback.rstrip().splitlines():
+            for line in trim_traceback(error.traceback):
                 out.write(f"      {line}\n")
     return EXIT_OK
+
+
+_BACKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
+
+
+def trim_traceback(text: str) -> list[str]:
+    """The traceback's lines without the leading frames inside backrun (the worker's own).
+
+    The handler's frames, and anything after them, stay; a note says how
+    many frames were left out.
+    """
+    lines = text.rstrip().splitlines()
+    if not lines or not lines[0].startswith("Traceback"):
+        return lines
+    index, hidden = 1, 0
+    while index < len(lines):
+        match = _FRAME.match(lines[index])
+        if match is None or not _is_backrun(match.group("file")):
+            break
+        hidden += 1
+        index += 1
+        while index < len(lines) and lines[index].startswith("    "):
+            index += 1  # the frame's source line and any ^^^ markers
+    if hidden == 0 or index >= len(lines) or _FRAME.match(lines[index]) is None:
+        return lines  # the error was raised inside backrun itself: show it all
+    return [lines[0], f"  ({hidden} backrun frame(s) hidden)", *lines[index:]]
+
+
+def _is_backrun(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    installed = f"site-packages{os.sep}backrun{os.sep}"
+    return path.startswith(_BACKRUN_DIR + os.sep) or installed in filename
 
 
 def cmd_cancel(engine: Engine, ns: argparse.Namespace, out: IO[str]) -> int:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
@@ -21,7 +22,8 @@ from backrun import __version__
 from backrun.engine import Engine
 from backrun.enqueueing import QUEUE_NAME
 from backrun.errors import StorageError
-from backrun.joblog import LoggingMiddleware, configure_logging
+from backrun.joblog import LoggingMiddleware
+from backrun.logformat import LogFormat, configure_logging, parse_level
 from backrun.middleware import Middleware
 from backrun.worker import Worker
 
@@ -48,6 +50,7 @@ class WorkerOptions:
     metrics_addr: str = "127.0.0.1"
     shutdown_timeout: float | None = None
     log_format: str = "text"
+    log_level: int = logging.INFO
 
 
 def _queues(text: str) -> list[str]:
@@ -93,6 +96,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _level(text: str) -> int:
+    try:
+        return parse_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the worker options (shared by the CLI and the framework commands)."""
     parser.add_argument(
@@ -117,7 +127,17 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to let running jobs finish on SIGTERM before releasing them",
     )
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="job log line format"
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="format of every log line, the application's included (text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_level,
+        default=logging.INFO,
+        metavar="LEVEL",
+        help="debug, info, warning, error or critical (info); applies to every logger",
     )
 
 
@@ -131,7 +151,16 @@ def options_from_namespace(ns: argparse.Namespace | dict[str, Any]) -> WorkerOpt
         metrics_addr=values.get("metrics_addr") or "127.0.0.1",
         shutdown_timeout=values.get("shutdown_timeout"),
         log_format=values.get("log_format") or "text",
+        log_level=_level_value(values.get("log_level")),
     )
+
+
+def _level_value(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return parse_level(value)
+    return logging.INFO
 
 
 class _Watch(Middleware):
@@ -176,11 +205,13 @@ class _Watch(Middleware):
         return on_signal
 
     def _say(self, text: str) -> None:
-        try:
-            self.out.write(f"backrun: {text}\n")
-            self.out.flush()
-        except (OSError, ValueError):
-            pass
+        say(text)
+
+
+def say(text: str, level: int = logging.INFO) -> None:
+    """A worker-command line (ready, stopping, stopped), in the configured log format."""
+    with suppress(OSError, ValueError):  # the stream is gone
+        log.log(level, "%s", text)
 
 
 def _apply(engine: Engine, options: WorkerOptions) -> None:
@@ -194,22 +225,35 @@ def _apply(engine: Engine, options: WorkerOptions) -> None:
         engine.add_middleware(LoggingMiddleware())
 
 
+def _otlp_variable() -> str:
+    for name in ("BACKRUN_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if os.environ.get(name):
+            return name
+    return ""
+
+
 def _start_otlp() -> tuple[Any, str]:
-    """Install OTLP export if the environment asks for it (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+    """Install OTLP export if the environment asks for it (``OTEL_EXPORTER_OTLP_ENDPOINT``).
+
+    Without the ``otel`` extra the worker says so in one line and runs without export.
+    """
+    variable = _otlp_variable()
+    if not variable:
+        return None, ""
     try:
         from backrun.observability.otlp import configure_otlp
-    except ImportError:
-        return None, ""
-    try:
+
         export = configure_otlp()
-    except ImportError as exc:
-        return None, f"OTLP export requested but unavailable ({exc}): pip install 'backrun[otel]'"
+    except ImportError:
+        log.warning(
+            "%s is set but the otel extra is not installed: pip install 'backrun[otel]' "
+            "(running without OTLP export)",
+            variable,
+        )
+        return None, "the otel extra is not installed"
     if export is None:
         return None, ""
-    endpoint = os.environ.get("BACKRUN_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
-    )
-    return export, f"OTLP/HTTP to {endpoint}"
+    return export, f"OTLP/HTTP to {os.environ[variable]}"
 
 
 def _tracing(engine: Engine, otlp: str) -> str:
@@ -244,8 +288,10 @@ def _start_metrics(engine: Engine, options: WorkerOptions) -> tuple[str, Any]:
     return (url if isinstance(url, str) else f"port {options.metrics_port}"), server
 
 
-def banner(engine: Engine, app: str, metrics: str, otlp: str, out: IO[str]) -> None:
-    """Print the start-up banner."""
+def banner(
+    engine: Engine, app: str, metrics: str, otlp: str, out: IO[str], *, log_format: str = "text"
+) -> None:
+    """Print the start-up banner (one JSON log record under ``--log-format json``)."""
     handlers = engine.registry.names()
     queues = "all" if engine.queues is None else ", ".join(sorted(engine.queues))
     lines = [
@@ -261,6 +307,21 @@ def banner(engine: Engine, app: str, metrics: str, otlp: str, out: IO[str]) -> N
         + ("" if handlers else " (none registered: nothing will run)"),
     ]
     lines.extend(f"    - {name}" for name in handlers)
+    if log_format == "json":
+        fields = {
+            "event": "worker.banner",
+            "version": __version__,
+            "app": app,
+            "store": describe_store(engine.storage),
+            "queues": queues,
+            "concurrency": engine.max_parallelism,
+            "shutdown_timeout_s": engine.shutdown_timeout,
+            "metrics": metrics,
+            "tracing": _tracing(engine, otlp),
+            "handlers": handlers,
+        }
+        log.info("backrun %s worker", __version__, extra={"backrun": fields})
+        return
     out.write("\n".join(lines) + "\n")
     out.flush()
 
@@ -275,7 +336,10 @@ def run_worker(
     crashed, 3 when the store is unavailable.
     """
     stream = out if out is not None else sys.stderr
-    configure_logging("json" if options.log_format == "json" else "text", stream=stream)
+    log_format: LogFormat = "json" if options.log_format == "json" else "text"
+    configure_logging(log_format, stream=stream, level=options.log_level)
+    # Ready, stopping, stopped: shown whatever --log-level, as a worker's pulse.
+    log.setLevel(min(options.log_level, logging.INFO))
     _apply(engine, options)
     try:
         engine.storage.counts()
@@ -288,7 +352,7 @@ def run_worker(
     metrics, server = _start_metrics(engine, options)
     export, otlp = _start_otlp()
     try:
-        banner(engine, app or repr(engine), metrics, otlp, stream)
+        banner(engine, app or repr(engine), metrics, otlp, stream, log_format=log_format)
         try:
             drained = engine.run_forever()
         except StorageError as exc:
@@ -300,12 +364,24 @@ def run_worker(
         engine.middleware.remove(watch)
         if server is not None:
             server.close()
-        if export is not None and not export.flush(timeout_millis=5000):
-            log.warning("some spans or metrics could not be exported before exit")
+        if export is not None:
+            _close_export(export, engine.shutdown_timeout)
     processed = watch.worker.processed if watch.worker is not None else 0
     if drained and watch.interrupts < 2:
-        stream.write(f"backrun: worker stopped cleanly ({processed} attempt(s) processed)\n")
+        say(f"worker stopped cleanly ({processed} attempt(s) processed)")
         return EXIT_OK
     why = "forced" if watch.interrupts >= 2 else "shutdown timeout reached"
-    stream.write(f"backrun: worker stopped ({why}): running jobs were released to the queue\n")
+    say(f"worker stopped ({why}): running jobs were released to the queue", logging.WARNING)
     return EXIT_FAILED
+
+
+# However long the shutdown timeout, exit waits at most this long on a collector.
+_MAX_FLUSH_S = 5.0
+
+
+def _close_export(export: Any, shutdown_timeout: float) -> None:
+    timeout = min(max(shutdown_timeout, 1.0), _MAX_FLUSH_S)
+    if not export.close(timeout):
+        log.warning(
+            "some spans or metrics were not exported before exit (waited up to %gs)", timeout
+        )

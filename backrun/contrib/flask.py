@@ -20,7 +20,8 @@
 ``backrun`` command). Each job runs inside ``app.app_context()``.
 
 Configuration keys (all optional): ``BACKRUN_STORE`` (a JSON store directory;
-default ``$BACKRUN_DIR`` or ``./.backrun``), ``BACKRUN_STORAGE`` (a ready
+default ``$BACKRUN_DIR`` or ``.backrun``; a relative path is taken relative to
+``app.instance_path``, not to the current directory), ``BACKRUN_STORAGE`` (a ready
 ``Storage``, e.g. ``PostgresStorage``), ``BACKRUN_MAX_PARALLELISM``,
 ``BACKRUN_QUEUES``, ``BACKRUN_SHUTDOWN_TIMEOUT``, ``BACKRUN_MAX_RETRIES``,
 ``BACKRUN_JOB_TIMEOUT`` (seconds), ``BACKRUN_HANDLER_PACKAGES`` (packages
@@ -29,6 +30,7 @@ whose handlers are discovered), ``BACKRUN_METRICS_PORT`` (the worker's).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from backrun.cli import main as cli_main
+from backrun.cli._common import exit_on_error
 from backrun.context import JobContext
 from backrun.engine import Engine
 from backrun.jobs import Job
@@ -47,7 +50,7 @@ from backrun.middleware import Middleware, ProcessNext
 from backrun.retries import RetryPolicy
 from backrun.storage.base import Storage
 
-__all__ = ["AppContextMiddleware", "Backrun"]
+__all__ = ["AppContextMiddleware", "Backrun", "store_path"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -166,10 +169,10 @@ class Backrun:
         storage = config.get("BACKRUN_STORAGE")
         if isinstance(storage, Storage):
             options["storage"] = storage
-        elif config.get("BACKRUN_STORE"):
+        else:
             from backrun.storage.jsonfile import JsonFileStorage
 
-            options["storage"] = JsonFileStorage(config["BACKRUN_STORE"])
+            options["storage"] = JsonFileStorage(store_path(app))
         if config.get("BACKRUN_MAX_PARALLELISM") is not None:
             options["max_parallelism"] = int(config["BACKRUN_MAX_PARALLELISM"])
         if config.get("BACKRUN_SHUTDOWN_TIMEOUT") is not None:
@@ -188,6 +191,17 @@ class Backrun:
             engine.add_handlers_from_package(package)
         self._built.append(engine)
         return engine
+
+
+def store_path(app: Flask) -> str:
+    """The absolute JSON store directory of ``app``.
+
+    ``BACKRUN_STORE`` (default ``$BACKRUN_DIR`` or ``.backrun``), relative
+    to ``app.instance_path`` when relative: the web process and the worker
+    use one store whatever directory each was started from.
+    """
+    raw = app.config.get("BACKRUN_STORE") or os.environ.get("BACKRUN_DIR") or ".backrun"
+    return os.path.abspath(os.path.join(app.instance_path, os.fspath(raw)))
 
 
 def _retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
@@ -215,11 +229,18 @@ def _command_group(extension: Backrun) -> click.Group:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         argv = [command, *args]
         port = app.config.get("BACKRUN_METRICS_PORT")
-        if command == "worker" and port is not None and "--metrics-port" not in args:
-            argv[1:1] = ["--metrics-port", str(port)]
+        if command == "worker":
+            if port is not None and "--metrics-port" not in args:
+                argv[1:1] = ["--metrics-port", str(port)]
+            # The worker logs through the root logger (one format, the job's id on
+            # each line); Flask's own stderr handler would print app lines twice.
+            from flask.logging import default_handler
+
+            app.logger.removeHandler(default_handler)
+        engine = exit_on_error(lambda: extension.engine_for(app), usage_errors=(ValueError,))
         code = cli_main(
             argv,
-            engine=extension.engine_for(app),
+            engine=engine,
             prog="flask backrun",
             app_label=f"flask app {app.import_name!r}",
         )

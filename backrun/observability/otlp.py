@@ -9,13 +9,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
 
-__all__ = ["OtlpExport", "configure_otlp"]
+__all__ = ["OtlpExport", "OtlpUnavailable", "configure_otlp"]
+
+INSTALL_HINT = "pip install 'backrun[otel]'"
+
+
+class OtlpUnavailable(ImportError, RuntimeError):
+    """OTLP export was asked for but the ``otel`` extra (the SDK, the exporter) is missing."""
+
 
 log = logging.getLogger("backrun.observability")
 
@@ -34,12 +42,34 @@ class OtlpExport:
 
     tracer_provider: Any
     meter_provider: Any
+    exporters: list[Any] = field(default_factory=list)
 
     def flush(self, timeout_millis: int = 5000) -> bool:
         """Export every span and metric recorded so far; True if all went out in time."""
         spans = bool(self.tracer_provider.force_flush(timeout_millis))
         numbers = bool(self.meter_provider.force_flush(timeout_millis))
         return spans and numbers
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush for at most ``timeout`` seconds, then stop exporting: exit never waits longer.
+
+        With the collector down the SDK would keep retrying each batch (and
+        again at interpreter exit); after this, exports fail at once and
+        what was not sent is dropped. Returns True if everything went out.
+        """
+        outcome: list[bool] = []
+        flusher = threading.Thread(
+            target=lambda: outcome.append(self.flush(int(timeout * 1000))),
+            name="backrun-otlp-flush",
+            daemon=True,
+        )
+        began = time.monotonic()
+        flusher.start()
+        flusher.join(timeout)
+        for exporter in self.exporters:
+            exporter.shutdown()  # wakes a retry that is waiting out its backoff
+        flusher.join(max(0.0, min(1.0, timeout - (time.monotonic() - began))))
+        return bool(outcome and outcome[0])
 
     def shutdown(self) -> None:
         """Flush, then stop the exporters; later spans are dropped. Idempotent."""
@@ -75,10 +105,11 @@ def build_otlp(
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "OTLP export needs the OpenTelemetry SDK: pip install 'backrun[otel]'"
+    except ImportError as exc:
+        raise OtlpUnavailable(
+            f"OTLP export needs the OpenTelemetry SDK and OTLP exporter: {INSTALL_HINT}"
         ) from exc
+    from ._otlp_outage import Outage, QuietMetricExporter, QuietSpanExporter
 
     attributes: dict[str, str] = {}
     if service_name is not None:
@@ -86,17 +117,27 @@ def build_otlp(
     elif not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = "backrun"
     resource = Resource.create(attributes)
-    span_exporter = OTLPSpanExporter(
-        endpoint=None if endpoint is None else _signal_url(endpoint, "traces")
+    outage = Outage(
+        endpoint
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or "the OTLP endpoint"
+    )
+    span_exporter = QuietSpanExporter(
+        OTLPSpanExporter(endpoint=None if endpoint is None else _signal_url(endpoint, "traces")),
+        outage,
     )
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    reader = PeriodicExportingMetricReader(
+    metric_exporter = QuietMetricExporter(
         OTLPMetricExporter(endpoint=None if endpoint is None else _signal_url(endpoint, "metrics")),
-        export_interval_millis=export_interval * 1000,
+        outage,
+    )
+    reader = PeriodicExportingMetricReader(
+        metric_exporter, export_interval_millis=export_interval * 1000
     )
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    return OtlpExport(tracer_provider, meter_provider)
+    return OtlpExport(tracer_provider, meter_provider, [span_exporter, metric_exporter])
 
 
 def configure_otlp(
@@ -112,6 +153,10 @@ def configure_otlp(
 
     Returns:
         The installed export, or ``None`` when nothing was configured.
+
+    Raises:
+        OtlpUnavailable: an endpoint is set but the ``otel`` extra is not
+            installed (an ``ImportError``; nothing was changed).
     """
     global _active
     env = os.environ if environ is None else environ

@@ -36,7 +36,7 @@ from backrun.serialization import dump_job
 from . import fs
 from ._jsonfile_base import storage_errors, to_ns
 from ._jsonfile_changes import ChangesMixin
-from ._jsonfile_files import prepare_root
+from ._jsonfile_files import SUBDIRS, prepare_root
 from ._jsonfile_layout import (
     FINISHED_DIRS,
     RunningName,
@@ -69,9 +69,13 @@ class JsonFileStorage(ChangesMixin, Storage):
         tmp_grace: age after which a leftover temporary file is deleted.
         watch_interval: how often the :meth:`subscribe` watcher checks the
             ready directories' change times.
+        create: ``False`` opens only an existing store and creates nothing
+            (inspection: a typo or a wrong directory is refused, not turned
+            into a store).
 
     Raises:
-        StorageError: the directory is unsafe or cannot be created.
+        StorageError: the directory is unsafe or cannot be created, or
+            (``create=False``) is not a backrun store.
     """
 
     def __init__(
@@ -83,8 +87,11 @@ class JsonFileStorage(ChangesMixin, Storage):
         poll_interval: float = 0.2,
         tmp_grace: timedelta = timedelta(minutes=10),
         watch_interval: float = 0.01,
+        create: bool = True,
     ) -> None:
         root = os.path.abspath(os.fspath(path))
+        if not create:
+            check_is_store(root)
         prepare_root(root)
         super().__init__(root, fsync=fsync)
         self.path = root
@@ -386,3 +393,17 @@ class JsonFileStorage(ChangesMixin, Storage):
         self._watcher.stop()
         self.locks.release(self.session_path, unlink=not self.stranded)
         self.locks.release_all()
+
+
+def check_is_store(root: str) -> None:
+    """Refuse ``root`` unless it is an existing store directory (for ``create=False``).
+
+    Raises:
+        StorageError: missing, not a directory, or without a store's subdirectories.
+    """
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.lexists(root) else "is not a directory"
+        raise StorageError(f"no job store at {root}: it {what}")
+    missing = [name for name in SUBDIRS if not os.path.isdir(os.path.join(root, name))]
+    if missing:
+        raise StorageError(f"{root} is not a backrun job store (it has no {missing[0]}/)")

@@ -1,7 +1,8 @@
 """backrun in one file: handlers, a mix of jobs, a worker with metrics, a summary.
 
 Run it with ``python examples/quickstart/main.py`` (add a directory to keep
-the store; by default a fresh temporary one is used). It enqueues
+the store; by default a fresh temporary one is used and removed at the end).
+It enqueues
 
 * two mails now and one in 3 seconds,
 * a card charge whose first attempt fails and whose retry succeeds,
@@ -14,6 +15,7 @@ every job ended as expected.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import threading
@@ -152,7 +154,18 @@ def summary(jobs: dict[str, backrun.Job], expected: dict[str, str]) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    store_dir = argv[0] if argv else tempfile.mkdtemp(prefix="backrun-quickstart-")
+    if argv:
+        return run(argv[0])
+    store_dir = tempfile.mkdtemp(prefix="backrun-quickstart-")
+    try:
+        return run(store_dir)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+        print(f"removed {store_dir} (pass a directory to keep the store)")
+
+
+def run(store_dir: str) -> int:
+    """Run the demo on the store in ``store_dir``; 0 if every job ended as expected."""
     engine = build_engine(store_dir)
     expected = enqueue_mix(engine)
     print(f"store:   {store_dir}")

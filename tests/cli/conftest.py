@@ -82,8 +82,8 @@ def finished_jobs(cliapp: ModuleType, app_env: dict[str, str]) -> dict[str, str]
         worker.kill()
     out = worker.output
     assert f"work[{ok}] succeeded in " in out
-    assert f"work[{bad}] failed (ValueError) attempt 1/2, retry in " in out
-    assert f"work[{bad}] failed (ValueError) dead after 2 attempts" in out
+    assert f"work[{bad}] failed (ValueError: negative: -5) attempt 1/2, retry in " in out
+    assert f"work[{bad}] failed (ValueError: negative: -5) dead after 2 attempts" in out
     assert "worker stopped cleanly" in out
     return {"ok": ok, "bad": bad, "other": other}
 

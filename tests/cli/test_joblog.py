@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 import backrun
 from backrun.joblog import JsonFormatter, LoggingMiddleware, configure_logging
+from backrun.logformat import remove_logging
 from backrun.testing import FakeClock
 
 
@@ -52,9 +53,9 @@ def test_success_retry_and_dead_lines(
     lines = [r.getMessage() for r in caplog.records if r.name == "backrun.jobs"]
     assert f"send_mail[{ok.id}] started (attempt 1/2)" in lines
     assert any(line.startswith(f"send_mail[{ok.id}] succeeded in ") for line in lines)
-    assert f"send_mail[{bad.id}] failed (ValueError) attempt 1/2, retry in 4.1s" in lines
+    assert f"send_mail[{bad.id}] failed (ValueError: no) attempt 1/2, retry in 4.1s" in lines
     assert f"send_mail[{bad.id}] started (attempt 2/2)" in lines
-    assert f"send_mail[{bad.id}] failed (ValueError) dead after 2 attempts" in lines
+    assert f"send_mail[{bad.id}] failed (ValueError: no) dead after 2 attempts" in lines
     dead = [r for r in caplog.records if "dead after" in r.getMessage()]
     assert dead[0].levelno == logging.ERROR
 
@@ -66,7 +67,7 @@ def test_json_lines_carry_the_fields(engine: backrun.Engine) -> None:
         job = engine.enqueue("send_mail", {"n": 2}, queue="mail")
         engine.run_until_idle(timeout=10)
     finally:
-        logging.getLogger("backrun").removeHandler(handler)
+        remove_logging(handler)
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     done = [r for r in records if r.get("event") == "job.succeeded"]
     assert len(done) == 1

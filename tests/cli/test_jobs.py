@@ -178,7 +178,7 @@ def test_retry_all_dead_draws_a_progress_bar_on_a_terminal(
 def test_errors_are_one_line_with_the_documented_exit_code(
     args: list[str], code: int, message: str, app_env: dict[str, str], store: Path
 ) -> None:
-    store.mkdir(mode=0o700)
+    backrun.JsonFileStorage(store).close()
     if args[:2] == ["jobs", "purge"]:
         args = [*args, "--store", str(store)]
     result = run_backrun(*args, cwd=APPS, env=app_env)
@@ -195,7 +195,9 @@ def test_store_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_store_directory_that_is_not_writable_is_refused(immutable_dir: Path) -> None:
-    result = run_backrun("stats", "--store", str(immutable_dir), cwd=immutable_dir.parent)
+    result = run_backrun(
+        "jobs", "retry", "--all-dead", "--store", str(immutable_dir), cwd=immutable_dir.parent
+    )
     assert result.returncode == 3, result.stderr
     assert "is not writable" in one_error_line(result)
 

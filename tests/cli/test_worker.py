@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -89,15 +90,16 @@ def test_worker_options_banner_metrics_and_json_log(
     )
     try:
         worker.wait_for(r"ready: waiting for jobs")
-        out = worker.output
-        assert f"backrun {backrun.__version__} worker" in out
-        assert "app:         cliapp:engine" in out
-        assert "store:       JsonFileStorage (" in out
-        assert "queues:      mail, other" in out
-        assert "concurrency: 3" in out
-        assert "wait up to 7s" in out
-        assert "    - work" in out
-        url = worker.wait_for(r"metrics: +http://127\.0\.0\.1:\d+/metrics").split()[-1]
+        banner = json.loads(worker.wait_for(r'"event": "worker.banner"'))
+        assert banner["message"] == f"backrun {backrun.__version__} worker"
+        assert banner["app"] == "cliapp:engine"
+        assert banner["store"].startswith("JsonFileStorage (/")
+        assert banner["queues"] == "mail, other"
+        assert banner["concurrency"] == 3
+        assert banner["shutdown_timeout_s"] == 7
+        assert banner["handlers"] == ["work"]
+        url = banner["metrics"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url), url
         line = worker.wait_for(r'"event": "job.succeeded"')
         record = json.loads(line)
         assert record["job_id"] == job.id
@@ -109,6 +111,9 @@ def test_worker_options_banner_metrics_and_json_log(
         assert worker.wait() == 0
     finally:
         worker.kill()
+    # One format for every line: the banner, the worker's and the jobs' lines are all JSON.
+    records = [json.loads(line) for line in worker.lines if line.strip()]
+    assert any("stopped cleanly" in r["message"] for r in records)
 
 
 def test_worker_exits_3_when_its_store_is_unavailable(immutable_dir: Path) -> None:

@@ -32,3 +32,13 @@ def test_quickstart_runs_every_kind_of_job_to_its_end(tmp_path: Path) -> None:
     assert 'outcome="dead"' in out  # read back from the worker's /metrics
     assert "all 5 jobs finished in" in out
     assert store.is_dir()
+
+
+def test_quickstart_removes_its_temporary_store(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = run([sys.executable, str(SCRIPT)], cwd=tmp_path, env={"TMPDIR": str(temp)}, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 5 jobs finished in" in result.stdout
+    assert re.search(r"^removed .*backrun-quickstart-", result.stdout, re.MULTILINE)
+    assert list(temp.iterdir()) == []

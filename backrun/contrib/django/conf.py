@@ -3,7 +3,7 @@
 ::
 
     BACKRUN = {
-        "STORE": BASE_DIR / "var" / "backrun",   # JSON store directory
+        "STORE": BASE_DIR / "var" / "backrun",   # JSON store (relative: to BASE_DIR)
         # "DSN": "postgresql://...",             # or PostgreSQL (with "SCHEMA")
         "MAX_PARALLELISM": 4,
         "QUEUES": None,                          # the worker's queues (None = all)
@@ -29,7 +29,14 @@ from backrun.engine import Engine
 from backrun.enqueueing import QUEUE_NAME
 from backrun.retries import RetryPolicy
 
-__all__ = ["KNOWN_KEYS", "build_engine", "handler_modules", "read_settings", "setting_problems"]
+__all__ = [
+    "KNOWN_KEYS",
+    "build_engine",
+    "handler_modules",
+    "read_settings",
+    "setting_problems",
+    "store_path",
+]
 
 KNOWN_KEYS = frozenset(
     {
@@ -130,6 +137,27 @@ def setting_problems(config: object) -> list[str]:
     return problems
 
 
+def store_path(config: Mapping[str, Any]) -> str | None:
+    """The absolute JSON store directory the setting means (``None`` with ``DSN``/``ENGINE``).
+
+    A relative ``STORE`` (and the default, ``$BACKRUN_DIR`` or ``.backrun``)
+    is taken relative to ``settings.BASE_DIR``, not to the current
+    directory: ``runserver`` and ``backrun_worker`` started from different
+    directories still share one store. Without ``BASE_DIR`` it is the
+    current directory's.
+    """
+    if config.get("DSN") or config.get("ENGINE"):
+        return None
+    store = config.get("STORE")
+    raw = os.fspath(store) if store is not None else (os.environ.get("BACKRUN_DIR") or ".backrun")
+    if os.path.isabs(raw):
+        return raw
+    from django.conf import settings
+
+    base = getattr(settings, "BASE_DIR", None)
+    return os.path.abspath(os.path.join(os.fspath(base) if base is not None else ".", raw))
+
+
 def handler_modules(config: Mapping[str, Any]) -> list[str]:
     """The modules whose handlers are registered: ``HANDLERS``, else each app's ``jobs``."""
     listed = config.get("HANDLERS")
@@ -184,10 +212,10 @@ def build_engine(config: Mapping[str, Any]) -> Engine:
         from backrun.storage.postgres import PostgresStorage
 
         options["storage"] = PostgresStorage(config["DSN"], schema=config.get("SCHEMA", "backrun"))
-    elif config.get("STORE") is not None:
+    else:
         from backrun.storage.jsonfile import JsonFileStorage
 
-        options["storage"] = JsonFileStorage(config["STORE"])
+        options["storage"] = JsonFileStorage(store_path(config) or ".backrun")
     if "MAX_PARALLELISM" in config:
         options["max_parallelism"] = config["MAX_PARALLELISM"]
     if config.get("QUEUES") is not None:

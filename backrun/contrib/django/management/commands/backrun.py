@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand
 
 from backrun.cli import main as cli_main
+from backrun.cli._common import exit_on_error
 from backrun.contrib.django import get_engine
 
 
@@ -17,6 +19,8 @@ class Command(BaseCommand):  # type: ignore[misc]
         "Inspect and steer jobs: jobs list|show|retry|cancel|purge, stats, worker "
         "(the backrun CLI on settings.BACKRUN; see 'manage.py backrun --help')."
     )
+    # Errors are the CLI's one line and exit code; `manage.py check` runs the checks.
+    requires_system_checks = ()
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand everything after ``backrun`` to the CLI's own parser.
@@ -32,4 +36,5 @@ class Command(BaseCommand):  # type: ignore[misc]
                 skip = True
             elif not arg.startswith(("--settings=", "--pythonpath=")):
                 args.append(arg)
-        sys.exit(cli_main(args, engine=get_engine(), prog=f"{argv[0]} backrun"))
+        engine = exit_on_error(get_engine, usage_errors=(ImproperlyConfigured,))
+        sys.exit(cli_main(args, engine=engine, prog=f"{argv[0]} backrun"))

@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand
 
-from backrun.cli._common import CliError
+from backrun.cli._common import CliError, exit_on_error
 from backrun.cli._worker import add_worker_arguments, options_from_namespace, run_worker
 from backrun.contrib.django import get_engine
 from backrun.contrib.django.conf import read_settings
@@ -22,6 +23,9 @@ class Command(BaseCommand):  # type: ignore[misc]
         "Run a backrun worker until SIGTERM/SIGINT (drains running jobs; a second Ctrl+C "
         "forces). Exit codes: 0 clean, 1 forced or crashed, 2 usage, 3 store unavailable."
     )
+    # A bad setting or store is one "error:" line with the CLI's exit code (2, 3),
+    # not a SystemCheckError listing; `manage.py check` reports them (E001, E002).
+    requires_system_checks = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The same options as ``backrun worker``."""
@@ -29,7 +33,7 @@ class Command(BaseCommand):  # type: ignore[misc]
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Build the engine from settings and run its worker in the foreground."""
-        engine = get_engine()
+        engine = exit_on_error(get_engine, usage_errors=(ImproperlyConfigured,))
         if not any(isinstance(m, CloseOldConnectionsMiddleware) for m in engine.middleware):
             engine.add_middleware(CloseOldConnectionsMiddleware())
         worker_options = options_from_namespace(options)
@@ -38,6 +42,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         try:
             code = run_worker(engine, worker_options, app="Django settings.BACKRUN")
         except CliError as exc:
-            raise CommandError(str(exc), returncode=exc.code) from None
+            sys.stderr.write(f"error: {exc}\n")
+            sys.exit(exc.code)
         if code:
             sys.exit(code)
