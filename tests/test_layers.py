@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("execution", ("attempts", "supervisor", "worker", "signals")),
     ("observability", ("observability.",)),
     ("composition", ("engine", "__init__")),
-    ("integrations", ("testing", "joblog", "cli.", "__main__")),
+    ("integrations", ("testing", "logformat", "joblog", "cli.", "__main__")),
     ("frameworks", ("contrib.",)),
 ]
 
