@@ -63,7 +63,8 @@ def run_with_restarts(
             proc.wait()
     final = [store.get(job.id) for job in innocent]
     dead = store.get(poison.id)
-    assert dead is not None and all(job is not None for job in final)
+    assert dead is not None
+    assert all(job is not None for job in final)
     return final, dead, restarts  # type: ignore[return-value]
 
 
