@@ -7,6 +7,8 @@ slot. Idle slots sleep on a condition until an in-process enqueue, the next
 leases, enforces per-attempt deadlines (replacing a stuck thread so the pool
 keeps its parallelism), rescues orphans of dead workers and runs the store's
 housekeeping.
+
+Jobs marked ``run_alone`` pass through an :class:`~backrun.isolation.AloneGate`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .attempts import Attempt, AttemptRecorder
+from .isolation import AloneGate
 from .jobs import Job, JobState
 from .middleware import compose_process, overrides
 from .supervisor import Supervisor
@@ -98,10 +101,7 @@ class Worker:
         self._slots: list[_Slot] = []
         self._stuck: set[_Slot] = set()
         self._attempts: dict[str, Attempt] = {}
-        self._claiming = 0  # slots inside storage.claim (their job is in flight too)
-        self._alone_id: str | None = None  # the run_alone job running now
-        self._alone_wanted = False  # drain, then let one slot claim alone
-        self._solo_claiming = False
+        self._gate = AloneGate(self._work, self._attempts)
         self.store_changed = False  # the store's callback fired; cancels may be waiting
         self._processed = 0
         self._claim_failing = False
@@ -381,65 +381,31 @@ class Worker:
                     self._slots.remove(slot)
                 self._changed.notify_all()
 
-    # -- running alone --------------------------------------------------
-    #
-    # A job with run_alone=True runs only while nothing else runs in this
-    # process, and nothing starts while it runs, so a crash during it is its
-    # own. Claims are counted (_claiming) so "nothing in flight" includes a
-    # claim whose reply has not come back yet.
-
     def _enter_claim(self) -> bool | None:
-        """Pass the claim gate: False for a normal claim, True for the solo claim.
+        """Pass the run-alone gate: False for a normal claim, True for the solo one.
 
-        Returns ``None`` after waiting at a closed gate (a run_alone job runs,
-        or the worker is draining so that one can).
+        Returns ``None`` after waiting at a closed gate.
         """
         with self._lock:
-            if self._alone_id is not None or (
-                self._alone_wanted and (self._solo_claiming or self._in_flight())
-            ):
-                if not self._stopping:
-                    self._work.wait(1.0)
-                return None
-            self._claiming += 1
-            if self._alone_wanted:
-                self._solo_claiming = True
-                return True
-            return False
+            solo = self._gate.enter()
+            if solo is None and not self._stopping:
+                self._work.wait(1.0)
+            return solo
 
     def _leave_claim(self, job: Job | None, attempt: Attempt | None, solo: bool) -> bool:
         """Account for a finished claim; False if ``job`` must be given back unrun."""
         with self._lock:
-            self._claiming -= 1
-            if solo:
-                self._solo_claiming = False
-                self._alone_wanted = False
-            keep = True
-            if job is not None and job.run_alone:
-                if self._in_flight():
-                    keep = False
-                    self._alone_wanted = True
-                else:
-                    self._alone_id = job.id
+            keep = self._gate.leave(job, solo)
             if keep and attempt is not None:
                 self._attempts[attempt.job.id] = attempt
-            if solo or not keep:
-                self._work.notify_all()
             return keep
 
-    def _in_flight(self) -> int:
-        return len(self._attempts) + self._claiming
-
     def _forget_attempt(self, attempt: Attempt) -> None:
-        """Drop a finished or abandoned attempt (lock held); open the gate if it closed."""
+        """Drop a finished or abandoned attempt (lock held)."""
         job_id = attempt.job.id
         if self._attempts.get(job_id) is attempt:
             del self._attempts[job_id]
-        if self._alone_id == job_id:
-            self._alone_id = None
-            self._work.notify_all()
-        elif self._alone_wanted and not self._in_flight():
-            self._work.notify_all()
+        self._gate.forgotten(job_id)
 
     def _claim_failed(self, exc: Exception) -> None:
         # One line per outage, not one per slot per second; the store logs its own.

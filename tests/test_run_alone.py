@@ -154,7 +154,7 @@ def test_a_run_alone_job_waits_for_its_neighbours_and_nothing_starts_beside_it(
         lonely = alone_job(engine, "work", 10)
         worker.wake_all()
         # The free slot claims it, sees neighbours in flight, gives it back uncharged.
-        wait_until(lambda: worker._alone_wanted, message="the run_alone job given back")
+        wait_until(lambda: worker._gate.wanted, message="the run_alone job given back")
         given_back = engine.get(lonely.id)
         assert given_back is not None
         assert (given_back.state, given_back.attempts) == (JobState.QUEUED, 0)
