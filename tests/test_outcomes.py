@@ -12,7 +12,7 @@ import pytest
 import backrun
 from backrun.errors import LeaseLost
 from backrun.jobs import Job, JobState, new_job_id
-from backrun.testing import FakeClock
+from backrun.testing import FakeClock, wait_until
 from tests.conftest import Numbers
 
 
@@ -129,3 +129,53 @@ def test_run_until_idle_never_returns_while_a_job_of_its_worker_is_running(
     # Released by the stop that follows the timeout, or left for orphan recovery:
     # never reported idle while RUNNING.
     assert stored.state in (JobState.RUNNING, JobState.QUEUED)
+
+
+class SlowOutcomeStorage(backrun.MemoryStorage):
+    """Holds the write that ends a RUNNING job until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.let_through = threading.Event()
+
+    def update(self, job: Job) -> None:
+        if job.state is not JobState.RUNNING:
+            self.writing.set()
+            self.let_through.wait(10)
+        super().update(job)
+
+
+def test_the_idle_test_waits_for_a_timed_out_attempt_to_be_recorded(clock: FakeClock) -> None:
+    store = SlowOutcomeStorage()
+    retry = backrun.RetryPolicy(max_retries=0, timeout=timedelta(seconds=5))
+    engine = backrun.Engine(store, clock=clock, middleware=[], retry=retry)
+    started, unstick = threading.Event(), threading.Event()
+
+    @engine.handler(name="stuck")
+    def stuck(payload: Numbers) -> None:
+        started.set()
+        unstick.wait(10)
+
+    job = engine.enqueue(stuck, {"a": 1})
+    with engine.running() as worker:
+        idle: list[int] = []
+        waiter = threading.Thread(target=lambda: idle.append(worker.wait_idle(10)))
+        try:
+            assert started.wait(10)
+            wait_until(worker.first_round_done.is_set, message="first supervisor round")
+            waiter.start()
+            clock.advance(timedelta(seconds=6))  # past the deadline: the supervisor times it out
+            assert store.writing.wait(10)  # its thread is abandoned; the record is being written
+            waiter.join(0.3)  # the old idle test returned here, the job still RUNNING
+            assert waiter.is_alive()
+            assert engine.get(job.id).state is JobState.RUNNING  # type: ignore[union-attr]
+            store.let_through.set()
+            waiter.join(10)
+            assert len(idle) == 1  # returned, once the record landed
+            assert engine.get(job.id).state is JobState.DEAD  # type: ignore[union-attr]
+        finally:
+            store.let_through.set()
+            unstick.set()
+            if waiter.is_alive():
+                waiter.join(10)
