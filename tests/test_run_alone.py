@@ -154,7 +154,11 @@ def test_a_run_alone_job_waits_for_its_neighbours_and_nothing_starts_beside_it(
         lonely = alone_job(engine, "work", 10)
         worker.wake_all()
         # The free slot claims it, sees neighbours in flight, gives it back uncharged.
-        wait_until(lambda: worker._gate.wanted, message="the run_alone job given back")
+        wait_until(lambda: worker._gate.wanted, message="the run_alone job claimed and refused")
+        wait_until(
+            lambda: engine.get(lonely.id).state is JobState.QUEUED,  # type: ignore[union-attr]
+            message="the run_alone job given back",
+        )
         given_back = engine.get(lonely.id)
         assert given_back is not None
         assert (given_back.state, given_back.attempts) == (JobState.QUEUED, 0)
@@ -182,16 +186,18 @@ def test_several_run_alone_jobs_among_others_all_run_each_by_itself(clock: FakeC
     @engine.handler(name="work")
     def work(payload: Numbers) -> None:
         timeline.enter(payload.a)
-        time.sleep(0.01)
+        time.sleep(0.002)
         timeline.leave(payload.a)
 
-    alone = [alone_job(engine, "work", 100 + n) for n in range(4)]
-    for n in range(12):
+    alone = [alone_job(engine, "work", 100 + n) for n in range(8)]
+    for n in range(40):
         engine.enqueue(work, {"a": n})
-    assert engine.run_until_idle(timeout=30) == 16
+        if n % 5 == 0:
+            alone.append(alone_job(engine, "work", 200 + n))  # interleaved with the others
+    assert engine.run_until_idle(timeout=30) == 56
     for job in alone:
         assert timeline.beside.get(job.payload["a"], set()) == set(), job.payload
         stored = engine.get(job.id)
         assert stored is not None
         assert stored.state is JobState.SUCCEEDED
-    assert engine.counts() == {("default", JobState.SUCCEEDED): 16}
+    assert engine.counts() == {("default", JobState.SUCCEEDED): 56}

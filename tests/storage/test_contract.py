@@ -41,6 +41,7 @@ def test_add_then_get_round_trips_every_field(storage: Storage) -> None:
         errors=(error,),
         headers={"traceparent": "00-abc-def-01"},
         payload={"to": "a@b.c", "nested": {"list": [1, 2.5, "x", None, True]}},
+        run_alone=True,
     )
     storage.add(job)
     assert storage.get(job.id) == job
