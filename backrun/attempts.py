@@ -125,15 +125,25 @@ class AttemptRecorder:
         return None
 
     def outcome(self, attempt: Attempt, error: BaseException | None, now: datetime) -> Job:
-        """The record that ends ``attempt``: success, retry, DEAD or CANCELLED."""
+        """The record that ends ``attempt``: success, retry, DEAD or CANCELLED.
+
+        A job whose cancel was requested during the attempt ends CANCELLED
+        however the handler ended, returning included: the caller asked for
+        it to stop, and a handler that saw ``ctx.cancelled`` and returned
+        early did not do its work. (A timeout or a shutdown also sets
+        ``ctx.cancelled``; those are recorded as a timeout or a release.)
+        """
         job = attempt.job
-        if error is None:
-            return job.replace(state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None)
-        errors = (*job.errors, describe_error(error, job.attempts, now))
         if attempt.stop_requested:
+            errors = job.errors
+            if error is not None:
+                errors = (*errors, describe_error(error, job.attempts, now))
             return job.replace(
                 state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
             )
+        if error is None:
+            return job.replace(state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None)
+        errors = (*job.errors, describe_error(error, job.attempts, now))
         policy = self.policy_for(job)
         retryable = not isinstance(error, UnknownHandler | DoNotRetry)
         if retryable and policy.should_retry(error, job.attempts, job.max_attempts):
@@ -185,6 +195,20 @@ class AttemptRecorder:
         if recorded is not None and recorded is not _GAVE_UP:
             log.info("released job %s back to %s", job.id, recorded.state.value)
             self._announce(attempt, recorded, None)
+
+    def give_back(self, job: Job) -> None:
+        """Return a job claimed but not started, uncharged and in its place (``run_at`` kept).
+
+        Retries store errors until the write lands: a job left RUNNING under a
+        live worker that does not run it would never be recovered.
+        """
+        new = job.replace(
+            state=JobState.QUEUED,
+            attempts=max(job.attempts - 1, 0),
+            started_at=None,
+            lease_expires_at=None,
+        )
+        self._persist(new)
 
     def orphan_recovered(self, job: Job) -> None:
         """Tell the middleware a dead worker's job was rescued."""

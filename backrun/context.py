@@ -60,7 +60,14 @@ class JobContext:
         """Set when the job is cancelled, times out, or the worker shuts down.
 
         Long handlers should check it (``ctx.cancelled.is_set()``, or wait on
-        it instead of sleeping) and return early.
+        it instead of sleeping) and return early. A cancel made in another
+        process reaches it within about a second on stores that announce
+        changes (the JSON store and PostgreSQL), else at the next heartbeat.
+
+        When the job was cancelled, the attempt ends CANCELLED however the
+        handler ends, returning normally included: backrun cannot tell work
+        finished from work abandoned, and the caller asked it to stop. (After a
+        timeout the attempt is recorded as timed out; at shutdown, released.)
         """
         event = self._event
         if event is None:

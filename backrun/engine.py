@@ -271,7 +271,11 @@ class Engine:
             UnknownHandler: the handler is not registered.
             pydantic.ValidationError: the payload does not fit the handler's type.
             PayloadTooLarge: the payload exceeds the size or depth limit.
-            ValueError: bad ``delay``/``at``/``queue``.
+            ValueError: the payload holds NaN, an infinity or an int beyond 64
+                bits (JSON cannot carry them faithfully); a ``delay`` that is
+                negative, not finite or past the year 9999; a naive ``at``; an
+                invalid ``queue`` (``""`` included); a ``priority`` beyond 32 bits.
+            TypeError: ``delay``, ``at``, ``priority`` or ``headers`` of the wrong type.
             StorageError: the store could not write; nothing was stored.
         """
         job = self._build(handler, payload, delay, at, queue, priority, headers)
@@ -310,7 +314,8 @@ class Engine:
     ) -> list[Job]:
         """Enqueue many jobs of one handler in one store write (all or none).
 
-        Every payload is validated before anything is written. The enqueue
+        Every payload is validated before anything is written (the errors are
+        those of :meth:`enqueue`; one bad payload refuses the whole batch). The enqueue
         middleware sees each job before the store receives them as one batch
         (so its spans and counts cover building the batch, not the write).
         ``connection`` joins the caller's transaction, as in :meth:`enqueue`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from .serialization import check_payload
 __all__ = ["QUEUE_NAME", "build_job", "check_queue", "due_time"]
 
 QUEUE_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL's integer column
 
 
 def check_queue(queue: str) -> str:
@@ -37,10 +39,17 @@ def due_time(now: datetime, delay: timedelta | float | None, at: datetime | None
         return now
     if isinstance(delay, bool) or not isinstance(delay, timedelta | int | float):
         raise TypeError("delay= must be a timedelta or a number of seconds")
-    span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
-    if span < timedelta(0):
-        raise ValueError("delay= must not be negative")
-    return now + span
+    if isinstance(delay, float) and not math.isfinite(delay):
+        raise ValueError(f"delay= must be a finite number of seconds, not {delay!r}")
+    try:
+        span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        if span < timedelta(0):
+            raise ValueError("delay= must not be negative")
+        return now + span
+    except OverflowError:
+        raise ValueError(
+            f"delay= {delay!r} is too long: the job would run after the year 9999"
+        ) from None
 
 
 def build_job(
@@ -62,19 +71,28 @@ def build_job(
     Raises:
         pydantic.ValidationError: the payload does not fit the handler's type.
         PayloadTooLarge: the payload exceeds the size or depth limit.
-        ValueError, TypeError: bad ``delay``, ``at``, ``queue`` or ``priority``.
+        ValueError: the payload holds NaN, an infinity or an int beyond 64 bits;
+            a ``delay`` that is negative, not finite or past the year 9999; a
+            naive ``at``; an invalid ``queue`` (``""`` included); a
+            ``priority`` outside 32 bits.
+        TypeError: ``delay``, ``at``, ``priority`` or ``headers`` of the wrong type.
     """
-    data = spec.dump({} if payload is None else payload)
+    data = spec.dump({} if payload is None else payload, max_depth=max_payload_depth)
     check_payload(data, max_bytes=max_payload_bytes, max_depth=max_payload_depth)
     run_at = due_time(now, delay, at)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError("priority must be an int")
+    if not _INT_MIN <= priority <= _INT_MAX:
+        raise ValueError("priority must fit in 32 bits")
+    if headers and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise TypeError("headers= must map str to str")
     policy = spec.retry if spec.retry is not None else default_policy
     return Job(
         id=new_job_id(),
         handler=spec.name,
         payload=data,
-        queue=check_queue(queue or spec.queue or "default"),
+        # An explicit queue is checked as given: "" is an error, not the default.
+        queue=check_queue(queue) if queue is not None else (spec.queue or "default"),
         priority=priority,
         state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
         max_attempts=policy.max_attempts,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import pkgutil
 import sys
 import typing
@@ -16,11 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .context import JobContext
-from .errors import UnknownHandler
+from .errors import DoNotRetry, PayloadTooLarge, UnknownHandler
 from .retries import RetryPolicy
+from .serialization import DEFAULT_MAX_PAYLOAD_DEPTH
 
 __all__ = [
     "Handler",
@@ -98,15 +100,22 @@ class HandlerSpec:
     retry: RetryPolicy | None
     queue: str | None
 
-    def dump(self, payload: object) -> dict[str, Any]:
+    def dump(self, payload: object, max_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH) -> dict[str, Any]:
         """Validate ``payload`` (a model or a plain mapping) and return its JSON form.
 
         Raises:
+            PayloadTooLarge: the payload nests deeper than ``max_depth``.
+            ValueError: the payload holds NaN or an infinity (JSON has neither:
+                it would be stored as null), or an int outside the 64-bit range.
             pydantic.ValidationError: the payload does not fit the handler's type.
             TypeError: the payload type does not serialize to a JSON object.
         """
         adapter = self.adapter
+        # Before validation too: a deep enough input makes pydantic itself fail obscurely.
+        check_values(payload, max_depth)
         value = adapter.validate_python(payload)
+        if value is not payload:
+            check_values(value, max_depth)  # coercion can make NaN ("nan" -> float)
         dumped = adapter.dump_python(value, mode="json")
         if not isinstance(dumped, dict):
             raise TypeError(
@@ -114,6 +123,81 @@ class HandlerSpec:
                 f"got {type(dumped).__name__}"
             )
         return dumped
+
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1  # the range orjson, and so every store, can encode
+
+
+def check_values(value: object, max_depth: int) -> None:
+    """Refuse what JSON cannot carry faithfully, anywhere in ``value``.
+
+    Walks mappings, lists, tuples, sets and pydantic models without recursion.
+
+    Raises:
+        PayloadTooLarge: containers nest deeper than ``max_depth``.
+        ValueError: a float is NaN or infinite, or an int is outside the range
+            -2**63 .. 2**64-1; the message names where (``$.field[0]``).
+    """
+    # Entries are (item, depth, key, parent entry): the path is built only on error.
+    stack: list[tuple[Any, int, object, Any]] = [(value, 0, None, None)]
+    while stack:
+        entry = stack.pop()
+        item, depth = entry[0], entry[1]
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(
+                    f"payload holds {item!r} at {_path(entry)}: JSON has no NaN or "
+                    "infinity (it would be stored as null); send null or a string"
+                )
+            continue
+        if isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise ValueError(
+                    f"payload holds an int beyond 64 bits at {_path(entry)}; send it as a string"
+                )
+            continue
+        if isinstance(item, BaseModel):
+            children: Any = item.__dict__.items()
+            if item.__pydantic_extra__:
+                children = [*children, *item.__pydantic_extra__.items()]
+        elif isinstance(item, Mapping):
+            children = item.items()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = enumerate(item)
+        else:
+            continue
+        if depth + 1 > max_depth:
+            raise PayloadTooLarge(f"payload nests deeper than the limit of {max_depth} levels")
+        stack.extend((child, depth + 1, key, entry) for key, child in children)
+
+
+def _path(entry: tuple[Any, int, object, Any]) -> str:
+    parts: list[str] = []
+    while entry[3] is not None:
+        key = entry[2]
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+        entry = entry[3]
+    return "$" + "".join(reversed(parts))
+
+
+def _stored_payload_validator(name: str, adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
+    """Validate a stored payload at run time; a misfit is final (``DoNotRetry``).
+
+    The same bytes fail the same way on every attempt, so the job goes DEAD at
+    once with pydantic's message (the ``ValidationError`` is kept as the cause).
+    """
+    validate = adapter.validate_python
+
+    def validated(payload: Any) -> Any:
+        try:
+            return validate(payload)
+        except ValidationError as exc:
+            raise DoNotRetry(
+                f"the stored payload does not fit handler {name!r} (not retried): {exc}"
+            ) from exc
+
+    return validated
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:
@@ -184,7 +268,7 @@ def _spec_for_class(
             )
         factory = cls
     adapter: TypeAdapter[Any] = TypeAdapter(_payload_type(cls))
-    validate = adapter.validate_python
+    validate = _stored_payload_validator(cls.name, adapter)
     make = factory
     takes_ctx = _positional_count(cls.execute) >= 3
 
@@ -204,10 +288,11 @@ def _spec_for_function(
     fn: Callable[..., Any], name: str | None, retry: RetryPolicy | None, queue: str | None
 ) -> HandlerSpec:
     adapter: TypeAdapter[Any] = TypeAdapter(_first_param_type(fn, skip_self=False))
-    validate = adapter.validate_python
     count = _positional_count(fn)
     if count == 0 or count > 2:
         raise TypeError(f"{fn.__qualname__} must take (payload) or (payload, ctx)")
+    resolved = name or f"{fn.__module__}.{fn.__qualname__}"
+    validate = _stored_payload_validator(resolved, adapter)
 
     if count == 2:
 
@@ -218,7 +303,6 @@ def _spec_for_function(
         def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
             fn(validate(payload))
 
-    resolved = name or f"{fn.__module__}.{fn.__qualname__}"
     return HandlerSpec(resolved, fn, adapter, invoke, retry, queue)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "FINISHED_STATES",
     "JOB_ID_PATTERN",
     "WORKER_CRASHED",
+    "WORKER_CRASHED_UNCHARGED",
     "Job",
     "JobError",
     "JobState",
@@ -48,7 +49,19 @@ class JobState(enum.StrEnum):
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 
 WORKER_CRASHED = "WorkerCrashed"
-"""The ``JobError.type`` recorded when a job's worker died while running it."""
+"""The ``JobError.type`` recorded when a job's worker died while running it alone.
+
+Only these count toward ``max_crashes``: a crash is charged to a job only
+when it was running alone in its worker (see :attr:`Job.run_alone`).
+"""
+
+WORKER_CRASHED_UNCHARGED = "WorkerCrashedUncharged"
+"""The ``JobError.type`` recorded when a job's worker died while it ran beside others.
+
+The crash may have been a neighbour's doing, so it is not charged: the attempt
+is given back and the job runs again alone. Kept in ``errors`` for operators;
+never counted toward ``max_crashes``.
+"""
 
 JOB_ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")
 
@@ -142,6 +155,7 @@ class Job:
     lease_expires_at: datetime | None = None
     claim_token: str | None = None
     cancel_requested: bool = False
+    run_alone: bool = False
     errors: tuple[JobError, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
 

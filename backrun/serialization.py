@@ -108,6 +108,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "lease_expires_at": _time(job.lease_expires_at),
         "claim_token": job.claim_token,
         "cancel_requested": job.cancel_requested,
+        "run_alone": job.run_alone,
         "errors": [
             {
                 "type": e.type,
@@ -153,6 +154,8 @@ def job_from_dict(data: Mapping[str, Any]) -> Job:
             lease_expires_at=_parse_time(data["lease_expires_at"]),
             claim_token=data["claim_token"],
             cancel_requested=bool(data["cancel_requested"]),
+            # Absent from records written before the field existed.
+            run_alone=bool(data.get("run_alone", False)),
             errors=tuple(
                 JobError(
                     type=str(e["type"]),

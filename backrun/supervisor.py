@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempt
 from .errors import JobTimeout
-from .jobs import WORKER_CRASHED, Job, JobError, JobState
+from .jobs import WORKER_CRASHED, WORKER_CRASHED_UNCHARGED, Job, JobError, JobState
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor", "rescue_orphan"]
 
 log = logging.getLogger("backrun.worker")
+
+CANCEL_CHECK_SECONDS = 0.15
+"""The least time between two ``cancel_requests`` queries prompted by the store."""
 
 
 class Supervisor:
@@ -36,6 +39,8 @@ class Supervisor:
         # When (clock time) the loop next wakes by itself, or None while it is
         # awake; a new attempt whose deadline comes sooner wakes it.
         self.wakes_at: datetime | None = None
+        self._next_cancel_check = 0.0
+        self.settling = 0  # timed-out attempts being recorded now
 
     def run(self) -> None:
         """The supervisor thread's loop; returns once the worker has drained or is forced."""
@@ -53,6 +58,10 @@ class Supervisor:
                 if self._unrecorded:
                     self._retry_unrecorded()
                 self._enforce_deadlines()
+                if worker.store_changed and now >= self._next_cancel_check:
+                    worker.store_changed = False
+                    self._next_cancel_check = now + CANCEL_CHECK_SECONDS
+                    self._check_cancels()
                 if now >= next_heartbeat:
                     self._heartbeat()
                     next_heartbeat = now + heartbeat_every
@@ -64,6 +73,8 @@ class Supervisor:
                 log.exception("supervisor round failed; will retry")
             worker.first_round_done.set()
             wait = min(next_heartbeat, next_recovery) - time.monotonic()
+            if worker.store_changed:  # throttled above: look again once allowed
+                wait = min(wait, self._next_cancel_check - time.monotonic())
             deadline = self._next_deadline()
             if deadline is not None:
                 wait = min(wait, (deadline - self.clock.now()).total_seconds())
@@ -72,6 +83,11 @@ class Supervisor:
             wait = max(wait, 0.001)
             self.wakes_at = self.clock.now() + timedelta(seconds=wait)
             worker.wait_for_supervisor_work(wait)
+
+    @property
+    def unrecorded(self) -> int:
+        """Attempts that ended here but whose outcome is not in the store yet."""
+        return self.settling + len(self._unrecorded)
 
     def _next_deadline(self) -> datetime | None:
         deadlines = [a.ctx.deadline for a in self.worker.running_attempts() if a.ctx.deadline]
@@ -86,12 +102,20 @@ class Supervisor:
             attempt.ctx.cancel()
             if not attempt.settle():
                 continue  # it finished (or was released) just now
-            self.worker.abandon(attempt)
-            timeout = self.worker.recorder.policy_for(attempt.job).timeout
-            error = JobTimeout(f"attempt {attempt.ctx.attempt} ran past its timeout of {timeout}")
-            log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
-            if not self.worker.recorder.finish(attempt, error, patience=5.0):
-                self._unrecorded.append((attempt, error))
+            # Counted until recorded: the job is still RUNNING in the store
+            # after it leaves the worker's attempts, and idle means none is.
+            self.settling += 1
+            try:
+                self.worker.abandon(attempt)
+                timeout = self.worker.recorder.policy_for(attempt.job).timeout
+                error = JobTimeout(
+                    f"attempt {attempt.ctx.attempt} ran past its timeout of {timeout}"
+                )
+                log.warning("job %s timed out; its thread is abandoned", attempt.job.id)
+                if not self.worker.recorder.finish(attempt, error, patience=5.0):
+                    self._unrecorded.append((attempt, error))
+            finally:
+                self.settling -= 1
 
     def _retry_unrecorded(self) -> None:
         """Write timeouts the store refused earlier; never block the loop on them."""
@@ -110,6 +134,17 @@ class Supervisor:
         )
         for attempt in attempts:
             if attempt.job.id in stop:
+                attempt.stop_requested = True
+                attempt.ctx.cancel()
+
+    def _check_cancels(self) -> None:
+        """The store announced a change: stop attempts whose cancel another process asked for."""
+        attempts = self.worker.running_attempts()
+        if not attempts:
+            return
+        requested = self.storage.cancel_requests([a.job.id for a in attempts])
+        for attempt in attempts:
+            if attempt.job.id in requested:
                 attempt.stop_requested = True
                 attempt.ctx.cancel()
 
@@ -137,25 +172,51 @@ class Supervisor:
 def rescue_orphan(orphan: Job, *, now: datetime, max_crashes: int) -> Job:
     """Return the record that rescues a dead worker's job.
 
-    The attempt the dead worker started stays charged and is recorded as a
-    ``WorkerCrashed`` error. The job runs again, unless it has now killed
-    ``max_crashes`` workers or used its last attempt: then it is DEAD.
+    A worker crash is charged only to a job that was running alone in its
+    worker (``orphan.run_alone``): then nothing else can have killed it. Such
+    an attempt stays charged and is recorded as a ``WorkerCrashed`` error; the
+    job runs again, unless it has now killed ``max_crashes`` workers or used
+    its last attempt: then it is DEAD.
+
+    Any other orphan may have been killed by a neighbour, so the crash is not
+    charged: the attempt is given back, a ``WorkerCrashedUncharged`` error is
+    recorded (visible, never counted toward ``max_crashes``), and the job is
+    requeued with ``run_alone=True``, so it next runs by itself.
+
+    Either way the job keeps its place: its original ``run_at`` is kept, so it
+    is claimed before jobs enqueued after it. A job whose cancel was requested
+    ends CANCELLED (unless it is DEAD for its crashes).
     """
+    common: dict[str, Any] = {"lease_expires_at": None, "run_at": orphan.run_at or now}
+    message = f"crashed worker: {orphan.worker_id} died during attempt {orphan.attempts}"
+    if not orphan.run_alone:
+        error = JobError(
+            type=WORKER_CRASHED_UNCHARGED,
+            message=message + " while other jobs ran beside it; not charged, runs next alone",
+            traceback="",
+            attempt=orphan.attempts,
+            at=now,
+        )
+        errors = (*orphan.errors, error)
+        if orphan.cancel_requested:
+            return orphan.replace(
+                state=JobState.CANCELLED, errors=errors, finished_at=now, **common
+            )
+        return orphan.replace(
+            state=JobState.QUEUED,
+            errors=errors,
+            attempts=max(orphan.attempts - 1, 0),
+            started_at=None,
+            run_alone=True,
+            **common,
+        )
     error = JobError(
-        type=WORKER_CRASHED,
-        message=f"crashed worker: {orphan.worker_id} died during attempt {orphan.attempts}",
-        traceback="",
-        attempt=orphan.attempts,
-        at=now,
+        type=WORKER_CRASHED, message=message, traceback="", attempt=orphan.attempts, at=now
     )
     errors = (*orphan.errors, error)
     crashes = sum(1 for e in errors if e.type == WORKER_CRASHED)
     if crashes >= max_crashes or orphan.attempts >= orphan.max_attempts:
-        return orphan.replace(
-            state=JobState.DEAD, errors=errors, finished_at=now, lease_expires_at=None
-        )
+        return orphan.replace(state=JobState.DEAD, errors=errors, finished_at=now, **common)
     if orphan.cancel_requested:
-        return orphan.replace(
-            state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
-        )
-    return orphan.replace(state=JobState.QUEUED, errors=errors, run_at=now, lease_expires_at=None)
+        return orphan.replace(state=JobState.CANCELLED, errors=errors, finished_at=now, **common)
+    return orphan.replace(state=JobState.QUEUED, errors=errors, **common)

@@ -7,6 +7,8 @@ slot. Idle slots sleep on a condition until an in-process enqueue, the next
 leases, enforces per-attempt deadlines (replacing a stuck thread so the pool
 keeps its parallelism), rescues orphans of dead workers and runs the store's
 housekeeping.
+
+Jobs marked ``run_alone`` pass through an :class:`~backrun.isolation.AloneGate`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .attempts import Attempt, AttemptRecorder
-from .jobs import Job
+from .isolation import AloneGate
+from .jobs import Job, JobState
 from .middleware import compose_process, overrides
 from .supervisor import Supervisor
 
@@ -98,6 +101,8 @@ class Worker:
         self._slots: list[_Slot] = []
         self._stuck: set[_Slot] = set()
         self._attempts: dict[str, Attempt] = {}
+        self._gate = AloneGate(self._work, self._attempts)
+        self.store_changed = False  # the store's callback fired; cancels may be waiting
         self._processed = 0
         self._claim_failing = False
         self._threads: list[threading.Thread] = []
@@ -133,7 +138,7 @@ class Worker:
             if overrides(layer, "worker_started"):
                 layer.worker_started(self)
         self._unsubscribe.append(self.clock.subscribe(self.wake_all))
-        self._unsubscribe.append(self.storage.subscribe(self.wake_all))
+        self._unsubscribe.append(self.storage.subscribe(self._store_changed))
         with self._lock:
             for _ in range(self.max_parallelism):
                 self._start_slot()
@@ -164,6 +169,11 @@ class Worker:
         with self._lock:
             self._wake_seq += 1
             self._work.notify()
+
+    def _store_changed(self) -> None:
+        # The supervisor asks the store about cancels (throttled), off the store's thread.
+        self.store_changed = True
+        self.wake_all()
 
     def wake_all(self) -> None:
         """Wake every idle slot and the supervisor (time jumped, or jobs arrived)."""
@@ -295,6 +305,13 @@ class Worker:
                 seq = self._wake_seq
             next_run = self.storage.next_run_at(queues=self.queues)
             if next_run is None or next_run > self.clock.now():
+                if self._supervisor.unrecorded or self._holds_running_jobs():
+                    # An outcome is not in the store yet: the job still reads RUNNING.
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"jobs still running after {timeout} s")
+                    with self._lock:
+                        self._changed.wait(0.01)
+                    continue
                 with self._lock:
                     if seq == self._wake_seq and not self._attempts:
                         return self._processed
@@ -304,6 +321,11 @@ class Worker:
             self.wake_all()
             with self._lock:
                 self._changed.wait(0.01)
+
+    def _holds_running_jobs(self) -> bool:
+        """True if the store still has a job RUNNING under this worker's claims."""
+        running = self.storage.find(state=JobState.RUNNING, limit=100_000)
+        return any(job.worker_id == self.id for job in running)
 
     def _live_slots(self) -> int:
         return sum(1 for s in self._slots if not s.abandoned)
@@ -315,6 +337,10 @@ class Worker:
         try:
             while not self._stopping and not slot.abandoned:
                 seen = self._wake_seq
+                solo = self._enter_claim()
+                if solo is None:
+                    continue  # the gate was closed; it waited, look again
+                job: Job | None = None
                 try:
                     jobs = storage.claim(
                         queues=self.queues,
@@ -323,16 +349,22 @@ class Worker:
                         worker_id=self.id,
                         lease=self.lease,
                     )
+                    job = jobs[0] if jobs else None
                 except Exception as exc:
                     self._claim_failed(exc)
-                    jobs = []
+                    self._leave_claim(None, None, solo)
                     self._pause(1.0)
-                else:
-                    if self._claim_failing:
-                        self._claim_failing = False
-                        log.warning("claiming works again")
-                if jobs:
-                    self._run(jobs[0], slot)
+                    continue
+                if self._claim_failing:
+                    self._claim_failing = False
+                    log.warning("claiming works again")
+                attempt = None if job is None else self.recorder.begin(job, slot)
+                if not self._leave_claim(job, attempt, solo):
+                    assert job is not None
+                    self.recorder.give_back(job)  # keeps its place; runs once we drain
+                    continue
+                if attempt is not None:
+                    self._run(attempt, slot)
                     continue
                 timeout = self._idle_timeout()
                 with self._lock:
@@ -348,6 +380,32 @@ class Worker:
                 if slot in self._slots and slot.abandoned:
                     self._slots.remove(slot)
                 self._changed.notify_all()
+
+    def _enter_claim(self) -> bool | None:
+        """Pass the run-alone gate: False for a normal claim, True for the solo one.
+
+        Returns ``None`` after waiting at a closed gate.
+        """
+        with self._lock:
+            solo = self._gate.enter()
+            if solo is None and not self._stopping:
+                self._work.wait(1.0)
+            return solo
+
+    def _leave_claim(self, job: Job | None, attempt: Attempt | None, solo: bool) -> bool:
+        """Account for a finished claim; False if ``job`` must be given back unrun."""
+        with self._lock:
+            keep = self._gate.leave(job, solo)
+            if keep and attempt is not None:
+                self._attempts[attempt.job.id] = attempt
+            return keep
+
+    def _forget_attempt(self, attempt: Attempt) -> None:
+        """Drop a finished or abandoned attempt (lock held)."""
+        job_id = attempt.job.id
+        if self._attempts.get(job_id) is attempt:
+            del self._attempts[job_id]
+        self._gate.forgotten(job_id)
 
     def _claim_failed(self, exc: Exception) -> None:
         # One line per outage, not one per slot per second; the store logs its own.
@@ -375,9 +433,8 @@ class Worker:
             timeout = min(timeout, max(until, 0.001))
         return timeout
 
-    def _run(self, job: Job, slot: _Slot) -> None:
-        attempt = self.recorder.begin(job, slot)
-        self._attempts[job.id] = attempt  # one dict store: atomic, no lock needed
+    def _run(self, attempt: Attempt, slot: _Slot) -> None:
+        job = attempt.job
         deadline = attempt.ctx.deadline
         wakes_at = self._supervisor.wakes_at
         if deadline is not None and (wakes_at is None or deadline < wakes_at):
@@ -388,8 +445,7 @@ class Worker:
                 self.recorder.finish(attempt, error)
         finally:
             with self._lock:
-                if self._attempts.get(job.id) is attempt:
-                    del self._attempts[job.id]
+                self._forget_attempt(attempt)
                 self._processed += 1
                 if not self._attempts:  # observers wait for "nothing in flight" only
                     self._changed.notify_all()
@@ -402,8 +458,7 @@ class Worker:
         with self._lock:
             # The slot thread may have removed the entry already: its handler
             # can return between our settle() and this line.
-            if self._attempts.get(attempt.job.id) is attempt:
-                del self._attempts[attempt.job.id]
+            self._forget_attempt(attempt)
             if not isinstance(slot, _Slot) or slot.abandoned:
                 return
             slot.abandoned = True

@@ -245,3 +245,107 @@ def test_a_handler_and_its_model_defined_inside_a_function(engine: backrun.Engin
     engine.enqueue("local", {"word": "hi"})
     engine.run_until_idle(timeout=10)
     assert seen == ["hi"]
+
+
+# -- hostile values: one documented error each, nothing written -------------------
+
+
+class Floats(pydantic.BaseModel):
+    x: float
+    extra: Any = None
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+HOSTILE_PAYLOADS: list[tuple[str, Any, type[Exception], str]] = [
+    ("nan", {"x": float("nan")}, ValueError, r"nan at \$\.x"),
+    ("inf", {"x": float("inf")}, ValueError, r"inf at \$\.x"),
+    (
+        "-inf nested",
+        {"x": 1.0, "extra": {"a": [0.5, float("-inf")]}},
+        ValueError,
+        r"\$\.extra\.a\[1\]",
+    ),
+    ("nan as text", {"x": "NaN"}, ValueError, "JSON has no NaN"),
+    ("model holding nan", Floats(x=float("nan")), ValueError, "JSON has no NaN"),
+    ("100k deep", {"x": 1.0, "extra": _deep(100_000)}, backrun.PayloadTooLarge, "deeper"),
+    ("int past 64 bits", {"x": 1.0, "extra": 2**64}, ValueError, "beyond 64 bits"),
+    ("negative int past 64 bits", {"x": 1.0, "extra": [-(2**63) - 1]}, ValueError, "64 bits"),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "match"),
+    [case[1:] for case in HOSTILE_PAYLOADS],
+    ids=[case[0] for case in HOSTILE_PAYLOADS],
+)
+def test_hostile_payloads_are_refused_at_enqueue_and_nothing_is_written(
+    engine: backrun.Engine, payload: Any, error: type[Exception], match: str
+) -> None:
+    @engine.handler(name="floats")
+    def floats(payload: Floats) -> None:
+        pass
+
+    with pytest.raises(error, match=match):
+        engine.enqueue(floats, payload)
+    with pytest.raises(error, match=match):
+        engine.enqueue_many(floats, [{"x": 1.0}, payload])
+    assert engine.counts() == {}
+
+
+def test_limits_hold_exactly_at_their_edges(engine: backrun.Engine) -> None:
+    @engine.handler(name="floats")
+    def floats(payload: Floats) -> None:
+        pass
+
+    edge = engine.enqueue(floats, {"x": 1e308, "extra": [2**64 - 1, -(2**63), _deep(30)]})
+    assert edge.payload["extra"][0] == 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("delay", "match"),
+    [
+        (1e300, "too long"),
+        (timedelta.max, "too long"),
+        (10**12, "too long"),
+        (float("nan"), "finite"),
+        (float("inf"), "finite"),
+        (float("-inf"), "finite"),
+        (-1, "negative"),
+    ],
+    ids=["1e300", "timedelta.max", "10**12", "nan", "inf", "-inf", "negative"],
+)
+def test_impossible_delays_are_a_clear_value_error(
+    engine: backrun.Engine, delay: Any, match: str
+) -> None:
+    @engine.handler(name="n")
+    def n(payload: Numbers) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=match):
+        engine.enqueue(n, {"a": 1}, delay=delay)
+    with pytest.raises(ValueError, match=match):
+        engine.enqueue_many(n, [{"a": 1}], delay=delay)
+    assert engine.counts() == {}
+
+
+def test_an_empty_queue_name_is_refused_not_defaulted(engine: backrun.Engine) -> None:
+    @engine.handler(name="n")
+    def n(payload: Numbers) -> None:
+        pass
+
+    for bad in ("", " ", "a/b"):
+        with pytest.raises(ValueError, match="queue names"):
+            engine.enqueue(n, {"a": 1}, queue=bad)
+        with pytest.raises(ValueError, match="queue names"):
+            engine.enqueue_many(n, [{"a": 1}], queue=bad)
+    with pytest.raises(TypeError, match="headers"):
+        engine.enqueue(n, {"a": 1}, headers={"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="32 bits"):
+        engine.enqueue(n, {"a": 1}, priority=2**40)
+    assert engine.counts() == {}

@@ -10,7 +10,8 @@ import pytest
 import tenacity
 
 import backrun
-from backrun.jobs import WORKER_CRASHED, JobState
+from backrun.jobs import WORKER_CRASHED, WORKER_CRASHED_UNCHARGED, JobState
+from backrun.supervisor import rescue_orphan
 from backrun.testing import FakeClock, wait_until
 from tests.conftest import Numbers
 
@@ -321,12 +322,11 @@ def test_orphans_of_dead_workers_are_rescued_and_poison_goes_dead(
     now = engine.clock.now()
     lease = timedelta(seconds=60)
     storage.claim(queues=None, limit=1, now=now, worker_id="dead-1", lease=lease)
-    # the poison job has killed two workers already: a third death makes it DEAD
-    for n in range(3):
+    # The poison job died beside another once (not charged: it now runs alone),
+    # then killed two workers alone; a third death alone makes it DEAD.
+    for n in range(4):
         (claimed,) = storage.claim(queues=None, limit=1, now=now, worker_id=f"x{n}", lease=lease)
-        if n < 2:
-            from backrun.supervisor import rescue_orphan
-
+        if n < 3:
             storage.update(rescue_orphan(claimed, now=now, max_crashes=3))
     engine.run_until_idle(timeout=10)
     assert ran == [1]
@@ -335,10 +335,10 @@ def test_orphans_of_dead_workers_are_rescued_and_poison_goes_dead(
     assert rescued is not None
     assert dead is not None
     assert rescued.state is JobState.SUCCEEDED
-    assert rescued.attempts == 2
-    assert rescued.errors[0].type == WORKER_CRASHED
+    assert rescued.attempts == 1  # the crash beside others was given back
+    assert [e.type for e in rescued.errors] == [WORKER_CRASHED_UNCHARGED]
     assert dead.state is JobState.DEAD
-    assert [e.type for e in dead.errors] == [WORKER_CRASHED] * 3
+    assert [e.type for e in dead.errors] == [WORKER_CRASHED_UNCHARGED] + [WORKER_CRASHED] * 3
     assert "crashed worker" in dead.errors[-1].message
 
 

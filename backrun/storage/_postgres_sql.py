@@ -72,6 +72,7 @@ CREATE TABLE {{schema}}.workers (
 );
 """,
     ),
+    (2, "ALTER TABLE {schema}.jobs ADD COLUMN run_alone boolean NOT NULL DEFAULT false;"),
 )
 
 _COLUMN_NAMES = (
@@ -93,6 +94,7 @@ _COLUMN_NAMES = (
     "errors",
     "headers",
     "payload",
+    "run_alone",
 )
 _JSON_COLUMNS = frozenset({"errors", "headers", "payload"})
 _ARRAY_TYPES = {
@@ -100,6 +102,7 @@ _ARRAY_TYPES = {
     "attempts": "int[]",
     "max_attempts": "int[]",
     "cancel_requested": "bool[]",
+    "run_alone": "bool[]",
     "errors": "json[]",
     "headers": "json[]",
     "payload": "json[]",
@@ -171,7 +174,7 @@ class Statements:
             "cancel_requested = CASE WHEN %(state)s = 'running' "
             "THEN cancel_requested OR %(cancel_requested)s ELSE %(cancel_requested)s END, "
             "errors = %(errors)s::json, headers = %(headers)s::json, "
-            "payload = %(payload)s::json, renewed_at = now() "
+            "payload = %(payload)s::json, run_alone = %(run_alone)s, renewed_at = now() "
             "WHERE id = %(id)s AND state = 'running' AND claim_token = %(claim_token)s "
             "RETURNING queue, state) "
             f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}) FROM u"
@@ -255,6 +258,7 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         dump_errors(job),
         orjson.dumps(dict(job.headers)).decode(),
         orjson.dumps(job.payload).decode(),
+        job.run_alone,
     )
 
 
@@ -312,4 +316,5 @@ def row_to_job(row: Sequence[Any]) -> Job:
         errors=errors,
         headers=orjson.loads(row[16]),
         payload=orjson.loads(row[17]),
+        run_alone=row[18],
     )

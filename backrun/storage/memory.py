@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ class MemoryStorage(Storage):
         self._entry: dict[str, int] = {}
         self._next_entry = 0
         self._workers: set[str] = set()
+        self._callbacks: list[Callable[[], None]] = []
 
     def _index(self, job: Job) -> None:
         """Put a SCHEDULED/QUEUED job in its queue's delayed heap."""
@@ -194,7 +195,36 @@ class MemoryStorage(Storage):
             elif job.state is JobState.RUNNING:
                 job = job.replace(cancel_requested=True)
             self._jobs[job_id] = job
-            return job
+            callbacks = list(self._callbacks) if job.state is JobState.RUNNING else []
+        # Another engine on this store may run it: tell every worker subscribed.
+        for callback in callbacks:
+            callback()
+        return job
+
+    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
+        """Running jobs among ``job_ids`` with a cancel requested; see the base class."""
+        with self._lock:
+            jobs = [self._jobs.get(job_id) for job_id in job_ids]
+        return {
+            job.id
+            for job in jobs
+            if job is not None and job.state is JobState.RUNNING and job.cancel_requested
+        }
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when a running job's cancel is requested.
+
+        New jobs need no announcement: an engine wakes its own workers.
+        """
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return unsubscribe
 
     def requeue(self, job_id: str, *, now: datetime) -> Job:
         """Run a job again now; see :meth:`Storage.requeue`."""

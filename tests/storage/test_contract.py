@@ -41,6 +41,7 @@ def test_add_then_get_round_trips_every_field(storage: Storage) -> None:
         errors=(error,),
         headers={"traceparent": "00-abc-def-01"},
         payload={"to": "a@b.c", "nested": {"list": [1, 2.5, "x", None, True]}},
+        run_alone=True,
     )
     storage.add(job)
     assert storage.get(job.id) == job
@@ -397,3 +398,60 @@ def test_purge_deletes_only_old_finished_jobs(storage: Storage) -> None:
     assert storage.get(waiting.id) is not None
     assert storage.purge(before=T0 + timedelta(days=3), states=[JobState.SUCCEEDED]) == 0
     assert storage.purge(before=T0 + timedelta(days=3), states=[JobState.DEAD]) == 1
+
+
+# -- cancel across processes, rescued orphans -----------------------------------
+
+
+def second_view(storage: Storage) -> Storage:
+    """Another handle on the same store, as another process would open it."""
+    from backrun.storage.memory import MemoryStorage
+
+    if isinstance(storage, MemoryStorage):
+        return storage  # one process: the store itself is the only view
+    from backrun.storage.jsonfile import JsonFileStorage
+
+    if isinstance(storage, JsonFileStorage):
+        return JsonFileStorage(storage.path, fsync=False)
+    from backrun.storage.postgres import PostgresStorage
+    from tests.storage.postgres_support import postgres_dsn
+
+    assert isinstance(storage, PostgresStorage)
+    return PostgresStorage(postgres_dsn(), schema=storage.schema, pool_size=2)
+
+
+def test_a_cancel_from_another_view_reaches_cancel_requests(storage: Storage) -> None:
+    running, waiting = make_job(), make_job(run_at=T0 + timedelta(hours=1))
+    storage.add_many([running, waiting])
+    claimed = claim_one(storage)
+    assert storage.cancel_requests([claimed.id, waiting.id]) == set()
+    other = second_view(storage)
+    try:
+        other.cancel(claimed.id, now=T0)
+        other.cancel(waiting.id, now=T0)  # not running: cancelled at once, nothing to stop
+    finally:
+        if other is not storage:
+            other.close()
+    asked = [claimed.id, waiting.id, new_job_id()]
+    assert storage.cancel_requests(asked) == {claimed.id}
+    assert storage.cancel_requests([]) == set()
+
+
+def test_a_rescued_orphan_keeps_its_place_ahead_of_later_jobs(storage: Storage) -> None:
+    from backrun.supervisor import rescue_orphan
+
+    early = make_job()
+    storage.add(early)
+    orphaned = claim_one(storage, worker_id="w-dead")  # never registered: gone
+    later = [make_job(run_at=T0 + timedelta(seconds=s), created_at=T0) for s in (1, 2, 3)]
+    storage.add_many(later)
+    now = T0 + timedelta(seconds=10)
+    (orphan,) = storage.orphans(now=now)
+    assert orphan.id == orphaned.id
+    storage.update(rescue_orphan(orphan, now=now, max_crashes=3))
+    first = claim_one(storage, now=now, worker_id="w-live")
+    assert first.id == early.id
+    assert first.run_at == T0
+    assert first.run_alone  # it crashed beside others: it now runs alone
+    assert first.attempts == 1  # the uncharged crash gave its attempt back
+    assert [j.id for j in claim(storage, now=now, worker_id="w-live")] == [j.id for j in later]
