@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("attempt context", ("context", "middleware")),
     ("policies", ("retries", "handlers", "enqueueing")),
     ("storage", ("storage.",)),
-    ("execution", ("attempts", "supervisor", "worker", "signals")),
+    ("execution", ("isolation", "attempts", "supervisor", "worker", "signals")),
     ("observability", ("observability.",)),
     ("composition", ("engine", "__init__")),
     ("integrations", ("testing", "logformat", "joblog", "cli.", "__main__")),
