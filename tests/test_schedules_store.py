@@ -112,13 +112,25 @@ def test_add_once_refuses_a_malformed_id(views: tuple[Storage, Storage]) -> None
         views[0].add_once(tick_job().replace(id="../../etc/passwd"))
 
 
-def test_jsonfile_reservations_are_private_and_purged_with_retention(tmp_path: Path) -> None:
+def test_a_creator_killed_after_adding_but_before_its_marker_is_not_repeated(
+    views: tuple[Storage, Storage],
+) -> None:
+    a, b = views
+    job = tick_job()
+    a.add(job)  # what a creator killed between its add and its marker leaves
+    (claimed,) = a.claim(queues=None, limit=1, now=NOW, worker_id="w-1", lease=timedelta(60))
+    assert not b.add_once(job)
+    assert sum(a.counts().values()) == 1
+
+
+def test_jsonfile_markers_are_private_and_purged_with_retention(tmp_path: Path) -> None:
     from backrun.storage.jsonfile import JsonFileStorage
 
     store = JsonFileStorage(tmp_path / "store", fsync=False, retention=timedelta(hours=1))
     try:
         job = tick_job()
         assert store.add_once(job)
+        assert not (tmp_path / "store" / "ticks" / (job.id + ".lock")).exists()
         reservation = tmp_path / "store" / "ticks" / job.id
         assert reservation.stat().st_mode & 0o777 == 0o600
         assert (tmp_path / "store" / "ticks").stat().st_mode & 0o777 == 0o700

@@ -47,7 +47,7 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
-from ._jsonfile_ticks import release, reserve
+from ._jsonfile_ticks import has_marker, mark, tick_lock
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -137,21 +137,22 @@ class JsonFileStorage(ChangesMixin, Storage):
             self._write_new(plans)
 
     def add_once(self, job: Job) -> bool:
-        """Add a job at most once per id, through a reservation; see :meth:`Storage.add_once`."""
+        """Add a job at most once per id, under its creation lock; see :meth:`Storage.add_once`."""
         check_job_id(job.id)
         if job.state not in READY_STATES or job.run_at is None:
             raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
-        with storage_errors("enqueue"):
-            if not reserve(self.root, job.id, sync=self.fsync):
+        with storage_errors("enqueue"), tick_lock(self.root, job.id):
+            if has_marker(self.root, job.id):
                 return False
-        try:
-            self.add(job)
-        except ValueError:
-            return False  # added before without a reservation: taken all the same
-        except BaseException:
-            release(self.root, job.id)
-            raise
-        return True
+            added = False
+            if self.locate(job.id) is None:  # a creator killed before its marker
+                try:
+                    self.add(job)
+                    added = True
+                except ValueError:
+                    pass
+            mark(self.root, job.id, sync=self.fsync)
+            return added
 
     def _exists(self, job_id: str) -> bool:
         if job_id in self.mine:
