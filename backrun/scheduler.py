@@ -11,7 +11,8 @@ Which ticks a process creates (the misfire rule):
   comes, or up to ``LAG_LIMIT`` late if it was slow (a busy machine, a pause).
   Ticks it passed by more than that were missed, as after downtime.
 * A process that starts (or a schedule just added) looks at the latest tick
-  only. If it came at most ``START_GRACE`` ago, it is on time and created.
+  only. If it came at most ``START_GRACE`` (1 s, or a quarter of the interval
+  when that is shorter) ago, it is on time and created.
   Otherwise it was missed while no worker ran: ``misfire="once"`` creates that
   one tick as the catch-up job, ``"skip"`` creates nothing. Older missed
   ticks are never created, so downtime costs at most one job per schedule.
@@ -68,7 +69,8 @@ def ticks_due(
     """
     latest = schedule.latest_tick(now)
     if cursor is None:
-        on_time = now - latest <= START_GRACE
+        grace = min(START_GRACE, (schedule.next_tick(latest) - latest) / 4)
+        on_time = now - latest <= grace
         ticks = [latest] if on_time or schedule.misfire == "once" else []
     elif latest <= cursor:
         ticks = []

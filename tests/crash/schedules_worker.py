@@ -1,19 +1,25 @@
 """A worker process for the schedule tests: one ``every`` schedule, a ledger of the ticks it ran.
 
 Usage: schedules_worker.py LEDGER (--json STORE | --postgres DSN SCHEMA) [--every SECONDS]
-       [--misfire once|skip]
+       [--misfire once|skip] [--start-mid-interval]
 
 The handler appends ``run <tick run_at, ns> <job id> <pid>`` to LEDGER (one
 ``O_APPEND`` write per line, so lines from several processes never
-interleave). ``run_forever`` runs until SIGTERM; the tests SIGKILL it too.
+interleave), after ``up <time, ns> - <pid>`` once it starts its worker.
+``--start-mid-interval`` waits until half an interval after a tick first, so a
+test knows whether the latest tick is on time for it. ``run_forever`` runs
+until SIGTERM; the tests SIGKILL it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,8 +53,14 @@ def main() -> None:
     parser.add_argument("--postgres", nargs=2, metavar=("DSN", "SCHEMA"))
     parser.add_argument("--every", type=float, default=1.0)
     parser.add_argument("--misfire", default="once")
+    parser.add_argument("--start-mid-interval", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(created).3f %(name)s %(message)s"
+    )
+    if os.environ.get("BACKRUN_TEST_SCHEDULER_LOG"):
+        logging.getLogger("backrun.scheduler").setLevel(logging.INFO)
+    faulthandler.register(signal.SIGUSR1)  # a stuck worker's stacks, for debugging
     storage: Storage
     if args.json:
         from backrun.storage.jsonfile import JsonFileStorage
@@ -71,7 +83,10 @@ def main() -> None:
         write(args.ledger, f"run {ns} {ctx.job.id} {os.getpid()}")
 
     engine.schedule("beat", every=args.every, name="beat", misfire=args.misfire)
-    write(args.ledger, f"up 0 - {os.getpid()}")
+    if args.start_mid_interval:  # come back half an interval after a tick, not on one
+        period = int(args.every * 1e9)
+        time.sleep(((time.time_ns() // period) * period + period * 3 // 2 - time.time_ns()) / 1e9)
+    write(args.ledger, f"up {time.time_ns()} - {os.getpid()}")
     engine.run_forever()
 
 
