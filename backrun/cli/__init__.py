@@ -7,6 +7,7 @@ Usage::
     backrun jobs show ID | retry ID | retry --all-dead | cancel ID
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
+    backrun schedules [--app MODULE:ENGINE]
     backrun db init --dsn postgresql://... [--schema backrun]
 
 ``jobs`` and ``stats`` find the store from ``--store PATH`` (a JSON store
@@ -31,6 +32,7 @@ from backrun.errors import StorageError
 
 from . import _jobs
 from ._common import EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
+from ._schedules import add_schedules_command
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
 
 __all__ = ["build_parser", "main"]
@@ -115,6 +117,8 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     stats = sub.add_parser("stats", help="jobs by queue and state, oldest ready job's age")
     _store_options(stats, with_app=not embedded)
     stats.set_defaults(run=_jobs.cmd_stats)
+
+    add_schedules_command(sub, embedded=embedded)
 
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")
