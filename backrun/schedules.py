@@ -15,10 +15,10 @@ gap; a time the clock repeats runs once, at its first occurrence.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -27,14 +27,20 @@ from .enqueueing import check_queue
 from .handlers import HandlerSpec
 from .serialization import check_payload
 
+if TYPE_CHECKING:
+    from .engine import Engine
+
 __all__ = [
     "MISFIRE_POLICIES",
     "SCHEDULE_HEADER",
+    "SCHEDULE_KEYS",
     "TICK_HEADER",
     "Schedule",
+    "apply_schedules",
     "build_schedule",
     "check_schedule_name",
     "check_schedule_spec",
+    "schedule_config_problems",
     "tick_id",
 ]
 
@@ -264,3 +270,75 @@ def build_schedule(
         priority=priority,
         misfire=misfire,
     )
+
+
+SCHEDULE_KEYS = frozenset(
+    {"handler", "payload", "cron", "every", "name", "tz", "queue", "priority", "misfire"}
+)
+"""The keys of one schedule in configuration: ``engine.schedule``'s arguments."""
+
+
+def schedule_config_problems(entries: object, setting: str) -> list[str]:
+    """Everything wrong with a list of schedule dicts, as sentences (empty when fine).
+
+    Checks the shape and every timing field; whether each handler is registered
+    is checked when the schedules are applied.
+    """
+    if entries is None:
+        return []
+    if isinstance(entries, str | bytes | Mapping) or not isinstance(entries, list | tuple):
+        return [f"{setting} must be a list of dicts (one per schedule)"]
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{setting}[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where} must be a dict")
+            continue
+        unknown = sorted(set(entry) - SCHEDULE_KEYS)
+        if unknown:
+            known = ", ".join(sorted(SCHEDULE_KEYS))
+            problems.append(f"{where}: unknown key(s) {', '.join(map(str, unknown))} ({known})")
+        handler = entry.get("handler")
+        if not isinstance(handler, str) or not handler:
+            problems.append(f"{where}: 'handler' must be a registered handler's name")
+            continue
+        try:
+            check_schedule_spec(
+                cron=entry.get("cron"),
+                every=entry.get("every"),
+                tz=entry.get("tz", "UTC"),
+                misfire=entry.get("misfire", "once"),
+                priority=entry.get("priority", 0),
+            )
+            name = check_schedule_name(entry.get("name", handler))
+            queue = entry.get("queue")
+            if queue is not None:
+                check_queue(queue)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if name in names:
+            problems.append(f"{where}: name {name!r} is used twice")
+        names.add(name)
+    return problems
+
+
+def apply_schedules(
+    engine: Engine, entries: Iterable[Mapping[str, Any]], setting: str = "schedules"
+) -> list[Schedule]:
+    """Declare each configured schedule on ``engine`` (``engine.schedule(**entry)``).
+
+    Raises:
+        ValueError: an entry is malformed (every problem is listed).
+        UnknownHandler: an entry names a handler that is not registered.
+    """
+    entries = list(entries)
+    problems = schedule_config_problems(entries, setting)
+    if problems:
+        raise ValueError("; ".join(problems))
+    declared = []
+    for entry in entries:
+        options = {k: v for k, v in entry.items() if k not in ("handler", "payload")}
+        declared.append(engine.schedule(entry["handler"], entry.get("payload"), **options))
+    return declared
