@@ -365,3 +365,20 @@ def test_duplicate_names_are_refused(engine: backrun.Engine) -> None:
         engine.schedule(report, every=20)
     engine.schedule(report, every=20, name="report-2")
     assert [s.name for s in engine.schedule_list()] == ["tests.test_schedules.report", "report-2"]
+
+
+def test_a_tick_is_created_while_the_previous_ticks_job_still_runs(
+    engine: backrun.Engine, clock: FakeClock
+) -> None:
+    s = engine.schedule(report, every=60)
+    scheduler = Scheduler(engine, "test")
+    advance_to(clock, s.next_tick(clock.now()))
+    scheduler.run_once()
+    (first,) = engine.storage.claim(
+        queues=None, limit=1, now=clock.now(), worker_id="w", lease=timedelta(hours=1)
+    )
+    clock.advance(timedelta(seconds=60))
+    scheduler.run_once()
+    jobs = tick_jobs(engine)
+    assert [j.state for j in jobs] == [backrun.JobState.RUNNING, backrun.JobState.QUEUED]
+    assert jobs[0].id == first.id
