@@ -95,6 +95,8 @@ def _cron(cron: object, zone: tzinfo) -> str:
         next(CronSim(" ".join(fields), datetime(2000, 1, 1, tzinfo=zone)))
     except CronSimError as exc:
         raise ValueError(f"cron: {exc} field in {cron!r}") from None
+    except (ValueError, IndexError, KeyError) as exc:  # cronsim's own checks missed it
+        raise ValueError(f"cron: cannot read {cron!r} ({exc})") from None
     except StopIteration:  # pragma: no cover - cronsim iterates forever
         raise ValueError(f"cron: {cron!r} never matches") from None
     return " ".join(fields)
