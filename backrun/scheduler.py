@@ -17,8 +17,9 @@ Which ticks a process creates (the misfire rule):
   one tick as the catch-up job, ``"skip"`` creates nothing. Older missed
   ticks are never created, so downtime costs at most one job per schedule.
 * No process creates a tick older than half of the store's ``retention``:
-  a tick whose job ran and was purged must not come back. Purging tick jobs
-  by hand sooner than that may let a starting worker re-create the latest one.
+  a tick whose job ran and was purged must not come back. Purging a tick's
+  job by hand before the schedule's next tick may let a worker that starts in
+  between re-create it (``misfire="once"``).
 
 The loop sleeps until the earliest next tick (it never polls), wakes when the
 clock jumps, a schedule is added, or the worker stops.
