@@ -25,6 +25,7 @@ from .handlers import Handler, handler
 from .jobs import Job, JobError, JobState
 from .middleware import Middleware
 from .retries import RetryPolicy
+from .schedules import Schedule
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .worker import Worker
@@ -54,6 +55,7 @@ __all__ = [
     "PayloadTooLarge",
     "PostgresStorage",
     "RetryPolicy",
+    "Schedule",
     "Storage",
     "StorageError",
     "SystemClock",

@@ -28,6 +28,7 @@ from .attempts import Attempt, AttemptRecorder
 from .isolation import AloneGate
 from .jobs import Job, JobState
 from .middleware import compose_process, overrides
+from .scheduler import Scheduler
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class Worker:
         self.recorder = AttemptRecorder(self, self._middleware)
         self._chain = compose_process(self._middleware, self.recorder.invoke)
         self._supervisor = Supervisor(self)
+        self.scheduler = Scheduler(engine, self.id)
 
     # -- public state -----------------------------------------------------
 
@@ -147,6 +149,7 @@ class Worker:
         )
         self._threads.append(supervisor)
         supervisor.start()
+        self.scheduler.start()
         log.info(
             "worker %s started: %d slots, queues %s",
             self.id,
@@ -245,6 +248,7 @@ class Worker:
             self._work.notify_all()
         if already:
             return True
+        self.scheduler.stop()
         for layer in self._middleware:
             if overrides(layer, "worker_stopping"):
                 layer.worker_stopping(self)

@@ -27,6 +27,7 @@ EXPECTED = [
     "PayloadTooLarge",
     "PostgresStorage",
     "RetryPolicy",
+    "Schedule",
     "Storage",
     "StorageError",
     "SystemClock",

@@ -7,6 +7,7 @@ Usage::
     backrun jobs show ID | retry ID | retry --all-dead | cancel ID
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
+    backrun schedules [--app MODULE:ENGINE]
     backrun db init --dsn postgresql://... [--schema backrun]
     backrun grafana export DIR
 
@@ -35,6 +36,7 @@ from backrun.errors import StorageError
 
 from . import _grafana, _jobs
 from ._common import EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
+from ._schedules import add_schedules_command
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
 
 __all__ = ["build_parser", "main"]
@@ -129,6 +131,8 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     stats = sub.add_parser("stats", help="jobs by queue and state, oldest ready job's age")
     _store_options(stats, with_app=not embedded)
     stats.set_defaults(run=_jobs.cmd_stats, read_only=True)
+
+    add_schedules_command(sub, embedded=embedded)
 
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")

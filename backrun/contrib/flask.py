@@ -25,7 +25,9 @@ default ``$BACKRUN_DIR`` or ``.backrun``; a relative path is taken relative to
 ``Storage``, e.g. ``PostgresStorage``), ``BACKRUN_MAX_PARALLELISM``,
 ``BACKRUN_QUEUES``, ``BACKRUN_SHUTDOWN_TIMEOUT``, ``BACKRUN_MAX_RETRIES``,
 ``BACKRUN_JOB_TIMEOUT`` (seconds), ``BACKRUN_HANDLER_PACKAGES`` (packages
-whose handlers are discovered), ``BACKRUN_METRICS_PORT`` (the worker's).
+whose handlers are discovered), ``BACKRUN_METRICS_PORT`` (the worker's),
+``BACKRUN_SCHEDULES`` (periodic jobs: a list of dicts of ``engine.schedule``'s
+arguments, e.g. ``{"handler": "cleanup", "cron": "30 2 * * *"}``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from backrun.engine import Engine
 from backrun.jobs import Job
 from backrun.middleware import Middleware, ProcessNext
 from backrun.retries import RetryPolicy
+from backrun.schedules import apply_schedules
 from backrun.storage.base import Storage
 
 __all__ = ["AppContextMiddleware", "Backrun", "store_path"]
@@ -189,6 +192,7 @@ class Backrun:
             engine.add_handler(handler, **handler_options)
         for package in config.get("BACKRUN_HANDLER_PACKAGES") or ():
             engine.add_handlers_from_package(package)
+        apply_schedules(engine, config.get("BACKRUN_SCHEDULES") or (), "BACKRUN_SCHEDULES")
         self._built.append(engine)
         return engine
 

@@ -301,5 +301,9 @@ def serve_metrics(
                     break
     registry = registry if registry is not None else REGISTRY
     collector = register_queue_collector(storage, registry=registry, clock=clock)
+    if not isinstance(engine_or_storage, Storage):
+        from .schedule_collector import register_schedule_collector
+
+        register_schedule_collector(engine_or_storage, registry=registry)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     return MetricsServer(server, thread, collector, storage, registry)

@@ -14,6 +14,7 @@ from ._jsonfile_base import storage_errors, to_ns
 from ._jsonfile_layout import FINISHED_DIRS, parse_running
 from ._jsonfile_locks import is_free
 from ._jsonfile_queries import QueryMixin
+from ._jsonfile_ticks import forget_markers
 
 __all__ = ["UpkeepMixin"]
 
@@ -61,6 +62,7 @@ class UpkeepMixin(QueryMixin):
             if self._last_purge is None or abs(now - self._last_purge) >= every:
                 self._last_purge = now
                 self.purge(before=now - self.retention)
+                forget_markers(self.root, before_ns=to_ns(now - self.retention))
 
     def heal_dead_sessions(self) -> None:
         """Finish or undo the half-done changes of every store that died."""

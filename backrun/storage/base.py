@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
-from backrun.jobs import FINISHED_STATES, Job, JobState
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 __all__ = ["READY_STATES", "Storage"]
 
@@ -53,6 +53,30 @@ class Storage(ABC):
         """Persist several new jobs; stores override this to batch the work."""
         for job in jobs:
             self.add(job)
+
+    def add_once(self, job: Job) -> bool:
+        """Add a job whose id names what it stands for (a schedule's tick), at most once.
+
+        However many callers, threads or processes add the same id at once,
+        exactly one of them adds it; later calls find it taken, whatever state
+        the job is in by then. This is the whole guarantee: no caller checks
+        first and inserts after.
+
+        Returns:
+            True if this call added the job; False if the id was taken.
+
+        Raises:
+            ValueError: the id is malformed, or the job is not waiting.
+            StorageError: the store could not write.
+        """
+        check_job_id(job.id)
+        try:
+            self.add(job)
+        except ValueError:
+            if self.get(job.id) is None:
+                raise
+            return False
+        return True
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:

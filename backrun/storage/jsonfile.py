@@ -47,6 +47,7 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
+from ._jsonfile_ticks import has_marker, mark, tick_lock
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -141,6 +142,24 @@ class JsonFileStorage(ChangesMixin, Storage):
                 if self._exists(job.id):
                     raise ValueError(f"job {job.id} exists already")
             self._write_new(plans)
+
+    def add_once(self, job: Job) -> bool:
+        """Add a job at most once per id, under its creation lock; see :meth:`Storage.add_once`."""
+        check_job_id(job.id)
+        if job.state not in READY_STATES or job.run_at is None:
+            raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
+        with storage_errors("enqueue"), tick_lock(self.root, job.id):
+            if has_marker(self.root, job.id):
+                return False
+            added = False
+            if self.locate(job.id) is None:  # a creator killed before its marker
+                try:
+                    self.add(job)
+                    added = True
+                except ValueError:
+                    pass
+            mark(self.root, job.id, sync=self.fsync)
+            return added
 
     def _exists(self, job_id: str) -> bool:
         if job_id in self.mine:

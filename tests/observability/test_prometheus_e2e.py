@@ -199,6 +199,7 @@ def test_the_alert_rules_load_and_evaluate(stack: Stack) -> None:
             "BackrunQueueLagGrowing",
             "BackrunStuckThreads",
             "BackrunDeadJobs",
+            "BackrunScheduleMissedTick",
         }
         return all(r["health"] == "ok" and r.get("lastEvaluation") for r in rules)
 

@@ -3,8 +3,8 @@
 ``python -m tests.observability.worker_app prometheus``
     Serves ``/metrics`` on a free port (printed as ``{"metrics_port": N}``),
     then generates traffic until SIGTERM: successes, retries, dead jobs, a
-    timed-out handler left stuck, orphans of a "ghost" worker to recover, and
-    a backlog on a queue nobody serves (lag).
+    timed-out handler left stuck, orphans of a "ghost" worker to recover,
+    a backlog on a queue nobody serves (lag), and a schedule ticking every second.
 
 ``python -m tests.observability.worker_app otlp STORE_DIR JOB_ID...``
     Exports over OTLP (``BACKRUN_OTLP_ENDPOINT``); runs a worker on the JSON
@@ -77,6 +77,7 @@ def emit(message: dict[str, object]) -> None:
 
 def prometheus_mode() -> None:
     engine = build_engine(MemoryStorage())
+    engine.schedule("ok", every=1, name="heartbeat")  # feeds the schedule panel
     server = serve_metrics(engine, 0)
     stop = threading.Event()
 

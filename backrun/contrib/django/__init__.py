@@ -39,6 +39,8 @@ def get_engine() -> Engine:
         return engine
     with _lock:
         if _engine is None:
+            from backrun.schedules import apply_schedules
+
             from .conf import build_engine, handler_modules, read_settings
 
             config = read_settings()
@@ -49,6 +51,7 @@ def get_engine() -> Engine:
                 _register_task_handler(built)
                 for module in handler_modules(config):
                     built.add_handlers_from_package(module)
+                apply_schedules(built, config.get("SCHEDULES") or (), "BACKRUN['SCHEDULES']")
             except BaseException:
                 _engine = None
                 raise

@@ -11,6 +11,9 @@
         "RETRY": {"MAX_RETRIES": 3, "TIMEOUT": 900},
         "HANDLERS": ["shop.jobs"],               # default: every installed app's jobs module
         "METRICS_PORT": None,                    # the worker's Prometheus port
+        "SCHEDULES": [                           # periodic jobs: engine.schedule(**entry)
+            {"handler": "shop.jobs.cleanup", "cron": "30 2 * * *", "tz": "Europe/Paris"},
+        ],
         # "ENGINE": "myproject.jobs:engine",     # or bring your own Engine
     }
 """
@@ -28,6 +31,7 @@ from typing import Any
 from backrun.engine import Engine
 from backrun.enqueueing import QUEUE_NAME
 from backrun.retries import RetryPolicy
+from backrun.schedules import schedule_config_problems
 
 __all__ = [
     "KNOWN_KEYS",
@@ -50,6 +54,7 @@ KNOWN_KEYS = frozenset(
         "HANDLERS",
         "METRICS_PORT",
         "ENGINE",
+        "SCHEDULES",
     }
 )
 _RETRY_KEYS = frozenset({"MAX_RETRIES", "TIMEOUT"})
@@ -127,6 +132,7 @@ def setting_problems(config: object) -> list[str]:
     port = config.get("METRICS_PORT")
     if port is not None and not _is_int(port, 0, 65535):
         problems.append("BACKRUN['METRICS_PORT'] must be a port number (0-65535) or None")
+    problems.extend(schedule_config_problems(config.get("SCHEDULES"), "BACKRUN['SCHEDULES']"))
     engine = config.get("ENGINE")
     if engine is not None:
         if not isinstance(engine, str) or _ENGINE_SPEC.match(engine) is None:
