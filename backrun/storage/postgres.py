@@ -113,6 +113,7 @@ class PostgresStorage(Storage):
             self._sql.channel,
             name=f"backrun-listen-{schema}",
             connect_kwargs=self._db.connect_kwargs,
+            outage=self._db.outage,
         )
         self._closed = False
 
