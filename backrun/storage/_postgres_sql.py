@@ -187,12 +187,18 @@ class Statements:
             "RETURNING j.id, j.cancel_requested"
         )
         self.unregister = f"DELETE FROM {workers} WHERE id = %s"
+        # A cancel of a running job is announced, so its worker (in any
+        # process) learns of it at once instead of at its next heartbeat.
         self.cancel = (
-            f"UPDATE {jobs} SET "
+            f"WITH u AS (UPDATE {jobs} SET "
             f"state = CASE WHEN state IN {READY} THEN 'cancelled' ELSE state END, "
             f"finished_at = CASE WHEN state IN {READY} THEN %(now)s ELSE finished_at END, "
             "cancel_requested = cancel_requested OR state = 'running' "
-            f"WHERE id = %(id)s RETURNING {COLUMNS}"
+            f"WHERE id = %(id)s RETURNING {COLUMNS}) "
+            "SELECT u.*, (SELECT pg_notify(%(channel)s, 'cancel') WHERE u.state = 'running') FROM u"
+        )
+        self.cancel_requests = (
+            f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND state = 'running' AND cancel_requested"
         )
         self.requeue = (
             f"WITH u AS (UPDATE {jobs} SET state = 'queued', run_at = %(now)s, "

@@ -334,12 +334,28 @@ class PostgresStorage(Storage):
     def cancel(self, job_id: str, *, now: datetime) -> Job:
         """Cancel a job; see :meth:`Storage.cancel`."""
         check_job_id(job_id)
-        params = {"id": job_id, "now": now}
+        params = {"id": job_id, "now": now, "channel": self._sql.channel}
         # Cancelling twice ends where cancelling once does, so a dropped call is retried.
+        # A RUNNING job's cancel is NOTIFYed: every process's subscribe() callbacks fire.
         row = self._db.retrying(lambda conn: conn.execute(self._sql.cancel, params).fetchone())
         if row is None:
             raise JobNotFound(job_id)
         return row_to_job(row)
+
+    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
+        """Return the ids among ``job_ids`` that are RUNNING with a cancel requested.
+
+        One indexed query, whatever the number of ids; unknown ids are ignored.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        for job_id in ids:
+            check_job_id(job_id)
+        rows = self._db.retrying(
+            lambda conn: conn.execute(self._sql.cancel_requests, (ids,)).fetchall()
+        )
+        return {row[0] for row in rows}
 
     def requeue(self, job_id: str, *, now: datetime) -> Job:
         """Run a job again now; see :meth:`Storage.requeue`."""
@@ -389,7 +405,7 @@ class PostgresStorage(Storage):
     # -- notifications ------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` on each enqueue notification, and after each reconnect.
+        """Call ``callback`` on each enqueue or cancel notification, and after each reconnect.
 
         One listener thread per store holds a dedicated connection and
         reconnects with backoff; ``poll_interval`` covers what it misses.
