@@ -71,6 +71,7 @@ def psql(query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def test_migrate_is_versioned_idempotent_and_safe_to_race() -> None:
     require_postgres()
+    from backrun.storage._postgres_sql import MIGRATIONS
     from backrun.storage.postgres import PostgresStorage
 
     schema = unique_schema()
@@ -82,9 +83,11 @@ def test_migrate_is_versioned_idempotent_and_safe_to_race() -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert sorted(results) == [[], [], [1]]
+        versions = [version for version, _ in MIGRATIONS]
+        assert sorted(results) == [[], [], versions]
         assert stores[0].migrate() == []
-        assert psql(f'SELECT version FROM "{schema}".schema_versions') == [(1,)]
+        applied = psql(f'SELECT version FROM "{schema}".schema_versions ORDER BY version')
+        assert applied == [(v,) for v in versions]
     finally:
         for s in stores:
             s.close()
