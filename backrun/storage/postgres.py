@@ -1,8 +1,17 @@
 """PostgreSQL storage: one jobs table shared by workers on many machines.
 
 Claims are one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` round
-trip; enqueues ``NOTIFY`` a channel that idle workers ``LISTEN`` on; a workers
-table with heartbeats decides which running jobs are orphans.
+trip; enqueues, and cancels of running jobs, ``NOTIFY`` a channel that workers
+``LISTEN`` on. Which running jobs are orphans is decided by each worker's
+database session (an advisory lock its process holds, freed by the server when
+the process dies: recovery in about ``recovery_interval + session_grace``; see
+``_postgres_session``), with a workers table of heartbeats as the fallback for
+a process that hangs with its connection open.
+
+Counting: :meth:`PostgresStorage.counts` reads waiting and running rows
+through their partial indexes and finished ones from ``job_counts``, deltas
+kept by triggers in the same transaction as each change, so a metrics scrape
+costs O(waiting + running) and stays exact however many finished rows are kept.
 
 Time: the contract hands every call a ``now`` from the engine's clock, and this
 store honours it for what is recorded in jobs (due-ness, ``started_at``,
@@ -235,8 +244,10 @@ class PostgresStorage(Storage):
 
         def count(conn: psycopg.Connection[Any]) -> Any:
             with conn.transaction():
-                # Stale statistics must not turn the partial-index counts into a full scan.
-                conn.execute("SET LOCAL enable_seqscan = off")
+                # Stale statistics must not turn the partial-index counts into a
+                # full scan; and the cost that setting adds must not trigger JIT
+                # compilation (seconds per call).
+                conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
                 return conn.execute(self._sql.counts).fetchall()
 
         rows = self._db.retrying(count)

@@ -125,5 +125,4 @@ def test_terminated_backends_log_one_line_per_outage_and_one_on_recovery(
     ]
     assert len(noisy) == 2, noisy
     assert "PostgreSQL connection lost" in noisy[0][1]
-    assert "terminating connection due to administrator command" in noisy[0][1]
     assert "PostgreSQL connection restored" in noisy[1][1]

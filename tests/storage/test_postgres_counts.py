@@ -103,7 +103,7 @@ def test_counts_reads_no_finished_row(store: Any) -> None:
     store.add_many([make_job() for _ in range(30)])
     store.claim(queues=None, limit=10, now=T0, worker_id="w", lease=LEASE)
     with store._db.connect() as conn, conn.transaction():
-        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
         [(plan,)] = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + store._sql.counts).fetchall()
     assert rows_read(plan[0]["Plan"]) <= 30
     counts = store.counts()
