@@ -92,7 +92,8 @@ class Outage:
             if self._down_since is not None:
                 return
             self._down_since = now
-        log.warning("PostgreSQL connection lost (schema %s): %s", self.schema, one_line(exc))
+        what = "refused the connection" if permanent(exc) else "connection lost"
+        log.warning("PostgreSQL %s (schema %s): %s", what, self.schema, one_line(exc))
 
     def succeeded(self) -> None:
         """A round trip worked: end the outage once no failure came for a moment.
