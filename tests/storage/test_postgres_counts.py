@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -110,4 +111,40 @@ def test_counts_reads_no_finished_row(store: Any) -> None:
     assert counts[("default", JobState.QUEUED)] == 20
     assert counts[("default", JobState.RUNNING)] == 10
     assert counts[("mail", JobState.SUCCEEDED)] + counts[("default", JobState.DEAD)] > 0
+    assert counts == scanned(store)
+
+
+def test_counts_stay_exact_under_concurrent_finishes_and_compactions(store: Any) -> None:
+    store.add_many([make_job("default" if i % 2 else "mail") for i in range(160)])
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def finisher() -> None:
+        try:
+            while jobs := store.claim(queues=None, limit=3, now=T0, worker_id="w", lease=LEASE):
+                for n, job in enumerate(jobs):
+                    state = JobState.DEAD if n == 1 else JobState.SUCCEEDED
+                    store.update(job.replace(state=state, finished_at=T0))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def compactor() -> None:
+        try:
+            while not done.is_set():
+                store.maintain(now=T0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    finishers = [threading.Thread(target=finisher) for _ in range(3)]
+    compactors = [threading.Thread(target=compactor) for _ in range(2)]
+    for thread in finishers + compactors:
+        thread.start()
+    for thread in finishers:
+        thread.join(60)
+    done.set()
+    for thread in compactors:
+        thread.join(60)
+    assert errors == []
+    counts = store.counts()
+    assert sum(counts.values()) == 160
     assert counts == scanned(store)
