@@ -2,12 +2,15 @@
 
 Usage:
     .venv/bin/python benchmarks/postgres.py [--dsn DSN] [--jobs 10000] [--threads 4]
-        [--finished 1000000] [--no-procrastinate]
+        [--finished 1000000] [--no-procrastinate] [--scrape-only]
 
 Measures, for no-op jobs: enqueue rate (one by one, and batched), drain rate
 with one and with three worker processes of ``--threads`` threads each, pickup
 latency (enqueue to start, idle workers woken by NOTIFY), and the time of one
-claim with 10k and with ``--finished`` finished rows in the table.
+claim with 10k and with ``--finished`` finished rows in the table, and the cost
+of one metrics scrape (``counts()`` + ``oldest_due()``, the queue collector's
+reads, uncached) with ``--finished`` finished rows. ``--scrape-only`` measures
+just the scrape.
 
 Procrastinate is installed only into ``benchmarks/.venv-procrastinate`` (created
 on first use) and runs the same drain with async no-op tasks and the same
@@ -248,6 +251,48 @@ def claim_scaling(dsn: str, finished_sizes: list[int], claims: int = 1000) -> di
     return results
 
 
+def scrape_cost(dsn: str, finished: int, scrapes: int = 50) -> dict[str, float]:
+    """One uncached metrics scrape with ``finished`` finished rows, 1k waiting, 100 running."""
+    from backrun.observability.queue_collector import QueueCollector
+
+    label = f"{finished // 1000}k" if finished < 1_000_000 else f"{finished / 1e6:g}M"
+    with schema(dsn, "bench_scrape") as name:
+        store = PostgresStorage(dsn, schema=name, pool_size=1)
+        store.migrate()
+        start = time.perf_counter()
+        sql(
+            dsn,
+            f'INSERT INTO "{name}".jobs (id, handler, queue, priority, state, attempts, '
+            "max_attempts, run_at, finished_at, payload) SELECT lpad(to_hex(i), 32, '0'), "
+            "'bench.noop', 'default', 0, 'succeeded', 1, 4, now(), now(), '{}' "
+            "FROM generate_series(1::bigint, %s::bigint) AS i",
+            (finished,),
+        )
+        insert_s = time.perf_counter() - start
+        sql(dsn, f'VACUUM ANALYZE "{name}".jobs')
+        store.add_many(no_op_jobs(1000))
+        store.claim(
+            queues=None,
+            limit=100,
+            now=datetime.now(UTC),
+            worker_id="bench",
+            lease=timedelta(minutes=5),
+        )
+        collector = QueueCollector(cache_seconds=0)
+        collector.add(store)
+        times: list[float] = []
+        for _ in range(scrapes):
+            start = time.perf_counter()
+            collector.collect()
+            times.append((time.perf_counter() - start) * 1000)
+        store.close()
+    return {
+        f"scrape_ms_p50_{label}_finished": statistics.median(times),
+        f"scrape_ms_max_{label}_finished": max(times),
+        f"insert_s_{label}_finished": insert_s,
+    }
+
+
 # -- Procrastinate -------------------------------------------------------------
 
 PROCRASTINATE_PROGRAM = """
@@ -335,10 +380,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--no-procrastinate", action="store_true")
+    parser.add_argument("--scrape-only", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("SCHEMA", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.dsn, args.child[0], int(args.child[1]))
+        return
+    if args.scrape_only:
+        print(json.dumps({k: round(v, 2) for k, v in scrape_cost(args.dsn, args.finished).items()}))
         return
     results: dict[str, Any] = {"jobs": args.jobs, "threads": args.threads}
     enqueue, kept = enqueue_rates(args.dsn, args.jobs)
@@ -353,6 +402,7 @@ def main() -> None:
         for key, value in pickup_latency(args.dsn, procs, args.threads).items():
             results[f"{key}_{procs}proc"] = value
     results.update(claim_scaling(args.dsn, [10_000, args.finished]))
+    results.update(scrape_cost(args.dsn, args.finished))
     if not args.no_procrastinate:
         for procs in (1, 3):
             results.update(procrastinate_drain(args.dsn, args.jobs, procs, args.threads))

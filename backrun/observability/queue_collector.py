@@ -2,14 +2,19 @@
 
 One :class:`QueueCollector` serves each Prometheus registry; it reports every
 store added to it. Registering it never touches a store: the families are
-described without samples, and the store is read only when scraped.
+described without samples, and the store is read only when scraped. What a
+store answered is kept for ``cache_seconds`` (2 s by default), and scrapes that
+arrive together share one read, so a storm of scrapes (many Prometheus
+replicas, a dashboard refreshing) costs the store one read per period.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -20,9 +25,14 @@ from backrun.clock import Clock, SystemClock
 from backrun.jobs import JobState
 from backrun.storage.base import Storage
 
-__all__ = ["QueueCollector", "register_queue_collector"]
+__all__ = ["DEFAULT_CACHE_SECONDS", "QueueCollector", "register_queue_collector"]
 
 log = logging.getLogger("backrun.observability")
+
+DEFAULT_CACHE_SECONDS = 2.0
+"""How long a store's answer serves later scrapes."""
+
+_Reading = tuple[dict[tuple[str, JobState], int], dict[str, datetime]]
 
 _lock = threading.Lock()
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueCollector] = (
@@ -41,9 +51,28 @@ class QueueCollector(Collector):
     aggregate these with ``max`` rather than ``sum`` across instances.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create an empty collector.
+
+        Args:
+            cache_seconds: how long one read of a store serves later scrapes
+                (0 reads the store on every scrape). The lag is still computed
+                at scrape time from the cached oldest ``run_at``.
+            monotonic: the time source of the cache (a test's fake).
+        """
+        if cache_seconds < 0:
+            raise ValueError("cache_seconds must not be negative")
+        self.cache_seconds = cache_seconds
+        self._monotonic = monotonic
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one read of the stores at a time
         self._sources: dict[int, tuple[Storage, Clock]] = {}
+        self._cache: dict[int, tuple[float, _Reading]] = {}
 
     def add(self, storage: Storage, clock: Clock | None = None) -> None:
         """Report ``storage`` (once, however often it is added)."""
@@ -54,6 +83,7 @@ class QueueCollector(Collector):
         """Stop reporting ``storage``."""
         with self._lock:
             self._sources.pop(id(storage), None)
+            self._cache.pop(id(storage), None)
 
     def describe(self) -> list[Metric]:
         """The families, without touching any store (so registering is free)."""
@@ -66,13 +96,11 @@ class QueueCollector(Collector):
         counts: dict[tuple[str, str], int] = {}
         ages: dict[str, float] = {}
         for storage, clock in sources:
-            try:
-                now = clock.now()
-                by_state = storage.counts()
-                oldest = storage.oldest_due(now=now)
-            except Exception:
-                log.warning("metrics: could not read the store %r", storage, exc_info=True)
+            now = clock.now()
+            reading = self._read(storage, now)
+            if reading is None:
                 continue
+            by_state, oldest = reading
             for (queue, state), n in by_state.items():
                 key = (queue, JobState(state).value)
                 counts[key] = counts.get(key, 0) + n
@@ -85,6 +113,23 @@ class QueueCollector(Collector):
                 depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
             lag.add_metric([queue], ages[queue])
         return [depth, lag]
+
+    def _read(self, storage: Storage, now: datetime) -> _Reading | None:
+        """The store's counts and oldest due jobs, from the cache while it is fresh."""
+        key = id(storage)
+        with self._read_lock:  # scrapes arriving together wait for one read
+            cached = self._cache.get(key)
+            if cached is not None and self._monotonic() - cached[0] < self.cache_seconds:
+                return cached[1]
+            try:
+                reading = (storage.counts(), storage.oldest_due(now=now))
+            except Exception:
+                log.warning("metrics: could not read the store %r", storage, exc_info=True)
+                return None
+            with self._lock:
+                if key in self._sources:
+                    self._cache[key] = (self._monotonic(), reading)
+            return reading
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
@@ -107,18 +152,23 @@ def _age(now: datetime, run_at: datetime) -> float:
 
 
 def register_queue_collector(
-    storage: Storage, *, registry: CollectorRegistry | None = None, clock: Clock | None = None
+    storage: Storage,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+    cache_seconds: float = DEFAULT_CACHE_SECONDS,
 ) -> QueueCollector:
     """Report ``storage``'s queues in ``registry`` (default: the global one).
 
     One :class:`QueueCollector` serves each registry; adding a store twice is
     harmless. Use this when your application serves ``/metrics`` itself.
+    ``cache_seconds`` applies when this call creates the registry's collector.
     """
     registry = registry if registry is not None else REGISTRY
     with _lock:
         collector = _collectors.get(registry)
         if collector is None:
-            collector = _collectors[registry] = QueueCollector()
+            collector = _collectors[registry] = QueueCollector(cache_seconds=cache_seconds)
             registry.register(collector)
     collector.add(storage, clock)
     return collector

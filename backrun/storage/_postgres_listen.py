@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from ._postgres_health import Outage
+
 __all__ = ["Listener"]
 
 log = logging.getLogger("backrun.storage.postgres")
@@ -22,13 +24,20 @@ class Listener:
     """A daemon thread that LISTENs on one channel and calls back on each notification.
 
     It holds its own connection (not a pooled one), reconnects with doubling
-    backoff when it drops, logs once per outage, and calls back right after
-    every (re)connect because notifications sent while it was away are lost.
+    backoff when it drops, reports to the store's :class:`Outage` (one log line
+    per outage), and calls back right after every (re)connect because
+    notifications sent while it was away are lost.
     """
 
     def __init__(
-        self, conninfo: str, channel: str, name: str, connect_kwargs: dict[str, Any] | None = None
+        self,
+        conninfo: str,
+        channel: str,
+        name: str,
+        connect_kwargs: dict[str, Any] | None = None,
+        outage: Outage | None = None,
     ) -> None:
+        self._outage = outage or Outage(channel)
         self._conninfo = conninfo
         self._connect_kwargs = {**(connect_kwargs or {}), "autocommit": True}
         self._connect_kwargs.setdefault("connect_timeout", 5)
@@ -73,22 +82,17 @@ class Listener:
 
     def _run(self) -> None:
         delay = _FIRST_DELAY
-        lost = False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, **self._connect_kwargs) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
-                    if lost:
-                        log.warning("notification listener reconnected (%s)", self._channel)
-                        lost = False
                     delay = _FIRST_DELAY
                     self._fire()
                     while not self._stop.is_set():
                         if any(True for _ in conn.notifies(timeout=_WAIT, stop_after=1)):
                             self._fire()
+                        self._outage.succeeded()
             except psycopg.Error as exc:
-                if not lost:
-                    log.warning("notification listener lost its connection: %s", exc)
-                    lost = True
+                self._outage.failed(exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, _MAX_DELAY)

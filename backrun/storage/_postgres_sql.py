@@ -73,6 +73,57 @@ CREATE TABLE {{schema}}.workers (
 """,
     ),
     (2, "ALTER TABLE {schema}.jobs ADD COLUMN run_alone boolean NOT NULL DEFAULT false;"),
+    # Version 3 (2 is the run_alone column): liveness by database session, and
+    # finished-job counts kept by triggers so counts() never scans finished rows.
+    (
+        3,
+        f"""
+ALTER TABLE {{schema}}.workers ADD COLUMN session_key bigint,
+    ADD COLUMN session_lost_at timestamptz;
+CREATE TABLE {{schema}}.job_counts (queue text NOT NULL, state text NOT NULL, n bigint NOT NULL);
+CREATE FUNCTION {{schema}}.jobs_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.state IN {FINISHED} THEN
+        INSERT INTO {{schema}}.job_counts VALUES (OLD.queue, OLD.state, -1);
+    END IF;
+    IF NEW.state IN {FINISHED} THEN
+        INSERT INTO {{schema}}.job_counts VALUES (NEW.queue, NEW.state, 1);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION {{schema}}.jobs_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {{schema}}.job_counts SELECT queue, state, count(*) FROM new_rows
+        WHERE state IN {FINISHED} GROUP BY queue, state;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION {{schema}}.jobs_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {{schema}}.job_counts SELECT queue, state, -count(*) FROM old_rows
+        WHERE state IN {FINISHED} GROUP BY queue, state;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION {{schema}}.jobs_count_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM {{schema}}.job_counts;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, queue ON {{schema}}.jobs FOR EACH ROW
+    WHEN ((OLD.state IN {FINISHED} OR NEW.state IN {FINISHED})
+        AND (OLD.state, OLD.queue) IS DISTINCT FROM (NEW.state, NEW.queue))
+    EXECUTE FUNCTION {{schema}}.jobs_count_update();
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON {{schema}}.jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION {{schema}}.jobs_count_insert();
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON {{schema}}.jobs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION {{schema}}.jobs_count_delete();
+CREATE TRIGGER jobs_count_truncate AFTER TRUNCATE ON {{schema}}.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION {{schema}}.jobs_count_truncate();
+INSERT INTO {{schema}}.job_counts SELECT queue, state, count(*) FROM {{schema}}.jobs
+    WHERE state IN {FINISHED} GROUP BY queue, state;
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -190,12 +241,18 @@ class Statements:
             "RETURNING j.id, j.cancel_requested"
         )
         self.unregister = f"DELETE FROM {workers} WHERE id = %s"
+        # A cancel of a running job is announced, so its worker (in any
+        # process) learns of it at once instead of at its next heartbeat.
         self.cancel = (
-            f"UPDATE {jobs} SET "
+            f"WITH u AS (UPDATE {jobs} SET "
             f"state = CASE WHEN state IN {READY} THEN 'cancelled' ELSE state END, "
             f"finished_at = CASE WHEN state IN {READY} THEN %(now)s ELSE finished_at END, "
             "cancel_requested = cancel_requested OR state = 'running' "
-            f"WHERE id = %(id)s RETURNING {COLUMNS}"
+            f"WHERE id = %(id)s RETURNING {COLUMNS}) "
+            "SELECT u.*, (SELECT pg_notify(%(channel)s, 'cancel') WHERE u.state = 'running') FROM u"
+        )
+        self.cancel_requests = (
+            f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND state = 'running' AND cancel_requested"
         )
         self.requeue = (
             f"WITH u AS (UPDATE {jobs} SET state = 'queued', run_at = %(now)s, "
@@ -213,17 +270,54 @@ class Statements:
         self.count_ids = f"SELECT count(*) FROM {jobs} WHERE id = ANY(%s)"
         self.state_of = f"SELECT state FROM {jobs} WHERE id = %s"
         self.find = f"SELECT {COLUMNS} FROM {jobs}"
-        self.counts = f"SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state"
+        # Waiting and running rows are counted through their partial indexes;
+        # finished ones are summed from the trigger-kept job_counts deltas.
+        self.counts = (
+            f"SELECT queue, state, count(*) FROM {jobs} WHERE state IN {READY} "
+            "GROUP BY queue, state "
+            f"UNION ALL SELECT queue, 'running', count(*) FROM {jobs} WHERE state = 'running' "
+            "GROUP BY queue "
+            f"UNION ALL SELECT queue, state, sum(n) FROM {q}.job_counts GROUP BY queue, state "
+            "HAVING sum(n) <> 0"
+        )
+        self.compact_counts = (
+            f"WITH gone AS (DELETE FROM {q}.job_counts RETURNING queue, state, n) "
+            f"INSERT INTO {q}.job_counts SELECT queue, state, sum(n) FROM gone "
+            "GROUP BY queue, state HAVING sum(n) <> 0"
+        )
         self.next_run_at = f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY}"
         self.oldest_due = (
             f"SELECT queue, min(run_at) FROM {jobs} "
             f"WHERE state IN {READY} AND run_at <= %s GROUP BY queue"
         )
+        # A worker with a session_key holds that advisory lock on its own
+        # connection while it lives. A scan marks a worker whose lock is free
+        # (session_lost_at) and clears the mark of one whose lock is held; its
+        # jobs are orphans once the lock is still free a grace period after the
+        # mark (a live worker re-takes a lock lost with its connection sooner).
+        held = (
+            "held AS (SELECT (l.classid::bigint << 32) | l.objid::bigint AS key "
+            "FROM pg_locks AS l WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+        )
         self.orphans = (
+            f"WITH {held}, mark AS (UPDATE {workers} AS m SET session_lost_at = "
+            "CASE WHEN m.session_key IN (SELECT key FROM held) THEN NULL "
+            "ELSE coalesce(m.session_lost_at, now()) END "
+            "WHERE m.session_key IS NOT NULL "
+            "AND (m.session_key IN (SELECT key FROM held)) = (m.session_lost_at IS NOT NULL)) "
             f"SELECT {j} FROM {jobs} AS j LEFT JOIN {workers} AS w ON w.id = j.worker_id "
             "WHERE j.state = 'running' AND (w.id IS NULL OR w.expires_at < now() "
-            "OR j.renewed_at + w.ttl < w.heartbeat_at)"
+            "OR j.renewed_at + w.ttl < w.heartbeat_at "
+            "OR (w.session_key IS NOT NULL AND w.session_lost_at < now() - %s "
+            "AND w.session_key NOT IN (SELECT key FROM held)))"
         )
+        self.session_lock = "SELECT pg_try_advisory_lock(%s)"
+        self.session_unlock = "SELECT pg_advisory_unlock(%s)"
+        self.session_held = (
+            f"UPDATE {workers} SET session_key = %s, session_lost_at = NULL WHERE id = %s"
+        )
+        self.session_forget = f"UPDATE {workers} SET session_key = NULL WHERE id = %s"
         self.purge_batch = (
             f"DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} "
             f"WHERE state IN {FINISHED} AND state = ANY(%s) AND finished_at < %s "

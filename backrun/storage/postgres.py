@@ -1,8 +1,17 @@
 """PostgreSQL storage: one jobs table shared by workers on many machines.
 
 Claims are one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` round
-trip; enqueues ``NOTIFY`` a channel that idle workers ``LISTEN`` on; a workers
-table with heartbeats decides which running jobs are orphans.
+trip; enqueues, and cancels of running jobs, ``NOTIFY`` a channel that workers
+``LISTEN`` on. Which running jobs are orphans is decided by each worker's
+database session (an advisory lock its process holds, freed by the server when
+the process dies: recovery in about ``recovery_interval + session_grace``; see
+``_postgres_session``), with a workers table of heartbeats as the fallback for
+a process that hangs with its connection open.
+
+Counting: :meth:`PostgresStorage.counts` reads waiting and running rows
+through their partial indexes and finished ones from ``job_counts``, deltas
+kept by triggers in the same transaction as each change, so a metrics scrape
+costs O(waiting + running) and stays exact however many finished rows are kept.
 
 Time: the contract hands every call a ``now`` from the engine's clock, and this
 store honours it for what is recorded in jobs (due-ness, ``started_at``,
@@ -54,6 +63,7 @@ from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 from ._postgres_listen import Listener
 from ._postgres_pool import RETRY, Connections
+from ._postgres_session import SessionLock, session_key
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
 from .base import READY_STATES, Storage
 
@@ -62,6 +72,7 @@ __all__ = ["PostgresStorage"]
 log = logging.getLogger("backrun.storage.postgres")
 
 _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate() calls
+_COUNTS_LOCK = 0x6261636B72756E01  # one compaction of job_counts at a time
 
 
 class PostgresStorage(Storage):
@@ -84,6 +95,9 @@ class PostgresStorage(Storage):
             first heartbeat; keep it at least the engine's ``lease``.
         synchronous_claims: flush each claim to disk before returning it
             (slower; see the module docstring).
+        session_grace: how long a registered worker's advisory lock must stay
+            free before its running jobs are orphans (see ``_postgres_session``);
+            recovery after a crash takes about this plus ``recovery_interval``.
     """
 
     def __init__(
@@ -98,7 +112,10 @@ class PostgresStorage(Storage):
         purge_batch: int = 1000,
         register_ttl: timedelta = timedelta(seconds=60),
         synchronous_claims: bool = False,
+        session_grace: timedelta = timedelta(seconds=1),
     ) -> None:
+        if session_grace < timedelta(0):
+            raise ValueError("session_grace must not be negative")
         self.schema = schema
         self._sql = Statements(schema)
         self.poll_interval = poll_interval
@@ -106,6 +123,8 @@ class PostgresStorage(Storage):
         self.purge_batch = purge_batch
         self.register_ttl = register_ttl
         self.synchronous_claims = synchronous_claims
+        self.session_grace = session_grace
+        self._sessions: dict[str, SessionLock] = {}
         self._db = Connections(dsn_or_pool, schema=schema, size=pool_size, timeout=timeout)
         self._lock = threading.Lock()
         self._listener = Listener(
@@ -113,6 +132,7 @@ class PostgresStorage(Storage):
             self._sql.channel,
             name=f"backrun-listen-{schema}",
             connect_kwargs=self._db.connect_kwargs,
+            outage=self._db.outage,
         )
         self._closed = False
 
@@ -214,9 +234,24 @@ class PostgresStorage(Storage):
         return [row_to_job(row) for row in rows]
 
     def counts(self) -> dict[tuple[str, JobState], int]:
-        """Count jobs per (queue, state); see :meth:`Storage.counts`."""
-        rows = self._db.retrying(lambda conn: conn.execute(self._sql.counts).fetchall())
-        return {(queue, JobState(state)): n for queue, state, n in rows}
+        """Count jobs per (queue, state), exactly; see :meth:`Storage.counts`.
+
+        Costs O(waiting + running) whatever the number of finished jobs:
+        waiting and running rows are counted through their partial indexes,
+        finished ones are kept by triggers in the same transaction as each
+        state change (``job_counts``), so the figures are exact.
+        """
+
+        def count(conn: psycopg.Connection[Any]) -> Any:
+            with conn.transaction():
+                # Stale statistics must not turn the partial-index counts into a
+                # full scan; and the cost that setting adds must not trigger JIT
+                # compilation (seconds per call).
+                conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+                return conn.execute(self._sql.counts).fetchall()
+
+        rows = self._db.retrying(count)
+        return {(queue, JobState(state)): int(n) for queue, state, n in rows}
 
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
@@ -316,16 +351,48 @@ class PostgresStorage(Storage):
         return {job.id for job in jobs if renewed.get(job.id, True)}
 
     def register_worker(self, worker_id: str, *, now: datetime) -> None:
-        """Insert or refresh the worker's row; live for ``register_ttl`` until a heartbeat."""
+        """Insert or refresh the worker's row, and hold its session lock while it lives.
+
+        The row is live for ``register_ttl`` until a heartbeat. The advisory
+        lock, held on a connection of its own until :meth:`unregister_worker`,
+        lets other workers see at once that this process died (see
+        ``_postgres_session``); this waits up to ``timeout`` for it, and without
+        it the worker is judged by its heartbeats alone.
+        """
         self.heartbeat((), worker_id=worker_id, now=now, lease_until=now + self.register_ttl)
+        with self._lock:
+            if worker_id in self._sessions or self._closed:
+                return
+            session = self._sessions[worker_id] = SessionLock(
+                self._db.conninfo,
+                self._db.connect_kwargs,
+                worker_id=worker_id,
+                key=session_key(self.schema, worker_id),
+                statements=self._sql,
+                forget=lambda: self._db.retrying(
+                    lambda conn: conn.execute(self._sql.session_forget, (worker_id,))
+                ),
+                outage=self._db.outage,
+            )
+        if not session.start(wait=self._db.timeout):
+            log.warning("worker %s: no session lock yet; judged by its lease", worker_id)
 
     def unregister_worker(self, worker_id: str) -> None:
-        """Delete the worker's row; its running jobs (if any) become orphans."""
+        """Release the worker's session lock and delete its row; its running jobs become orphans."""
+        with self._lock:
+            session = self._sessions.pop(worker_id, None)
+        if session is not None:
+            session.stop()
         self._db.retrying(lambda conn: conn.execute(self._sql.unregister, (worker_id,)))
 
     def orphans(self, *, now: datetime) -> list[Job]:
-        """Running jobs whose worker is gone or expired by the database's clock."""
-        rows = self._db.retrying(lambda conn: conn.execute(self._sql.orphans).fetchall())
+        """Running jobs whose worker is gone: its session lock free, or its lease expired.
+
+        Liveness is judged by the database (its locks and its clock), not by
+        ``now``; see ``_postgres_session`` for the session lock's rules.
+        """
+        grace = self.session_grace
+        rows = self._db.retrying(lambda conn: conn.execute(self._sql.orphans, (grace,)).fetchall())
         return [row_to_job(row) for row in rows]
 
     # -- changing unowned jobs ----------------------------------------------------
@@ -333,12 +400,28 @@ class PostgresStorage(Storage):
     def cancel(self, job_id: str, *, now: datetime) -> Job:
         """Cancel a job; see :meth:`Storage.cancel`."""
         check_job_id(job_id)
-        params = {"id": job_id, "now": now}
+        params = {"id": job_id, "now": now, "channel": self._sql.channel}
         # Cancelling twice ends where cancelling once does, so a dropped call is retried.
+        # A RUNNING job's cancel is NOTIFYed: every process's subscribe() callbacks fire.
         row = self._db.retrying(lambda conn: conn.execute(self._sql.cancel, params).fetchone())
         if row is None:
             raise JobNotFound(job_id)
         return row_to_job(row)
+
+    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
+        """Return the ids among ``job_ids`` that are RUNNING with a cancel requested.
+
+        One indexed query, whatever the number of ids; unknown ids are ignored.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        for job_id in ids:
+            check_job_id(job_id)
+        rows = self._db.retrying(
+            lambda conn: conn.execute(self._sql.cancel_requests, (ids,)).fetchall()
+        )
+        return {row[0] for row in rows}
 
     def requeue(self, job_id: str, *, now: datetime) -> Job:
         """Run a job again now; see :meth:`Storage.requeue`."""
@@ -379,16 +462,24 @@ class PostgresStorage(Storage):
                 return total
 
     def maintain(self, *, now: datetime) -> None:
-        """Purge finished jobs past ``retention`` and forget long-dead workers."""
+        """Purge finished jobs past ``retention``, forget long-dead workers, fold counts."""
         self.purge(before=now - self.retention)
         self._db.retrying(
             lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),))
         )
+        self._db.retrying(self._compact_counts)
+
+    def _compact_counts(self, conn: psycopg.Connection[Any]) -> None:
+        """Fold the finished-count deltas into one row per (queue, state); one caller at a time."""
+        with conn.transaction():
+            row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_COUNTS_LOCK,)).fetchone()
+            if row and row[0]:
+                conn.execute(self._sql.compact_counts)
 
     # -- notifications ------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` on each enqueue notification, and after each reconnect.
+        """Call ``callback`` on each enqueue or cancel notification, and after each reconnect.
 
         One listener thread per store holds a dedicated connection and
         reconnects with backoff; ``poll_interval`` covers what it misses.
@@ -402,6 +493,10 @@ class PostgresStorage(Storage):
                 return
             self._closed = True
         self._listener.stop()
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.stop()
         self._db.close()
 
 

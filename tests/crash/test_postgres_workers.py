@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -149,6 +150,77 @@ def test_a_sigkilled_workers_job_is_recovered_by_another_after_its_lease(
     assert final.attempts == 1
     assert [e.type for e in final.errors] == [WORKER_CRASHED_UNCHARGED]
     assert cluster.runs() == [(job.id, rescuer)]
+
+
+def locked_workers(store: Any) -> int:
+    """How many workers of the store hold their session lock (see _postgres_session)."""
+    query = (
+        f'SELECT count(*) FROM "{store.schema}".workers AS w JOIN pg_locks AS l '
+        "ON l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted "
+        "AND ((l.classid::bigint << 32) | l.objid::bigint) = w.session_key "
+        "WHERE w.session_lost_at IS NULL"
+    )
+    with store._db.connect() as conn:
+        row = conn.execute(query).fetchone()
+    return int(row[0])
+
+
+def test_a_sigkilled_workers_job_is_recovered_in_about_recovery_interval_not_a_lease(
+    cluster: Cluster,
+) -> None:
+    """Dead by its database session: recovery ~ recovery_interval + session_grace, lease 60 s."""
+    for _ in range(2):
+        cluster.start(threads=1, lease=60.0, recovery=0.2)
+    recoveries: list[float] = []
+    for kill in range(3):
+        wait_until(lambda: locked_workers(cluster.store) == 2, timeout=20)
+        release = cluster.workdir / f"release{kill}"
+        [job] = jobs("crash.block", 1, release=str(release))
+        cluster.store.add(job)
+        wait_until(lambda j=job: j.id in dict(cluster.started()), timeout=20)  # type: ignore[misc]
+        victim = dict(cluster.started())[job.id]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        release.touch()  # the rescued run ends at once
+        next(p for p in cluster.procs if p.pid == victim).wait(timeout=10)
+        wait_until(
+            lambda j=job: cluster.store.get(j.id).state is JobState.SUCCEEDED,  # type: ignore[misc]
+            timeout=15,  # a quarter of the lease: the lease alone cannot pass this
+        )
+        recoveries.append(time.monotonic() - killed)
+        final = cluster.store.get(job.id)
+        assert final.attempts == 1  # a first crash is not charged (it may not be the job's)
+        assert [e.type for e in final.errors] == [WORKER_CRASHED_UNCHARGED]
+        cluster.start(threads=1, lease=60.0, recovery=0.2)  # replace the victim
+    print(f"recovery after SIGKILL: {[round(r, 2) for r in recoveries]} s")
+    assert statistics.median(recoveries) < 5.0, recoveries
+
+
+def test_a_live_worker_whose_connections_are_killed_keeps_its_job(cluster: Cluster) -> None:
+    """Its session lock is freed with its connection: it must re-take it, not lose its job."""
+    release = cluster.workdir / "release"
+    [job] = jobs("crash.block", 1, release=str(release))
+    for _ in range(2):
+        cluster.start(threads=2, lease=60.0, recovery=0.1)
+    wait_until(lambda: locked_workers(cluster.store) == 2, timeout=20)
+    cluster.store.add(job)
+    wait_until(lambda: len(cluster.started()) == 1, timeout=20)
+    [(_, owner)] = cluster.started()
+    for _ in range(3):
+        assert terminate_backends(cluster.store.schema + "_w") >= 2
+        # Both locks are free now; both workers must take them back within the grace.
+        wait_until(lambda: locked_workers(cluster.store) == 2, timeout=10)
+    # Watch for three graces while the other worker scans for orphans every 0.1 s.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        current = cluster.store.get(job.id)
+        assert (current.state, current.attempts) == (JobState.RUNNING, 1)
+    release.touch()
+    wait_until(lambda: cluster.store.get(job.id).state is JobState.SUCCEEDED, timeout=20)
+    final = cluster.store.get(job.id)
+    assert (final.attempts, final.errors) == (1, ())
+    assert cluster.runs() == [(job.id, owner)]
+    assert all(proc.poll() is None for proc in cluster.procs), cluster.logs()
 
 
 def test_a_live_workers_long_job_is_never_taken(cluster: Cluster) -> None:

@@ -86,8 +86,8 @@ def test_migrate_is_versioned_idempotent_and_safe_to_race() -> None:
         versions = [version for version, _ in MIGRATIONS]
         assert sorted(results) == [[], [], versions]
         assert stores[0].migrate() == []
-        rows = psql(f'SELECT version FROM "{schema}".schema_versions ORDER BY version')
-        assert rows == [(v,) for v in versions]
+        applied = psql(f'SELECT version FROM "{schema}".schema_versions ORDER BY version')
+        assert applied == [(v,) for v in versions]
     finally:
         for s in stores:
             s.close()

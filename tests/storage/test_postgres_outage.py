@@ -162,6 +162,8 @@ def test_a_worker_rides_out_an_outage_and_loses_nothing(
             relay.restore()
             wait_until(enqueued_more, timeout=15)  # the pool may still be backing off
             wait_until(lambda: succeeded() == 201, timeout=30)
+            # The recovery is logged once nothing failed for a moment (one line per outage).
+            wait_until(lambda: "connection restored" in caplog.text, timeout=10)
         final = observer.get(held.id)
         assert final is not None
         assert (final.state, final.attempts, final.errors) == (JobState.SUCCEEDED, 1, ())
