@@ -126,7 +126,7 @@ class StoreBase:
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
-        self.busy: set[str] = set()  # job ids with a grab under way in this store
+        self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
         self._later: dict[str, tuple[int, list[int]]] = {}
         self._queues: tuple[int, list[str]] | None = None
@@ -291,6 +291,18 @@ class StoreBase:
             if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
                 return entry
         return None
+
+    def forget_claim(self, job_id: str, token: str) -> bool:
+        """Drop claim ``token`` of ``job_id`` from :attr:`mine`; True if it was there.
+
+        Only that claim: this process may have claimed the job again meanwhile.
+        """
+        with self.mutex:
+            name = self.mine.get(job_id)
+            if name is None or name.split("~", 2)[1] != token:
+                return False
+            del self.mine[job_id]
+            return True
 
     def marker_path(self, job_id: str, token: str) -> str:
         return os.path.join(self.cancels_dir, f"{job_id}~{token}")

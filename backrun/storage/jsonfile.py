@@ -241,7 +241,8 @@ class JsonFileStorage(ChangesMixin, Storage):
                     with self.mutex:
                         cache.add(parsed)
                     raise
-                self.mine[parsed.job_id] = rname
+                with self.mutex:
+                    self.mine[parsed.job_id] = rname
                 job = self._claimed(path, rname, lease_ns, os.path.join(cache.path, name))
                 if job is not None:
                     claimed.append(job)
@@ -270,7 +271,7 @@ class JsonFileStorage(ChangesMixin, Storage):
             logger.error(
                 "job %s: claim failed after taking it (%s); putting it back", rn.job_id, exc
             )
-        self.mine.pop(rn.job_id, None)
+        self.forget_claim(rn.job_id, rn.token)
         try:
             fs.rename(path, ready)
         except OSError as exc:
@@ -283,22 +284,25 @@ class JsonFileStorage(ChangesMixin, Storage):
         token = check_token(job.claim_token)
         if token is None:
             raise LeaseLost(f"job {job.id} carries no claim of this store")
+        # Keyed by claim, not by job: the previous claim's write may still be
+        # finishing (its grab not yet dropped) when this process claims the job again.
+        claim = (job.id, token)
         with self.mutex:
-            if job.id in self.busy:
+            if claim in self.busy:
                 raise LeaseLost(f"job {job.id} is being changed by another thread")
-            self.busy.add(job.id)
+            self.busy.add(claim)
         try:
             with storage_errors("update"):
                 self._update(job, token)
         finally:
             with self.mutex:
-                self.busy.discard(job.id)
+                self.busy.discard(claim)
 
     def _update(self, job: Job, token: str) -> None:
         rname = self.running_name_of(job.id, token)
         rn = None if rname is None else parse_running(rname)
         if rn is None:
-            self.mine.pop(job.id, None)
+            self.forget_claim(job.id, token)
             raise LeaseLost(f"job {job.id} is no longer held under this claim")
         src = os.path.join(self.running_dir, rn.name)
         if job.state is JobState.RUNNING and self.has_marker(job.id, token):
@@ -311,16 +315,18 @@ class JsonFileStorage(ChangesMixin, Storage):
             grabbed = self.grab(src)
         except FileNotFoundError:
             self.files.discard(tmp)
-            self.mine.pop(job.id, None)
+            self.forget_claim(job.id, token)
             raise LeaseLost(f"job {job.id} is no longer held under this claim") from None
         except Exception:
             self.files.discard(tmp)
             raise
         self._replace_grabbed(tmp, dest, grabbed, job)
         if job.state is not JobState.RUNNING:
-            self.mine.pop(job.id, None)  # a cancel marker left behind is maintain()'s to drop
+            self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
         elif dest != src:
-            self.mine[job.id] = os.path.basename(dest)
+            with self.mutex:
+                if self.forget_claim(job.id, token) or job.id not in self.mine:
+                    self.mine[job.id] = os.path.basename(dest)
 
     def _place(self, job: Job, rn: RunningName) -> tuple[str, int | None]:
         """Where a record in ``job.state`` goes, and the mtime its file should carry."""
@@ -353,7 +359,7 @@ class JsonFileStorage(ChangesMixin, Storage):
                     fs.utime(os.path.join(self.running_dir, rname), lease_ns)
                 except FileNotFoundError:
                     stop.add(job.id)
-                    self.mine.pop(job.id, None)
+                    self.forget_claim(job.id, token)
                     continue
                 if self.has_marker(job.id, token):
                     stop.add(job.id)
