@@ -128,6 +128,7 @@ class StoreBase:
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
+        self.pending_batches: set[str] = set()  # own batch dirs a failed step left
         self._later: dict[str, tuple[int, list[int]]] = {}
         self._queues: tuple[int, list[str]] | None = None
         self._queues_checked = 0.0

@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from backrun.clock import utcnow
@@ -53,7 +52,6 @@ from .base import READY_STATES, Storage
 __all__ = ["JsonFileStorage"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
-_BATCH_THREADS = 8
 
 
 class JsonFileStorage(ChangesMixin, Storage):
@@ -111,7 +109,12 @@ class JsonFileStorage(ChangesMixin, Storage):
         self.add_many([job])
 
     def add_many(self, jobs: Sequence[Job]) -> None:
-        """Persist several new jobs with one fsync per directory; all or none are added.
+        """Persist several new jobs; all or none are added, even if the process is killed.
+
+        Several jobs are staged in ``tmp/`` and committed by one rename (see
+        :mod:`backrun.storage._jsonfile_batch`): a kill before the commit
+        leaves none of them, a kill after it all of them once any store's
+        :meth:`maintain` has run.
 
         Raises:
             ValueError: an id is malformed or exists already, or a job is not waiting.
@@ -130,6 +133,9 @@ class JsonFileStorage(ChangesMixin, Storage):
         with storage_errors("enqueue"):
             for qenc in {qenc for _, qenc, _, _ in plans}:
                 self.ensure_queue(qenc)
+                if len(plans) > 1:  # one job is linked, which refuses a duplicate by itself
+                    with self.mutex:
+                        self.cache(qenc).refresh(0, force=True)
             for job, *_ in plans:
                 if self._exists(job.id):
                     raise ValueError(f"job {job.id} exists already")
@@ -152,46 +158,38 @@ class JsonFileStorage(ChangesMixin, Storage):
         return False
 
     def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
-        tmps: list[str] = []
-        published: list[str] = []
-        try:
-            records = [dump_job(job) for job, *_ in plans]
-            if len(plans) > 1 and self.fsync:
-                # Written and fsynced in parallel: concurrent fsyncs share journal commits.
-                with ThreadPoolExecutor(min(_BATCH_THREADS, len(plans))) as pool:
-                    futures = [pool.submit(self.files.write_tmp, r, sync=True) for r in records]
-                    for future in futures:
-                        if future.exception() is None:
-                            tmps.append(future.result())
-                    for future in futures:
-                        future.result()  # raise the first failure, once all are accounted for
-            else:
-                tmps.extend(self.files.write_tmp(r, sync=True) for r in records)
-            for tmp, (job, _, directory, name) in zip(tmps, plans, strict=True):
-                dest = os.path.join(directory, name)
-                try:
-                    fs.link(tmp, dest)
-                except FileExistsError:
-                    raise ValueError(f"job {job.id} exists already") from None
-                except FileNotFoundError:
-                    self.ensure_dir(directory)
-                    fs.link(tmp, dest)
-                published.append(dest)
-            for directory in {directory for _, _, directory, _ in plans}:
-                self.files.sync_dir(directory)
-        except Exception:
-            for dest in published:
-                self.files.discard(dest)
-            raise
-        finally:
-            for tmp in tmps:
-                self.files.discard(tmp)
+        records = [dump_job(job) for job, *_ in plans]
+        if len(plans) > 1:
+            self.write_batch(records, [(directory, name) for _, _, directory, name in plans])
+        else:
+            self._write_one(records[0], plans[0])
         with self.mutex:
             for _, qenc, directory, name in plans:
                 if directory.endswith("ready"):
                     parsed = parse_ready(name)
                     assert parsed is not None
                     self.cache(qenc).add(parsed)
+
+    def _write_one(self, record: bytes, plan: tuple[Job, str, str, str]) -> None:
+        """One job: written aside, then linked into place (one step, so all or none)."""
+        job, _, directory, name = plan
+        tmp = self.files.write_tmp(record, sync=True)
+        try:
+            dest = os.path.join(directory, name)
+            try:
+                fs.link(tmp, dest)
+            except FileExistsError:
+                raise ValueError(f"job {job.id} exists already") from None
+            except FileNotFoundError:
+                self.ensure_dir(directory)
+                fs.link(tmp, dest)
+            try:
+                self.files.sync_dir(directory)
+            except Exception:
+                self.files.discard(dest)
+                raise
+        finally:
+            self.files.discard(tmp)
 
     # -- claim and the owner's writes -----------------------------------------
 
