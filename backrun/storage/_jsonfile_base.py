@@ -189,7 +189,13 @@ class StoreBase:
     def cache(self, qenc: str) -> ReadyCache:
         cache = self.caches.get(qenc)
         if cache is None:
-            cache = self.caches[qenc] = ReadyCache(self.qdir(qenc, "ready"))
+            directory = self.qdir(qenc, "ready")
+            cache = self.caches[qenc] = ReadyCache(
+                directory,
+                lambda name: self.files.quarantine(
+                    os.path.join(directory, name), "not a job file name in ready/"
+                ),
+            )
         return cache
 
     def waiting_path(self, job: Job, reference: datetime | None) -> tuple[str, str, str]:
@@ -259,6 +265,8 @@ class StoreBase:
             for name in names:
                 parsed = parse_ready(name)
                 if parsed is None:
+                    if not name.endswith(GRAB_SUFFIX):
+                        self.files.quarantine(os.path.join(path, name), "not a job file name")
                     continue
                 try:
                     fs.rename(os.path.join(path, name), os.path.join(ready, name))

@@ -127,7 +127,7 @@ class Files:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.quarantine(path, f"unreadable: {exc}")
+            self.quarantine(path, f"unreadable: {exc.strerror or exc}")
             return None
         try:
             return load_job(data)

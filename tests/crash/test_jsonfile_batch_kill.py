@@ -43,11 +43,11 @@ number = first
 while True:
     store.add_many([
         Job(id=f"{number:016x}{n:016x}", handler="h", payload={}, run_at=now, created_at=now)
-        for n in range(%d)
+        for n in range(BATCH_SIZE)
     ])
     print("acked", number, flush=True)
     number += 1
-""" % BATCH
+""".replace("BATCH_SIZE", str(BATCH))
 
 
 def produce_and_kill(
@@ -71,9 +71,7 @@ def produce_and_kill(
 
 def acknowledged(out: Path) -> set[int]:
     return {
-        int(line.split()[1])
-        for line in out.read_text().splitlines()
-        if line.startswith("acked ")
+        int(line.split()[1]) for line in out.read_text().splitlines() if line.startswith("acked ")
     }
 
 
