@@ -386,40 +386,6 @@ class JsonFileStorage(ChangesMixin, Storage):
         """
         return self._watcher.subscribe(callback)
 
-    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
-        """Return the ids among ``job_ids`` that are RUNNING with a cancel requested.
-
-        Reads names only: one listing of ``cancels/`` (a marker
-        ``<id>~<token>`` per requested claim), matched against the claims this
-        store made, and one listing of ``running/`` for any other job. No
-        record is read and no lease touched. See :meth:`Storage.cancel_requests`.
-
-        Raises:
-            StorageError: a directory could not be listed.
-        """
-        with storage_errors("cancel_requests"):
-            markers = set(fs.listdir(self.cancels_dir))
-            marked = {name.split("~", 1)[0] for name in markers} & set(job_ids)
-            if not marked:
-                return set()
-            claims: dict[str, set[str]] = {}
-            with self.mutex:
-                for job_id in marked:
-                    name = self.mine.get(job_id)
-                    if name is not None:
-                        claims[job_id] = {name.split("~", 2)[1]}
-            others = marked - claims.keys()
-            if others:
-                for entry in self.running_entries():
-                    rn = parse_running(entry)
-                    if rn is not None and rn.job_id in others:
-                        claims.setdefault(rn.job_id, set()).add(rn.token)
-            return {
-                job_id
-                for job_id, tokens in claims.items()
-                if any(f"{job_id}~{token}" in markers for token in tokens)
-            }
-
     def close(self) -> None:
         """Stop the watcher and release every lock this store holds. Idempotent."""
         if self._closed:
