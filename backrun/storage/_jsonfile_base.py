@@ -126,8 +126,9 @@ class StoreBase:
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
-        self.busy: set[str] = set()  # job ids with a grab under way in this store
+        self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
+        self.pending_batches: set[str] = set()  # own batch dirs a failed step left
         self._later: dict[str, tuple[int, list[int]]] = {}
         self._queues: tuple[int, list[str]] | None = None
         self._queues_checked = 0.0
@@ -188,7 +189,13 @@ class StoreBase:
     def cache(self, qenc: str) -> ReadyCache:
         cache = self.caches.get(qenc)
         if cache is None:
-            cache = self.caches[qenc] = ReadyCache(self.qdir(qenc, "ready"))
+            directory = self.qdir(qenc, "ready")
+            cache = self.caches[qenc] = ReadyCache(
+                directory,
+                lambda name: self.files.quarantine(
+                    os.path.join(directory, name), "not a job file name in ready/"
+                ),
+            )
         return cache
 
     def waiting_path(self, job: Job, reference: datetime | None) -> tuple[str, str, str]:
@@ -258,6 +265,8 @@ class StoreBase:
             for name in names:
                 parsed = parse_ready(name)
                 if parsed is None:
+                    if not name.endswith(GRAB_SUFFIX):
+                        self.files.quarantine(os.path.join(path, name), "not a job file name")
                     continue
                 try:
                     fs.rename(os.path.join(path, name), os.path.join(ready, name))
@@ -291,6 +300,18 @@ class StoreBase:
             if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
                 return entry
         return None
+
+    def forget_claim(self, job_id: str, token: str) -> bool:
+        """Drop claim ``token`` of ``job_id`` from :attr:`mine`; True if it was there.
+
+        Only that claim: this process may have claimed the job again meanwhile.
+        """
+        with self.mutex:
+            name = self.mine.get(job_id)
+            if name is None or name.split("~", 2)[1] != token:
+                return False
+            del self.mine[job_id]
+            return True
 
     def marker_path(self, job_id: str, token: str) -> str:
         return os.path.join(self.cancels_dir, f"{job_id}~{token}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 
 from . import fs
 from ._jsonfile_layout import GRAB_SUFFIX, ReadyName, parse_ready
@@ -31,8 +32,10 @@ RECHECK_S = 0.05
 class ReadyCache:
     """The waiting jobs of one queue's ready directory. Not thread-safe: the store locks."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_stranger: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._on_stranger = on_stranger
+        self._strangers: set[str] = set()  # names not of a job, reported once each
         self.mtime_ns = -1
         self.racy = True
         self.listed_at = float("-inf")
@@ -81,6 +84,10 @@ class ReadyCache:
             if parsed is not None:
                 self.live[name] = parsed
                 self.by_id[parsed.job_id] = name
+            elif name not in self._strangers:
+                self._strangers.add(name)
+                if self._on_stranger is not None:
+                    self._on_stranger(name)
         self._due = []
         self._pending = [(p.run_key, p.name) for p in self.live.values()]
         heapq.heapify(self._pending)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Collection
 from datetime import datetime
 
 from backrun.clock import utcnow
@@ -15,7 +16,7 @@ from backrun.serialization import dump_job
 
 from . import fs
 from ._jsonfile_base import Found, storage_errors, to_ns
-from ._jsonfile_layout import parse_ready
+from ._jsonfile_layout import parse_ready, parse_running
 from ._jsonfile_upkeep import UpkeepMixin
 from .base import READY_STATES
 
@@ -80,6 +81,40 @@ class ChangesMixin(UpkeepMixin):
                     return job
                 self._wait_for_change(found)
         raise StorageError(f"job {job_id} kept changing; cancel gave up")
+
+    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
+        """Return the ids among ``job_ids`` that are RUNNING with a cancel requested.
+
+        Reads names only: one listing of ``cancels/`` (a marker
+        ``<id>~<token>`` per requested claim), matched against the claims this
+        store made, and one listing of ``running/`` for any other job. No
+        record is read and no lease touched. See :meth:`Storage.cancel_requests`.
+
+        Raises:
+            StorageError: a directory could not be listed.
+        """
+        with storage_errors("cancel_requests"):
+            markers = set(fs.listdir(self.cancels_dir))
+            marked = {name.split("~", 1)[0] for name in markers} & set(job_ids)
+            if not marked:
+                return set()
+            claims: dict[str, set[str]] = {}
+            with self.mutex:
+                for job_id in marked:
+                    name = self.mine.get(job_id)
+                    if name is not None:
+                        claims[job_id] = {name.split("~", 2)[1]}
+            others = marked - claims.keys()
+            if others:
+                for entry in self.running_entries():
+                    rn = parse_running(entry)
+                    if rn is not None and rn.job_id in others:
+                        claims.setdefault(rn.job_id, set()).add(rn.token)
+            return {
+                job_id
+                for job_id, tokens in claims.items()
+                if any(f"{job_id}~{token}" in markers for token in tokens)
+            }
 
     def _request_cancel(self, path: str, job_id: str, token: str) -> bool:
         marker = self.marker_path(job_id, token)

@@ -92,6 +92,11 @@ class Files:
         removed again and the error raised.
         """
         path = os.path.join(self.tmp, secrets.token_hex(12) + ".tmp")
+        self.write_new(path, data, sync=sync, mtime_ns=mtime_ns)
+        return path
+
+    def write_new(self, path: str, data: bytes, *, sync: bool, mtime_ns: int | None = None) -> None:
+        """Write ``data`` to the new file ``path``, as :meth:`write_tmp` does."""
         fd = fs.open_new(path)
         try:
             fs.write_all(fd, data, path)
@@ -104,7 +109,6 @@ class Files:
             self.discard(path)
             raise
         fs.close(fd, path)
-        return path
 
     def discard(self, path: str) -> None:
         """Remove a file if it is there, ignoring errors (cleanup after a failure)."""
@@ -123,7 +127,7 @@ class Files:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.quarantine(path, f"unreadable: {exc}")
+            self.quarantine(path, f"unreadable: {exc.strerror or exc}")
             return None
         try:
             return load_job(data)
@@ -159,7 +163,10 @@ class Files:
         for name in fs.listdir(self.tmp):
             path = os.path.join(self.tmp, name)
             try:
-                if fs.lstat(path).st_ctime_ns < older_than_ns:
+                st = fs.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a batch: its session's healer decides
+                if st.st_ctime_ns < older_than_ns:
                     fs.unlink(path)
                     removed += 1
             except FileNotFoundError:

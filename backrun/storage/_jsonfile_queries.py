@@ -7,13 +7,14 @@ does not match the name and directory it sits in, is quarantined and skipped.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Collection, Iterator
 from datetime import datetime
 
 from backrun.jobs import Job, JobState, check_job_id
 
-from . import fs
+from . import _jsonfile_cache, fs
 from ._jsonfile_base import Found, StoreBase, wraps_os_errors
 from ._jsonfile_layout import (
     BUCKET_US,
@@ -33,6 +34,16 @@ from .base import READY_STATES
 __all__ = ["QueryMixin"]
 
 _RUNNING_OR_WAITING = READY_STATES | {JobState.RUNNING}
+LOCATE_PASSES = 50
+"""How often :meth:`QueryMixin.locate` looks again while the job may be moving."""
+
+
+def _stable(before: dict[str, int], after: dict[str, int]) -> bool:
+    """True if no directory changed between the two stamps, nor too recently to tell."""
+    if before != after:
+        return False
+    racy_since = time.time_ns() - _jsonfile_cache.RACY_NS
+    return all(mtime < racy_since for mtime in after.values())
 
 
 class QueryMixin(StoreBase):
@@ -62,13 +73,45 @@ class QueryMixin(StoreBase):
         return [q for q in (encode_queue(name) for name in queues) if q in existing]
 
     def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:
-        """Find a job wherever it is; a job mid-change is looked for twice."""
-        found = self._locate_once(job_id, grabs)
-        if found is None:
-            found = self._locate_once(job_id, grabs)
-        return found
+        """Find a job wherever it is.
 
-    def _locate_once(self, job_id: str, grabs: bool) -> Found | None:
+        A job moves by renames while it is looked for, so one pass over the
+        directories can miss it: a name seen but gone when read, or a rename
+        into a directory the pass had already looked at. A miss is believed only
+        when no name vanished and no directory looked at changed during the
+        pass (nor so recently that its coarse mtime could hide a change);
+        otherwise the pass is repeated, at most :data:`LOCATE_PASSES` times.
+        """
+        for _ in range(LOCATE_PASSES):
+            before = self._stamps()
+            vanished: list[str] = []
+            found = self._locate_once(job_id, grabs, vanished)
+            if found is not None:
+                return found
+            if not vanished and _stable(before, self._stamps()):
+                return None
+        return None
+
+    def _stamps(self) -> dict[str, int]:
+        """The mtimes of every directory a job can be found in (missing ones as -1)."""
+        stamps: dict[str, int] = {}
+        for directory in (self.running_dir, self.queues_dir, *self._job_dirs()):
+            try:
+                stamps[directory] = fs.stat(directory).st_mtime_ns
+            except FileNotFoundError:
+                stamps[directory] = -1
+        return stamps
+
+    def _job_dirs(self) -> Iterator[str]:
+        for qenc in self.queue_dirs():
+            yield self.qdir(qenc, "ready")
+            yield self.qdir(qenc, "later")
+            for sub in FINISHED_DIRS.values():
+                yield self.qdir(qenc, sub)
+            for bucket in self.later_buckets(qenc):
+                yield self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+
+    def _locate_once(self, job_id: str, grabs: bool, vanished: list[str]) -> Found | None:
         grabbed: tuple[RunningName, str] | None = None
         for entry in self.running_entries():
             if not entry.startswith(job_id):
@@ -85,17 +128,19 @@ class QueryMixin(StoreBase):
             job = self.read_running(rn, path)
             if job is not None:
                 return Found("running", path, job, encode_queue(job.queue), rn)
+            vanished.append(path)
         for qenc in self.queue_dirs():
-            found = self._locate_in_queue(job_id, qenc)
+            found = self._locate_in_queue(job_id, qenc, vanished)
             if found is not None:
                 return found
         if grabbed is not None:
             job = self.read_running(*grabbed)
             if job is not None:
                 return Found("grabbed", grabbed[1], job, encode_queue(job.queue), grabbed[0])
+            vanished.append(grabbed[1])
         return None
 
-    def _locate_in_queue(self, job_id: str, qenc: str) -> Found | None:
+    def _locate_in_queue(self, job_id: str, qenc: str, vanished: list[str]) -> Found | None:
         for state, sub in FINISHED_DIRS.items():
             path = os.path.join(self.qdir(qenc, sub), job_id + ".json")
             job = self.read_checked(path, job_id, (state,))
@@ -110,12 +155,14 @@ class QueryMixin(StoreBase):
             job = self.read_checked(path, job_id, READY_STATES)
             if job is not None:
                 return Found("ready", path, job, qenc)
+            vanished.append(path)
         for directory, name in self._later_names(qenc):
             if name[39:71] == job_id:
                 path = os.path.join(directory, name)
                 job = self.read_checked(path, job_id, READY_STATES)
                 if job is not None:
                     return Found("later", path, job, qenc)
+                vanished.append(path)
         return None
 
     def _later_names(self, qenc: str) -> Iterator[tuple[str, str]]:

@@ -11,15 +11,15 @@ from backrun.jobs import FINISHED_STATES, JobState
 
 from . import fs
 from ._jsonfile_base import storage_errors, to_ns
+from ._jsonfile_batch import BatchMixin
 from ._jsonfile_layout import FINISHED_DIRS, parse_running
 from ._jsonfile_locks import is_free
-from ._jsonfile_queries import QueryMixin
 from ._jsonfile_ticks import forget_markers
 
 __all__ = ["UpkeepMixin"]
 
 
-class UpkeepMixin(QueryMixin):
+class UpkeepMixin(BatchMixin):
     """purge() and maintain(); see :meth:`maintain`."""
 
     retention: timedelta
@@ -55,6 +55,9 @@ class UpkeepMixin(QueryMixin):
             for grabbed in list(self.stranded):
                 self.stranded.discard(grabbed)
                 self.heal_grab(grabbed, lambda job_id: self.locate(job_id, grabs=False))
+            for batch in sorted(self.pending_batches):
+                self.pending_batches.discard(batch)
+                self.heal_batch(batch)
             grace = int(self.tmp_grace.total_seconds() * 1e9)
             self.files.clean_tmp(older_than_ns=time.time_ns() - grace)
             self._clean_markers_and_locks()
@@ -67,16 +70,21 @@ class UpkeepMixin(QueryMixin):
     def heal_dead_sessions(self) -> None:
         """Finish or undo the half-done changes of every store that died."""
         directory = os.path.join(self.root, "sessions")
-        for name in fs.listdir(directory):
-            path = os.path.join(directory, name)
-            if path == self.session_path or not name.endswith(".lock"):
-                continue
+        batches: dict[str, list[str]] = {}
+        for name in self.batch_dirs():
+            batches.setdefault(name.split("~", 1)[0], []).append(name)
+        sessions = {n[:-5] for n in fs.listdir(directory) if n.endswith(".lock")} | set(batches)
+        for session in sorted(sessions - {self.session}):
+            path = os.path.join(directory, session + ".lock")
             try:
                 self.locks.acquire(path, wait=0)
             except TimeoutError:
                 continue
             try:
-                self.heal_session(name[:-5], lambda job_id: self.locate(job_id, grabs=False))
+                # Batches first: a healed batch is a set of jobs the grabs' healing may look for.
+                for name in sorted(batches.get(session, [])):
+                    self.heal_batch(os.path.join(self.files.tmp, name))
+                self.heal_session(session, lambda job_id: self.locate(job_id, grabs=False))
             finally:
                 self.locks.release(path, unlink=True)
 

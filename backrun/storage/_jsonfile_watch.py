@@ -1,10 +1,12 @@
-"""Cross-process wake-ups for the JSON store: a thread watching the ready directories.
+"""Cross-process wake-ups for the JSON store: a thread watching the ready and cancels dirs.
 
-Another process's enqueue changes a ready directory's mtime. One daemon thread
-per store, started by the first :meth:`subscribe`, stats those directories
-every ``interval`` seconds (a few system calls, never a listing) and calls the
-subscribers when one changed, so idle workers pick up new jobs in
-milliseconds instead of waiting out their poll interval.
+Another process's enqueue changes a ready directory's mtime; its cancel of a
+running job adds a marker to ``cancels/``. One daemon thread per store,
+started by the first :meth:`subscribe`, stats those directories every
+``interval`` seconds (a few system calls, never a listing) and calls the
+subscribers when one changed, so idle workers pick up new jobs, and busy ones
+learn of cancels (through ``cancel_requests``), in milliseconds instead of
+waiting out their poll interval or heartbeat.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ logger = logging.getLogger("backrun.storage.jsonfile")
 
 class _Store(Protocol):
     queues_dir: str
+    cancels_dir: str
 
     def queue_dirs(self) -> list[str]: ...
 
 
 class Watcher:
-    """Calls subscribers when a ready directory of the store changes."""
+    """Calls subscribers when a ready directory or ``cancels/`` of the store changes."""
 
     def __init__(self, store: _Store, interval: float) -> None:
         self._store = store
@@ -76,6 +79,7 @@ class Watcher:
         seen: dict[str, int] = {}
         store = self._store
         try:
+            seen[store.cancels_dir] = fs.stat(store.cancels_dir).st_mtime_ns
             seen[store.queues_dir] = fs.stat(store.queues_dir).st_mtime_ns
             for qenc in store.queue_dirs():
                 path = os.path.join(store.queues_dir, qenc, "ready")

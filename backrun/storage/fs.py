@@ -9,14 +9,17 @@ step of any operation the store performs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat as _stat
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 __all__ = [
     "Faults",
+    "NotRegularFile",
     "SimulatedCrash",
     "close",
     "fsync",
@@ -40,6 +43,13 @@ __all__ = [
 ]
 
 Hook = Callable[[str, str], None]
+_KINDS = {
+    _stat.S_IFIFO: "FIFO",
+    _stat.S_IFDIR: "directory",
+    _stat.S_IFCHR: "character device",
+    _stat.S_IFBLK: "block device",
+    _stat.S_IFSOCK: "socket",
+}
 _hook: Hook | None = None
 
 
@@ -102,11 +112,23 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class NotRegularFile(OSError):
+    """A job file turned out to be a FIFO, device, directory or socket: never read."""
+
+
 def read_file(path: str) -> bytes:
-    """Return the whole content of ``path``, never following a symlink."""
+    """Return the whole content of the regular file ``path``, never following a symlink.
+
+    Opened non-blocking, so a FIFO under a job's name cannot hang the reader;
+    anything that is not a regular file raises :class:`NotRegularFile`.
+    """
     _report("read", path)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
+        mode = os.fstat(fd).st_mode
+        if not _stat.S_ISREG(mode):
+            kind = _KINDS.get(_stat.S_IFMT(mode), "special file")
+            raise NotRegularFile(errno.EINVAL, f"not a regular file but a {kind}", path)
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)

@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from backrun.clock import utcnow
@@ -54,7 +53,6 @@ from .base import READY_STATES, Storage
 __all__ = ["JsonFileStorage"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
-_BATCH_THREADS = 8
 
 
 class JsonFileStorage(ChangesMixin, Storage):
@@ -119,7 +117,12 @@ class JsonFileStorage(ChangesMixin, Storage):
         self.add_many([job])
 
     def add_many(self, jobs: Sequence[Job]) -> None:
-        """Persist several new jobs with one fsync per directory; all or none are added.
+        """Persist several new jobs; all or none are added, even if the process is killed.
+
+        Several jobs are staged in ``tmp/`` and committed by one rename (see
+        :mod:`backrun.storage._jsonfile_batch`): a kill before the commit
+        leaves none of them, a kill after it all of them once any store's
+        :meth:`maintain` has run.
 
         Raises:
             ValueError: an id is malformed or exists already, or a job is not waiting.
@@ -138,6 +141,9 @@ class JsonFileStorage(ChangesMixin, Storage):
         with storage_errors("enqueue"):
             for qenc in {qenc for _, qenc, _, _ in plans}:
                 self.ensure_queue(qenc)
+                if len(plans) > 1:  # one job is linked, which refuses a duplicate by itself
+                    with self.mutex:
+                        self.cache(qenc).refresh(0, force=True)
             for job, *_ in plans:
                 if self._exists(job.id):
                     raise ValueError(f"job {job.id} exists already")
@@ -178,46 +184,38 @@ class JsonFileStorage(ChangesMixin, Storage):
         return False
 
     def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
-        tmps: list[str] = []
-        published: list[str] = []
-        try:
-            records = [dump_job(job) for job, *_ in plans]
-            if len(plans) > 1 and self.fsync:
-                # Written and fsynced in parallel: concurrent fsyncs share journal commits.
-                with ThreadPoolExecutor(min(_BATCH_THREADS, len(plans))) as pool:
-                    futures = [pool.submit(self.files.write_tmp, r, sync=True) for r in records]
-                    for future in futures:
-                        if future.exception() is None:
-                            tmps.append(future.result())
-                    for future in futures:
-                        future.result()  # raise the first failure, once all are accounted for
-            else:
-                tmps.extend(self.files.write_tmp(r, sync=True) for r in records)
-            for tmp, (job, _, directory, name) in zip(tmps, plans, strict=True):
-                dest = os.path.join(directory, name)
-                try:
-                    fs.link(tmp, dest)
-                except FileExistsError:
-                    raise ValueError(f"job {job.id} exists already") from None
-                except FileNotFoundError:
-                    self.ensure_dir(directory)
-                    fs.link(tmp, dest)
-                published.append(dest)
-            for directory in {directory for _, _, directory, _ in plans}:
-                self.files.sync_dir(directory)
-        except Exception:
-            for dest in published:
-                self.files.discard(dest)
-            raise
-        finally:
-            for tmp in tmps:
-                self.files.discard(tmp)
+        records = [dump_job(job) for job, *_ in plans]
+        if len(plans) > 1:
+            self.write_batch(records, [(directory, name) for _, _, directory, name in plans])
+        else:
+            self._write_one(records[0], plans[0])
         with self.mutex:
             for _, qenc, directory, name in plans:
                 if directory.endswith("ready"):
                     parsed = parse_ready(name)
                     assert parsed is not None
                     self.cache(qenc).add(parsed)
+
+    def _write_one(self, record: bytes, plan: tuple[Job, str, str, str]) -> None:
+        """One job: written aside, then linked into place (one step, so all or none)."""
+        job, _, directory, name = plan
+        tmp = self.files.write_tmp(record, sync=True)
+        try:
+            dest = os.path.join(directory, name)
+            try:
+                fs.link(tmp, dest)
+            except FileExistsError:
+                raise ValueError(f"job {job.id} exists already") from None
+            except FileNotFoundError:
+                self.ensure_dir(directory)
+                fs.link(tmp, dest)
+            try:
+                self.files.sync_dir(directory)
+            except Exception:
+                self.files.discard(dest)
+                raise
+        finally:
+            self.files.discard(tmp)
 
     # -- claim and the owner's writes -----------------------------------------
 
@@ -267,7 +265,8 @@ class JsonFileStorage(ChangesMixin, Storage):
                     with self.mutex:
                         cache.add(parsed)
                     raise
-                self.mine[parsed.job_id] = rname
+                with self.mutex:
+                    self.mine[parsed.job_id] = rname
                 job = self._claimed(path, rname, lease_ns, os.path.join(cache.path, name))
                 if job is not None:
                     claimed.append(job)
@@ -296,7 +295,7 @@ class JsonFileStorage(ChangesMixin, Storage):
             logger.error(
                 "job %s: claim failed after taking it (%s); putting it back", rn.job_id, exc
             )
-        self.mine.pop(rn.job_id, None)
+        self.forget_claim(rn.job_id, rn.token)
         try:
             fs.rename(path, ready)
         except OSError as exc:
@@ -309,22 +308,25 @@ class JsonFileStorage(ChangesMixin, Storage):
         token = check_token(job.claim_token)
         if token is None:
             raise LeaseLost(f"job {job.id} carries no claim of this store")
+        # Keyed by claim, not by job: the previous claim's write may still be
+        # finishing (its grab not yet dropped) when this process claims the job again.
+        claim = (job.id, token)
         with self.mutex:
-            if job.id in self.busy:
+            if claim in self.busy:
                 raise LeaseLost(f"job {job.id} is being changed by another thread")
-            self.busy.add(job.id)
+            self.busy.add(claim)
         try:
             with storage_errors("update"):
                 self._update(job, token)
         finally:
             with self.mutex:
-                self.busy.discard(job.id)
+                self.busy.discard(claim)
 
     def _update(self, job: Job, token: str) -> None:
         rname = self.running_name_of(job.id, token)
         rn = None if rname is None else parse_running(rname)
         if rn is None:
-            self.mine.pop(job.id, None)
+            self.forget_claim(job.id, token)
             raise LeaseLost(f"job {job.id} is no longer held under this claim")
         src = os.path.join(self.running_dir, rn.name)
         if job.state is JobState.RUNNING and self.has_marker(job.id, token):
@@ -337,16 +339,18 @@ class JsonFileStorage(ChangesMixin, Storage):
             grabbed = self.grab(src)
         except FileNotFoundError:
             self.files.discard(tmp)
-            self.mine.pop(job.id, None)
+            self.forget_claim(job.id, token)
             raise LeaseLost(f"job {job.id} is no longer held under this claim") from None
         except Exception:
             self.files.discard(tmp)
             raise
         self._replace_grabbed(tmp, dest, grabbed, job)
         if job.state is not JobState.RUNNING:
-            self.mine.pop(job.id, None)  # a cancel marker left behind is maintain()'s to drop
+            self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
         elif dest != src:
-            self.mine[job.id] = os.path.basename(dest)
+            with self.mutex:
+                if self.forget_claim(job.id, token) or job.id not in self.mine:
+                    self.mine[job.id] = os.path.basename(dest)
 
     def _place(self, job: Job, rn: RunningName) -> tuple[str, int | None]:
         """Where a record in ``job.state`` goes, and the mtime its file should carry."""
@@ -379,7 +383,7 @@ class JsonFileStorage(ChangesMixin, Storage):
                     fs.utime(os.path.join(self.running_dir, rname), lease_ns)
                 except FileNotFoundError:
                     stop.add(job.id)
-                    self.mine.pop(job.id, None)
+                    self.forget_claim(job.id, token)
                     continue
                 if self.has_marker(job.id, token):
                     stop.add(job.id)
@@ -401,7 +405,11 @@ class JsonFileStorage(ChangesMixin, Storage):
             self.locks.release(path, unlink=True)
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` soon after any process adds a waiting job (watcher thread)."""
+        """Call ``callback`` soon after any process adds a waiting job or asks a cancel.
+
+        A watcher thread stats the ready directories and ``cancels/`` every
+        ``watch_interval`` seconds; see :mod:`backrun.storage._jsonfile_watch`.
+        """
         return self._watcher.subscribe(callback)
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from backrun.errors import LeaseLost
 from backrun.jobs import FINISHED_STATES, Job, JobState
-from backrun.storage import _jsonfile_cache, fs, jsonfile
+from backrun.storage import _jsonfile_batch, _jsonfile_cache, fs
 from backrun.storage._jsonfile_layout import parse_ready, parse_running
 from backrun.storage.jsonfile import JsonFileStorage
 
@@ -80,9 +80,9 @@ class JsonStoreMachine(RuleBasedStateMachine):
             _jsonfile_cache.RELIST_MIN_S,
             _jsonfile_cache.RELIST_COST_FACTOR,
             _jsonfile_cache.RECHECK_S,
-            jsonfile._BATCH_THREADS,
+            _jsonfile_batch._BATCH_THREADS,
         )
-        jsonfile._BATCH_THREADS = 1  # batch writes in one thread: calls in a fixed order
+        _jsonfile_batch._BATCH_THREADS = 1  # batch writes in one thread: calls in a fixed order
         _jsonfile_cache.RACY_NS = 10**30
         _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
         _jsonfile_cache.RECHECK_S = 0
@@ -160,7 +160,7 @@ class JsonStoreMachine(RuleBasedStateMachine):
             _jsonfile_cache.RELIST_MIN_S,
             _jsonfile_cache.RELIST_COST_FACTOR,
             _jsonfile_cache.RECHECK_S,
-            jsonfile._BATCH_THREADS,
+            _jsonfile_batch._BATCH_THREADS,
         ) = self._tuning
         self.store.close()
         shutil.rmtree(self.root, ignore_errors=True)
