@@ -8,7 +8,6 @@ the jobs. Nothing here needs an event loop.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import threading
@@ -285,24 +284,25 @@ class Engine:
         if connection is None:
             job = self._enqueue_chain(job)
         else:
-            add_many = self._transactional_add_many()
+            self._check_transactional()
 
             def persist_in_transaction(job: Job) -> Job:
-                add_many([job], connection=connection)
+                self.storage.add_in_transaction([job], connection=connection)
                 return job
 
             job = compose_enqueue(self.middleware, persist_in_transaction)(job)
         self._wake(job)
         return job
 
-    def _transactional_add_many(self) -> Callable[..., None]:
-        add_many = self.storage.add_many
-        if "connection" not in inspect.signature(add_many).parameters:
+    def _check_transactional(self) -> None:
+        # Refuse before the middleware runs: nothing is traced or counted for
+        # an enqueue that can never be written.
+        if not self.storage.capabilities.transactional_enqueue:
             raise TypeError(
                 f"{type(self.storage).__name__} cannot join your transaction "
-                "(connection=); use PostgresStorage"
+                "(connection=); use a store whose capabilities declare "
+                "transactional_enqueue, such as PostgresStorage"
             )
-        return add_many
 
     def enqueue_many(
         self,
@@ -323,6 +323,8 @@ class Engine:
         (so its spans and counts cover building the batch, not the write).
         ``connection`` joins the caller's transaction, as in :meth:`enqueue`.
         """
+        if connection is not None:
+            self._check_transactional()
         built = [self._build(handler, p, delay, at, queue, priority, None) for p in payloads]
         collected: list[Job] = []
 
@@ -336,7 +338,7 @@ class Engine:
         if connection is None:
             self.storage.add_many(collected)
         else:
-            self._transactional_add_many()(collected, connection=connection)
+            self.storage.add_in_transaction(collected, connection=connection)
         with self._workers_lock:
             workers = list(self._workers)
         for worker in workers:

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from .context import JobContext
-from .jobs import Job, JobState
+from .jobs import Job, JobState, Outcome
 from .logformat import JOB_LOGGER, JsonFormatter, LogFormat, configure_logging, job_scope
 from .middleware import Middleware, ProcessNext
 
@@ -96,7 +96,9 @@ class LoggingMiddleware(Middleware):
             extra["error"] = why
         state = job.state
         if state is JobState.SUCCEEDED:
-            self._log(self.level, f"{label} succeeded{took}", "succeeded", job, ctx.attempt, extra)
+            self._log(
+                self.level, f"{label} succeeded{took}", Outcome.SUCCEEDED, job, ctx.attempt, extra
+            )
         elif state is JobState.SCHEDULED:
             seconds = 0.0
             if job.run_at is not None:
@@ -106,7 +108,7 @@ class LoggingMiddleware(Middleware):
                 logging.WARNING,
                 f"{label} failed ({why}) attempt {ctx.attempt}/{job.max_attempts}, "
                 f"retry in {seconds:.1f}s",
-                "retrying",
+                Outcome.RETRIED,
                 job,
                 ctx.attempt,
                 extra,
@@ -115,18 +117,20 @@ class LoggingMiddleware(Middleware):
             self._log(
                 logging.ERROR,
                 f"{label} failed ({why}) dead after {_plural(job.attempts, 'attempt')}",
-                "dead",
+                Outcome.DEAD,
                 job,
                 ctx.attempt,
                 extra,
             )
         elif state is JobState.CANCELLED:
-            self._log(self.level, f"{label} cancelled{took}", "cancelled", job, ctx.attempt, extra)
+            self._log(
+                self.level, f"{label} cancelled{took}", Outcome.CANCELLED, job, ctx.attempt, extra
+            )
         else:
             self._log(
                 logging.WARNING,
                 f"{label} released back to the queue (worker stopping)",
-                "released",
+                Outcome.RELEASED,
                 job,
                 ctx.attempt,
                 extra,
@@ -144,7 +148,7 @@ class LoggingMiddleware(Middleware):
         if not self.logger.isEnabledFor(level):
             return
         fields: dict[str, Any] = {
-            "event": f"job.{event}",
+            "event": f"job.{event}",  # an Outcome, or "started"
             "job_id": job.id,
             "handler": job.handler,
             "queue": job.queue,

@@ -18,11 +18,13 @@ from typing import Any
 __all__ = [
     "FINISHED_STATES",
     "JOB_ID_PATTERN",
+    "TRANSITIONS",
     "WORKER_CRASHED",
     "WORKER_CRASHED_UNCHARGED",
     "Job",
     "JobError",
     "JobState",
+    "Outcome",
     "check_job_id",
     "new_claim_token",
     "new_job_id",
@@ -47,6 +49,66 @@ class JobState(enum.StrEnum):
 
 
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+_S = JobState
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    # claim (when due), cancel; requeue makes a SCHEDULED job due (QUEUED).
+    _S.SCHEDULED: frozenset({_S.RUNNING, _S.CANCELLED, _S.QUEUED}),
+    # claim, cancel.
+    _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED}),
+    # The owner's update only: an outcome, a retry, a release, or a new lease.
+    _S.RUNNING: frozenset(
+        {_S.RUNNING, _S.SUCCEEDED, _S.SCHEDULED, _S.QUEUED, _S.DEAD, _S.CANCELLED}
+    ),
+    # purge only deletes; a success is never run again.
+    _S.SUCCEEDED: frozenset(),
+    # requeue.
+    _S.DEAD: frozenset({_S.QUEUED}),
+    _S.CANCELLED: frozenset({_S.QUEUED}),
+}
+"""Every state change a store may make, by the state a job is in.
+
+A new job starts SCHEDULED or QUEUED (``add``). Only ``claim`` makes a job
+RUNNING, only the claim's owner (``update`` with its ``claim_token``) moves it
+out of RUNNING, and only ``requeue`` brings a DEAD or CANCELLED job back. The
+storage contract suite checks every store against this table.
+"""
+
+
+class Outcome(enum.StrEnum):
+    """What one attempt came to: the one vocabulary of logs, metrics and traces."""
+
+    SUCCEEDED = "succeeded"
+    """The handler returned: the job is SUCCEEDED."""
+    RETRIED = "retried"
+    """The attempt failed and another is scheduled (the job is SCHEDULED)."""
+    DEAD = "dead"
+    """The attempt failed and no other will run (the job is DEAD)."""
+    CANCELLED = "cancelled"
+    """A cancel stopped the job (the job is CANCELLED)."""
+    RELEASED = "released"
+    """The worker stopped and gave the job back uncharged (the job is QUEUED)."""
+
+    @classmethod
+    def of(cls, state: JobState) -> Outcome:
+        """The outcome of an attempt that left its job in ``state``.
+
+        Raises:
+            ValueError: ``state`` is RUNNING, which no recorded attempt leaves.
+        """
+        try:
+            return _OUTCOME_OF_STATE[state]
+        except KeyError:
+            raise ValueError(f"no attempt outcome leaves a job {state.value}") from None
+
+
+_OUTCOME_OF_STATE = {
+    JobState.SUCCEEDED: Outcome.SUCCEEDED,
+    JobState.SCHEDULED: Outcome.RETRIED,
+    JobState.DEAD: Outcome.DEAD,
+    JobState.CANCELLED: Outcome.CANCELLED,
+    JobState.QUEUED: Outcome.RELEASED,
+}
 
 WORKER_CRASHED = "WorkerCrashed"
 """The ``JobError.type`` recorded when a job's worker died while running it alone.

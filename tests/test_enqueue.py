@@ -230,6 +230,41 @@ def test_connection_needs_a_store_that_can_join_a_transaction(engine: backrun.En
     assert engine.jobs() == []
 
 
+def test_transactional_enqueue_follows_the_declared_capability(clock: FakeClock) -> None:
+    from collections.abc import Sequence
+
+    from backrun.jobs import Job
+    from backrun.storage.base import Capabilities
+
+    class Joins(backrun.MemoryStorage):
+        """A store that declares transactions; no method signature is inspected."""
+
+        capabilities = Capabilities(transactional_enqueue=True)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.joined: list[tuple[list[str], object]] = []
+
+        def add_in_transaction(self, jobs: Sequence[Job], *, connection: Any) -> None:
+            self.joined.append(([j.id for j in jobs], connection))
+            self.add_many(jobs)
+
+    store = Joins()
+    engine = backrun.Engine(store, clock=clock)
+    try:
+
+        @engine.handler
+        def work(payload: Numbers) -> None:
+            pass
+
+        conn = object()
+        one = engine.enqueue(work, {"a": 1}, connection=conn)
+        many = engine.enqueue_many(work, [{"a": 2}, {"a": 3}], connection=conn)
+        assert store.joined == [([one.id], conn), ([j.id for j in many], conn)]
+    finally:
+        engine.close()
+
+
 def test_a_handler_and_its_model_defined_inside_a_function(engine: backrun.Engine) -> None:
     class Local(pydantic.BaseModel):
         word: str

@@ -20,7 +20,7 @@ from prometheus_client.exposition import start_http_server
 
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
-from backrun.jobs import Job, JobState
+from backrun.jobs import Job, JobState, Outcome
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 from backrun.storage.base import Storage
 
@@ -46,14 +46,10 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 """Histogram buckets, in seconds: 5 ms to 30 minutes."""
 
 _LABELS = ("queue", "handler")
-_OUTCOMES = ("succeeded", "failed", "retried", "dead", "cancelled")
+_COUNTED = (Outcome.SUCCEEDED, Outcome.RETRIED, Outcome.DEAD, Outcome.CANCELLED)
+_OUTCOMES = (*_COUNTED, "failed")
 _FAILED = frozenset({JobState.SCHEDULED, JobState.DEAD})
-_OUTCOME_OF = {
-    JobState.SUCCEEDED: "succeeded",
-    JobState.SCHEDULED: "retried",
-    JobState.DEAD: "dead",
-    JobState.CANCELLED: "cancelled",
-}
+_OUTCOME_OF = {state: Outcome.of(state) for state in JobState if state is not JobState.RUNNING}
 
 
 class _Children:
@@ -74,7 +70,11 @@ class _Children:
         self.enqueued = metrics.enqueued.labels(queue, handler)
         completed = {o: metrics.completed.labels(queue, handler, o) for o in _OUTCOMES}
         self.failed = completed["failed"]
-        self.outcomes = {state: completed[name] for state, name in _OUTCOME_OF.items()}
+        self.outcomes: dict[JobState, Counter] = {
+            state: completed[outcome]
+            for state, outcome in _OUTCOME_OF.items()
+            if outcome in _COUNTED
+        }
         self.duration = metrics.duration.labels(queue, handler)
         self.queue_wait = metrics.queue_wait.labels(queue, handler)
         self.running = metrics.running.labels(queue, handler)

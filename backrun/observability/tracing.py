@@ -15,7 +15,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
-from backrun.jobs import Job, JobState
+from backrun.jobs import Job, JobState, Outcome
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 
 from ._common import error_type, library_version, messaging_attributes
@@ -28,14 +28,6 @@ _NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # At worker stop, a span whose handler returned this many seconds ago and
 # whose outcome was never recorded (the claim was lost) is ended anyway.
 _UNRECORDED_AFTER = 5.0
-
-_OUTCOMES = {
-    JobState.SUCCEEDED: "succeeded",
-    JobState.SCHEDULED: "retried",
-    JobState.DEAD: "dead",
-    JobState.CANCELLED: "cancelled",
-    JobState.QUEUED: "released",
-}
 
 
 class TracingMiddleware(Middleware):
@@ -161,7 +153,7 @@ class TracingMiddleware(Middleware):
             return
         span = entry.value
         if job.state is not JobState.SUCCEEDED:  # success is the status-UNSET default
-            span.set_attribute("backrun.job.outcome", _OUTCOMES.get(job.state, job.state.value))
+            span.set_attribute("backrun.job.outcome", _outcome_name(job.state))
         if running and error is not None:
             # The worker gave up on a handler still running (a timeout): the
             # span says so now rather than whenever the thread returns.
@@ -196,3 +188,10 @@ def _end(span: Span, entry: Inflight[Span]) -> None:
 def _end_dropped(entry: Inflight[Span]) -> None:
     entry.value.set_attribute("backrun.job.outcome", "unrecorded")
     _end(entry.value, entry)
+
+
+def _outcome_name(state: JobState) -> str:
+    try:
+        return Outcome.of(state).value
+    except ValueError:
+        return state.value

@@ -13,20 +13,48 @@ Ownership rules, which make "never run a finished job again" hold:
   finished) gets :class:`~backrun.errors.LeaseLost` and changes nothing.
 * ``cancel`` and ``requeue`` change jobs nobody owns (and request the owner to
   stop, for a running job); they never race a claim into two owners.
+* ``cancel_requested`` belongs to the store once set: an owner's ``update``
+  that leaves the job RUNNING keeps it set whatever the owner's copy says
+  (the owner read its copy before the cancel came).
+* Every state change is one listed in :data:`backrun.jobs.TRANSITIONS`.
+
+What a store can do beyond this is declared, not guessed: see
+:class:`Capabilities` and :attr:`Storage.capabilities`.
+
+Writing a backend: subclass :class:`Storage`, implement the abstract
+methods, declare its :class:`Capabilities`, and add a factory for it to
+``BACKENDS`` in ``tests/storage/conftest.py``; the contract suite then runs
+against it unchanged.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
-__all__ = ["READY_STATES", "Storage"]
+__all__ = ["READY_STATES", "Capabilities", "Storage"]
 
 READY_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
 """States a job can be claimed from once its ``run_at`` has come."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a store offers beyond the contract every store honours.
+
+    The engine asks these instead of probing a store's methods, so a backend
+    says what it can do in one place, and the contract suite tests what it says.
+    """
+
+    transactional_enqueue: bool = False
+    """:meth:`Storage.add_in_transaction` writes through a caller's open
+    database connection, so jobs commit or roll back with the caller's own
+    writes (``enqueue(..., connection=)``)."""
 
 
 class Storage(ABC):
@@ -36,23 +64,57 @@ class Storage(ABC):
         poll_interval: seconds an idle worker waits before asking again for
             jobs another process may have written; ``None`` when every new job
             is announced in-process or through :meth:`subscribe`.
+        capabilities: what this store offers beyond the contract (a class
+            attribute; the default offers nothing extra).
     """
 
     poll_interval: float | None = None
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
-    @abstractmethod
     def add(self, job: Job) -> None:
         """Persist a new job (SCHEDULED or QUEUED); durable once this returns.
 
+        The default is :meth:`add_many` with one job.
+
         Raises:
-            ValueError: a job with this id exists already.
+            ValueError: the id is malformed, the job is not SCHEDULED or QUEUED
+                with a ``run_at``, or a job with this id exists already (in
+                any state, finished ones included, until purged).
+            StorageError: the store could not write; nothing is visible.
+        """
+        self.add_many([job])
+
+    @abstractmethod
+    def add_many(self, jobs: Sequence[Job]) -> None:
+        """Persist several new jobs, all or none; durable once this returns.
+
+        ``Engine.enqueue_many`` promises its callers all or none, so a store
+        must never leave part of a batch visible: not when one id exists
+        already, not when a write fails half-way (undo, or write in one
+        transaction or one rename).
+
+        Raises:
+            ValueError: as :meth:`add`, for any job, or two jobs of the batch
+                share an id; nothing was added.
             StorageError: the store could not write; nothing is visible.
         """
 
-    def add_many(self, jobs: Sequence[Job]) -> None:
-        """Persist several new jobs; stores override this to batch the work."""
-        for job in jobs:
-            self.add(job)
+    def add_in_transaction(self, jobs: Sequence[Job], *, connection: Any) -> None:
+        """Persist new jobs through the caller's open database connection.
+
+        Only stores whose :attr:`capabilities` declare
+        ``transactional_enqueue`` implement this. The jobs become visible
+        when, and only if, the caller's transaction commits.
+
+        Raises:
+            TypeError: this store cannot join a caller's transaction.
+            ValueError: as :meth:`add_many`.
+        """
+        raise TypeError(
+            f"{type(self).__name__} cannot join your transaction (connection=); "
+            "use a store whose capabilities declare transactional_enqueue, "
+            "such as PostgresStorage"
+        )
 
     def add_once(self, job: Job) -> bool:
         """Add a job whose id names what it stands for (a schedule's tick), at most once.

@@ -65,7 +65,7 @@ from ._postgres_listen import Listener
 from ._postgres_pool import RETRY, Connections
 from ._postgres_session import SessionLock, session_key
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
-from .base import READY_STATES, Storage
+from .base import READY_STATES, Capabilities, Storage
 
 __all__ = ["PostgresStorage"]
 
@@ -99,6 +99,8 @@ class PostgresStorage(Storage):
             free before its running jobs are orphans (see ``_postgres_session``);
             recovery after a crash takes about this plus ``recovery_interval``.
     """
+
+    capabilities = Capabilities(transactional_enqueue=True)
 
     def __init__(
         self,
@@ -173,6 +175,12 @@ class PostgresStorage(Storage):
                 wake-up notification is sent only on commit.
         """
         self.add_many([job], connection=connection)
+
+    def add_in_transaction(self, jobs: Sequence[Job], *, connection: Any) -> None:
+        """Insert jobs through the caller's connection; see :meth:`Storage.add_in_transaction`."""
+        if connection is None:
+            raise TypeError("add_in_transaction needs the caller's connection=")
+        self.add_many(jobs, connection=connection)
 
     def add_many(self, jobs: Sequence[Job], *, connection: Any = None) -> None:
         """Persist several new jobs in one statement, all or none; see :meth:`add`."""

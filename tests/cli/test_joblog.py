@@ -81,3 +81,22 @@ def test_json_lines_carry_the_fields(engine: backrun.Engine) -> None:
 def test_configure_logging_refuses_unknown_formats() -> None:
     with pytest.raises(ValueError, match="'text' or 'json'"):
         configure_logging("xml")  # type: ignore[arg-type]
+
+
+def test_log_events_use_the_outcome_names_of_metrics_and_traces(
+    engine: backrun.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    from backrun.jobs import Outcome
+
+    caplog.set_level(logging.INFO, logger="backrun.jobs")
+    engine.enqueue("send_mail", {"n": 1})
+    engine.enqueue("send_mail", {"n": -1})
+    engine.run_until_idle(timeout=10)
+    assert isinstance(engine.clock, FakeClock)
+    engine.clock.advance(5)
+    engine.run_until_idle(timeout=10)
+    events = {r.backrun["event"] for r in caplog.records if hasattr(r, "backrun")}
+    ended = {e.removeprefix("job.") for e in events} - {"started"}
+    # One vocabulary: a retry is "retried" in logs as in metrics and traces.
+    assert ended == {Outcome.SUCCEEDED, Outcome.RETRIED, Outcome.DEAD}
+    assert ended <= {o.value for o in Outcome}
