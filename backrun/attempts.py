@@ -8,28 +8,55 @@ with the attempt's claim token, so a late or stale writer changes nothing.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, Literal, Protocol
 
-from .context import JobContext, _current
+from .clock import Clock
+from .context import EngineHandle, JobContext, _current
 from .errors import DoNotRetry, LeaseLost, UnknownHandler
+from .handlers import HandlerSpec
 from .jobs import Job, JobError, JobState
 from .middleware import Middleware, overrides
 from .retries import RetryPolicy
+from .storage.base import Storage
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-__all__ = ["Attempt", "AttemptRecorder", "describe_error"]
+__all__ = ["Attempt", "AttemptRecorder", "HandlerLookup", "Slot", "describe_error"]
 
 log = logging.getLogger("backrun.worker")
 
 _MAX_TRACEBACK_CHARS = 16_000
+
+
+class Slot:
+    """One slot thread of a worker; ``abandoned`` once its attempt timed out."""
+
+    __slots__ = ("abandoned", "thread")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+
+class HandlerLookup(Protocol):
+    """Where a recorder finds a job's handler (the engine's registry)."""
+
+    def get(self, name: str) -> HandlerSpec | None:
+        """The handler registered under ``name``, or ``None``."""
+        ...
+
+
+class _Outcome(enum.Enum):
+    GAVE_UP = "gave up"
+
+
+_GAVE_UP: Final = _Outcome.GAVE_UP
+"""From ``_persist``: the write did not land (patience ran out, or the worker was forced)."""
 
 
 class Attempt:
@@ -41,7 +68,7 @@ class Attempt:
 
     __slots__ = ("_once", "ctx", "job", "slot", "stop_requested")
 
-    def __init__(self, job: Job, ctx: JobContext, slot: object) -> None:
+    def __init__(self, job: Job, ctx: JobContext, slot: Slot | None) -> None:
         self.job = job
         self.ctx = ctx
         self.slot = slot
@@ -66,14 +93,40 @@ def describe_error(error: BaseException, attempt: int, at: datetime) -> JobError
 
 
 class AttemptRecorder:
-    """Runs attempts and records their outcomes for one worker."""
+    """Runs attempts and records their outcomes for one worker.
 
-    def __init__(self, worker: Worker, middleware: Sequence[Middleware]) -> None:
-        self.worker = worker
-        self.engine = worker.engine
-        self.storage = worker.storage
-        self.clock = worker.clock
-        self._registry = worker.engine.registry
+    It knows nothing of the worker: each collaborator is passed in, narrowly.
+
+    Args:
+        engine: handed to each attempt's :class:`JobContext`.
+        storage: where outcomes are written (``update`` under the claim's token).
+        clock: the engine's clock.
+        handlers: where a job's handler and retry policy are looked up.
+        default_policy: the retry policy of jobs whose handler has none.
+        worker_id: stamped on each attempt's context.
+        middleware: whose ``attempt_finished``/``orphan_recovered`` hooks hear outcomes.
+        forced: true once the worker is forced to stop (a write then gives up).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: EngineHandle,
+        storage: Storage,
+        clock: Clock,
+        handlers: HandlerLookup,
+        default_policy: RetryPolicy,
+        worker_id: str,
+        middleware: Sequence[Middleware],
+        forced: Callable[[], bool],
+    ) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.clock = clock
+        self._registry = handlers
+        self._default_policy = default_policy
+        self._worker_id = worker_id
+        self._forced = forced
         self._finished_hooks = [m for m in middleware if overrides(m, "attempt_finished")]
         self._orphan_hooks = [m for m in middleware if overrides(m, "orphan_recovered")]
 
@@ -82,16 +135,16 @@ class AttemptRecorder:
         spec = self._registry.get(job.handler)
         if spec is not None and spec.retry is not None:
             return spec.retry
-        return self.engine.retry_policy
+        return self._default_policy
 
-    def begin(self, job: Job, slot: object) -> Attempt:
+    def begin(self, job: Job, slot: Slot | None) -> Attempt:
         """Build the context of a freshly claimed job."""
         timeout = self.policy_for(job).timeout
         started = job.started_at or self.clock.now()
         ctx = JobContext(
             job=job,
             attempt=job.attempts,
-            worker_id=self.worker.id,
+            worker_id=self._worker_id,
             deadline=None if timeout is None else started + timeout,
             engine=self.engine,
         )
@@ -192,7 +245,7 @@ class AttemptRecorder:
                 lease_expires_at=None,
             )
         recorded = self._persist(new, patience=5.0)
-        if recorded is not None and recorded is not _GAVE_UP:
+        if isinstance(recorded, Job):
             log.info("released job %s back to %s", job.id, recorded.state.value)
             self._announce(attempt, recorded, None)
 
@@ -219,7 +272,9 @@ class AttemptRecorder:
         for layer in self._finished_hooks:
             _safely(layer.attempt_finished, attempt.ctx, job, error)
 
-    def _persist(self, job: Job, patience: float | None = None) -> Job | None:
+    def _persist(
+        self, job: Job, patience: float | None = None
+    ) -> Job | Literal[_Outcome.GAVE_UP] | None:
         """Write ``job``; retry store errors with backoff until it lands.
 
         Returns the record written; ``None`` if the claim was lost (someone
@@ -241,7 +296,7 @@ class AttemptRecorder:
                     log.exception("job %s: could not record its attempt; retrying", job.id)
                     failing = True
                 out_of_time = give_up is not None and time.monotonic() + delay > give_up
-                if out_of_time or self.worker.forced:
+                if out_of_time or self._forced():
                     log.error("job %s: the store refuses the write; will retry later", job.id)
                     return _GAVE_UP
                 time.sleep(delay)
@@ -250,10 +305,6 @@ class AttemptRecorder:
             if failing:
                 log.warning("job %s: store is writable again; attempt recorded", job.id)
             return job
-
-
-_GAVE_UP: Job = Job(id="0" * 32, handler="", payload={})
-"""Sentinel from ``_persist``: the write did not land."""
 
 
 def _safely(hook: Callable[..., Any], *args: Any) -> None:

@@ -4,15 +4,52 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from datetime import datetime
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
+from .clock import Clock
 from .jobs import Job
 
-if TYPE_CHECKING:
-    from .engine import Engine
+__all__ = ["EngineHandle", "JobContext", "current_job"]
 
-__all__ = ["JobContext", "current_job"]
+
+class EngineHandle(Protocol):
+    """What an attempt may use of the engine that runs it.
+
+    :class:`~backrun.engine.Engine` satisfies it. :class:`JobContext` depends on
+    this, not on the engine, so the attempt layer needs nothing above it
+    (not even for type checking), and a test can pass a small fake.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock."""
+        ...
+
+    def enqueue(
+        self,
+        handler: Any,
+        payload: object = None,
+        *,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+        connection: Any = None,
+    ) -> Job:
+        """Enqueue a follow-up job; see :meth:`backrun.Engine.enqueue`."""
+        ...
+
+    def get(self, job_id: str) -> Job | None:
+        """Read a job; see :meth:`backrun.Engine.get`."""
+        ...
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; see :meth:`backrun.Engine.cancel`."""
+        ...
+
 
 # Guards the lazy creation of cancellation events; taken only when a handler
 # first looks at ``ctx.cancelled`` or when an attempt is cancelled.
@@ -27,7 +64,8 @@ class JobContext:
         attempt: 1 for the first attempt, 2 for the first retry, ...
         worker_id: the id of the worker running the attempt.
         deadline: when the attempt times out (aware UTC), or ``None``.
-        engine: the engine running the attempt (to enqueue follow-up jobs).
+        engine: the engine running the attempt (to enqueue follow-up jobs);
+            typed as the narrow :class:`EngineHandle`.
 
     Tests that call a handler's ``execute`` directly may build one, passing
     their own ``cancelled`` event or letting it be created on first use.
@@ -41,7 +79,7 @@ class JobContext:
         attempt: int,
         worker_id: str,
         deadline: datetime | None,
-        engine: Engine,
+        engine: EngineHandle,
         cancelled: threading.Event | None = None,
     ) -> None:
         self.job = job

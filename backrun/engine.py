@@ -417,7 +417,7 @@ class Engine:
             self._schedules[schedule.name] = schedule
             workers = list(self._workers)
         for worker in workers:
-            worker.scheduler.wake()
+            worker.schedules_changed()
         return schedule
 
     def unschedule(self, name: str) -> None:

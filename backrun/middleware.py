@@ -16,15 +16,54 @@ middleware that does not override a hook costs nothing on that path.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .context import JobContext
 from .jobs import Job
 
-if TYPE_CHECKING:
-    from .worker import Worker
+__all__ = ["Middleware", "WorkerHandle", "compose_enqueue", "compose_process", "overrides"]
 
-__all__ = ["Middleware", "compose_enqueue", "compose_process", "overrides"]
+
+class WorkerHandle(Protocol):
+    """What a middleware may see and do of a worker (``worker_started``/``worker_stopping``).
+
+    :class:`~backrun.worker.Worker` satisfies it; the hooks depend on this
+    narrow view so middleware never reaches the worker's plumbing.
+    """
+
+    @property
+    def id(self) -> str:
+        """The worker's id, stamped on the jobs it claims."""
+        ...
+
+    @property
+    def running_count(self) -> int:
+        """Attempts in flight now."""
+        ...
+
+    @property
+    def processed(self) -> int:
+        """Attempts recorded so far."""
+        ...
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds a stop waits for running attempts."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        ...
+
+    def request_stop(self) -> None:
+        """Stop claiming; running attempts go on (signal-safe)."""
+        ...
+
+    def force(self) -> None:
+        """Release running attempts now (signal-safe)."""
+        ...
+
 
 ProcessNext = Callable[[JobContext], None]
 EnqueueNext = Callable[[Job], Job]
@@ -52,10 +91,10 @@ class Middleware:
     def orphan_recovered(self, job: Job) -> None:
         """Hear that a dead worker's job was rescued (``job`` as now stored)."""
 
-    def worker_started(self, worker: Worker) -> None:
+    def worker_started(self, worker: WorkerHandle) -> None:
         """Called once when a worker starts, before it claims anything."""
 
-    def worker_stopping(self, worker: Worker) -> None:
+    def worker_stopping(self, worker: WorkerHandle) -> None:
         """Called once when a worker begins to shut down."""
 
 

@@ -29,19 +29,53 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .clock import Clock
 from .enqueueing import build_job
+from .handlers import HandlerRegistry
 from .jobs import Job
-from .middleware import compose_enqueue
+from .middleware import Middleware, compose_enqueue
+from .retries import RetryPolicy
 from .schedules import Schedule
+from .storage.base import Storage
 
-if TYPE_CHECKING:
-    from .engine import Engine
+__all__ = [
+    "LAG_LIMIT",
+    "START_GRACE",
+    "ScheduleHost",
+    "Scheduler",
+    "last_tick_at",
+    "ticks_due",
+]
 
-__all__ = ["LAG_LIMIT", "START_GRACE", "Scheduler", "last_tick_at", "ticks_due"]
+
+class ScheduleHost(Protocol):
+    """What the scheduler uses of its engine: schedules, store, clock, enqueue settings.
+
+    :class:`~backrun.engine.Engine` satisfies it; the scheduler builds a tick's
+    job as ``enqueue`` would (same validation, same middleware).
+    """
+
+    @property
+    def storage(self) -> Storage: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def middleware(self) -> Sequence[Middleware]: ...
+    @property
+    def registry(self) -> HandlerRegistry: ...
+    @property
+    def retry_policy(self) -> RetryPolicy: ...
+    @property
+    def max_payload_bytes(self) -> int: ...
+    @property
+    def max_payload_depth(self) -> int: ...
+    def schedule_list(self) -> list[Schedule]: ...
+    def tick_created(self, job: Job) -> None: ...
+
 
 log = logging.getLogger("backrun.scheduler")
 
@@ -87,7 +121,7 @@ def ticks_due(
     return ticks
 
 
-def last_tick_at(engine: Engine, schedule: Schedule, now: datetime) -> datetime | None:
+def last_tick_at(engine: ScheduleHost, schedule: Schedule, now: datetime) -> datetime | None:
     """The latest tick at or before ``now`` whose job exists, looking back 64 ticks at most."""
     tick = schedule.latest_tick(now)
     for _ in range(_LOOKBACK):
@@ -108,7 +142,7 @@ class Scheduler:
         worker_id: for the thread's name and log lines.
     """
 
-    def __init__(self, engine: Engine, worker_id: str) -> None:
+    def __init__(self, engine: ScheduleHost, worker_id: str) -> None:
         self.engine = engine
         self.worker_id = worker_id
         self.created = 0
@@ -167,6 +201,8 @@ class Scheduler:
         names = {s.name for s in schedules}
         for gone in self._cursors.keys() - names:
             del self._cursors[gone]
+        # A store's retention is not declared on Storage yet (the JSON store's
+        # mixin types it; it moves to the base once that rewrite lands).
         horizon = getattr(self.engine.storage, "retention", None)
         if not isinstance(horizon, timedelta):
             horizon = None

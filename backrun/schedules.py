@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -26,9 +26,6 @@ from cronsim import CronSim, CronSimError
 from .enqueueing import check_queue
 from .handlers import HandlerSpec
 from .serialization import check_payload
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 __all__ = [
     "MISFIRE_POLICIES",
@@ -326,8 +323,28 @@ def schedule_config_problems(entries: object, setting: str) -> list[str]:
     return problems
 
 
+class ScheduleTarget(Protocol):
+    """Where configured schedules are declared: :class:`~backrun.engine.Engine` is one."""
+
+    def schedule(
+        self,
+        handler: Any,
+        payload: object = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        name: str | None = None,
+        tz: str | tzinfo = "UTC",
+        queue: str | None = None,
+        priority: int = 0,
+        misfire: str = "once",
+    ) -> Schedule:
+        """Declare a schedule; see :meth:`backrun.Engine.schedule`."""
+        ...
+
+
 def apply_schedules(
-    engine: Engine, entries: Iterable[Mapping[str, Any]], setting: str = "schedules"
+    engine: ScheduleTarget, entries: Iterable[Mapping[str, Any]], setting: str = "schedules"
 ) -> list[Schedule]:
     """Declare each configured schedule on ``engine`` (``engine.schedule(**entry)``).
 

@@ -22,19 +22,17 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .attempts import Attempt, AttemptRecorder
+from .attempts import Attempt, AttemptRecorder, Slot
+from .context import EngineHandle
 from .isolation import AloneGate
 from .jobs import Job, JobState
 from .middleware import compose_process, overrides
-from .scheduler import Scheduler
+from .scheduler import ScheduleHost, Scheduler
 from .supervisor import Supervisor
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
-__all__ = ["Worker", "new_worker_id"]
+__all__ = ["Worker", "WorkerHost", "new_worker_id"]
 
 log = logging.getLogger("backrun.worker")
 
@@ -47,14 +45,44 @@ def new_worker_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-class _Slot:
-    """One slot thread; ``abandoned`` once its attempt timed out."""
+class WorkerHost(EngineHandle, ScheduleHost, Protocol):
+    """What a worker uses of its engine: :class:`~backrun.engine.Engine` is one.
 
-    __slots__ = ("abandoned", "thread")
+    The attempts see it as an :class:`~backrun.context.EngineHandle`, the
+    scheduler as a :class:`~backrun.scheduler.ScheduleHost`; the worker
+    itself needs nothing more.
+    """
 
-    def __init__(self) -> None:
-        self.abandoned = False
-        self.thread: threading.Thread | None = None
+
+class _PoolView:
+    """The worker as its supervisor sees it (a :class:`~backrun.supervisor.SupervisedPool`).
+
+    A separate object, so the plumbing the supervisor needs (abandoning a
+    thread, the attempts in flight) stays off the exported :class:`Worker`.
+    """
+
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    @property
+    def stopping(self) -> bool:
+        return self._worker.stopping
+
+    @property
+    def forced(self) -> bool:
+        return self._worker.forced
+
+    @property
+    def running_count(self) -> int:
+        return self._worker.running_count
+
+    def running_attempts(self) -> list[Attempt]:
+        return self._worker._running_attempts()
+
+    def abandon(self, attempt: Attempt) -> None:
+        self._worker._abandon(attempt)
 
 
 class Worker:
@@ -71,7 +99,7 @@ class Worker:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: WorkerHost,
         *,
         queues: Collection[str] | None,
         max_parallelism: int,
@@ -93,26 +121,41 @@ class Worker:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle slots wait here
         self._changed = threading.Condition(self._lock)  # idle/drain observers wait here
-        self._supervisor_wake = threading.Event()
-        self.first_round_done = threading.Event()  # orphans rescued once, leases renewed once
         self._stopping = False
         self._forced = False
         self._wake_seq = 0
         self._idle = 0
-        self._slots: list[_Slot] = []
-        self._stuck: set[_Slot] = set()
+        self._slots: list[Slot] = []
+        self._stuck: set[Slot] = set()
         self._attempts: dict[str, Attempt] = {}
         self._gate = AloneGate(self._work, self._attempts)
-        self.store_changed = False  # the store's callback fired; cancels may be waiting
         self._processed = 0
         self._claim_failing = False
         self._threads: list[threading.Thread] = []
         self._unsubscribe: list[Callable[[], None]] = []
         self._middleware = list(engine.middleware)
-        self.recorder = AttemptRecorder(self, self._middleware)
-        self._chain = compose_process(self._middleware, self.recorder.invoke)
-        self._supervisor = Supervisor(self)
-        self.scheduler = Scheduler(engine, self.id)
+        self._recorder = AttemptRecorder(
+            engine=engine,
+            storage=self.storage,
+            clock=self.clock,
+            handlers=engine.registry,
+            default_policy=engine.retry_policy,
+            worker_id=self.id,
+            middleware=self._middleware,
+            forced=lambda: self._forced,
+        )
+        self._chain = compose_process(self._middleware, self._recorder.invoke)
+        self._supervisor = Supervisor(
+            _PoolView(self),
+            self._recorder,
+            storage=self.storage,
+            clock=self.clock,
+            worker_id=self.id,
+            lease=lease,
+            recovery_interval=recovery_interval,
+            max_crashes=max_crashes,
+        )
+        self._scheduler = Scheduler(engine, self.id)
 
     # -- public state -----------------------------------------------------
 
@@ -149,7 +192,7 @@ class Worker:
         )
         self._threads.append(supervisor)
         supervisor.start()
-        self.scheduler.start()
+        self._scheduler.start()
         log.info(
             "worker %s started: %d slots, queues %s",
             self.id,
@@ -158,7 +201,7 @@ class Worker:
         )
 
     def _start_slot(self) -> None:
-        slot = _Slot()
+        slot = Slot()
         thread = threading.Thread(
             target=self._slot_loop, args=(slot,), name="backrun-slot", daemon=True
         )
@@ -174,8 +217,9 @@ class Worker:
             self._work.notify()
 
     def _store_changed(self) -> None:
-        # The supervisor asks the store about cancels (throttled), off the store's thread.
-        self.store_changed = True
+        # A job may have come due (wake the slots); a cancel may be waiting
+        # (the supervisor asks the store, throttled, off the store's thread).
+        self._supervisor.store_changed()
         self.wake_all()
 
     def wake_all(self) -> None:
@@ -183,7 +227,11 @@ class Worker:
         with self._lock:
             self._wake_seq += 1
             self._work.notify_all()
-        self._supervisor_wake.set()
+        self._supervisor.wake()
+
+    def schedules_changed(self) -> None:
+        """Look at the engine's schedules again now (one was added)."""
+        self._scheduler.wake()
 
     def request_stop(self) -> None:
         """Stop claiming; running attempts go on. Safe to call from a signal handler.
@@ -198,18 +246,9 @@ class Worker:
         self._forced = True
         self._stopping = True
 
-    def running_attempts(self) -> list[Attempt]:
-        """A snapshot of the attempts in flight."""
+    def _running_attempts(self) -> list[Attempt]:
         with self._lock:
             return list(self._attempts.values())
-
-    def wait_for_supervisor_work(self, seconds: float) -> None:
-        """Sleep the supervisor until ``seconds`` pass or something wakes it."""
-        self._supervisor_wake.wait(seconds)
-
-    def clear_supervisor_wake(self) -> None:
-        """The supervisor is awake and about to look at everything."""
-        self._supervisor_wake.clear()
 
     @property
     def forced(self) -> bool:
@@ -248,14 +287,14 @@ class Worker:
             self._work.notify_all()
         if already:
             return True
-        self.scheduler.stop()
+        self._scheduler.stop()
         for layer in self._middleware:
             if overrides(layer, "worker_stopping"):
                 layer.worker_stopping(self)
         drained = self._drain(timeout)
         if not drained:
             self._release_running()
-        self._supervisor_wake.set()
+        self._supervisor.wake()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
@@ -286,8 +325,8 @@ class Worker:
         for attempt in attempts:
             attempt.ctx.cancel()
             if attempt.settle():
-                self.abandon(attempt)
-                self.recorder.release(attempt)
+                self._abandon(attempt)
+                self._recorder.release(attempt)
 
     def wait_idle(self, timeout: float) -> int:
         """Block until nothing is due and nothing runs; return attempts processed.
@@ -297,7 +336,7 @@ class Worker:
         """
         deadline = time.monotonic() + timeout
         # Orphans of dead workers are work too: let the first recovery round run.
-        if not self.first_round_done.wait(timeout):
+        if not self._supervisor.first_round_done.wait(timeout):
             raise TimeoutError(f"the worker's first recovery round did not finish in {timeout} s")
         while True:
             with self._lock:
@@ -336,7 +375,7 @@ class Worker:
 
     # -- slot threads -----------------------------------------------------
 
-    def _slot_loop(self, slot: _Slot) -> None:
+    def _slot_loop(self, slot: Slot) -> None:
         storage = self.storage
         try:
             while not self._stopping and not slot.abandoned:
@@ -362,10 +401,10 @@ class Worker:
                 if self._claim_failing:
                     self._claim_failing = False
                     log.warning("claiming works again")
-                attempt = None if job is None else self.recorder.begin(job, slot)
+                attempt = None if job is None else self._recorder.begin(job, slot)
                 if not self._leave_claim(job, attempt, solo):
                     assert job is not None
-                    self.recorder.give_back(job)  # keeps its place; runs once we drain
+                    self._recorder.give_back(job)  # keeps its place; runs once we drain
                     continue
                 if attempt is not None:
                     self._run(attempt, slot)
@@ -437,16 +476,16 @@ class Worker:
             timeout = min(timeout, max(until, 0.001))
         return timeout
 
-    def _run(self, attempt: Attempt, slot: _Slot) -> None:
+    def _run(self, attempt: Attempt, slot: Slot) -> None:
         job = attempt.job
         deadline = attempt.ctx.deadline
         wakes_at = self._supervisor.wakes_at
         if deadline is not None and (wakes_at is None or deadline < wakes_at):
-            self._supervisor_wake.set()  # a short timeout: the supervisor must look sooner
+            self._supervisor.wake()  # a short timeout: the supervisor must look sooner
         try:
-            error = self.recorder.execute(attempt, self._chain)
+            error = self._recorder.execute(attempt, self._chain)
             if attempt.settle():
-                self.recorder.finish(attempt, error)
+                self._recorder.finish(attempt, error)
         finally:
             with self._lock:
                 self._forget_attempt(attempt)
@@ -456,14 +495,14 @@ class Worker:
         if slot.abandoned:
             log.warning("stuck thread for job %s returned; its result was discarded", job.id)
 
-    def abandon(self, attempt: Attempt) -> None:
+    def _abandon(self, attempt: Attempt) -> None:
         """Give up on an attempt's thread; start a fresh slot in its place."""
         slot = attempt.slot
         with self._lock:
             # The slot thread may have removed the entry already: its handler
             # can return between our settle() and this line.
             self._forget_attempt(attempt)
-            if not isinstance(slot, _Slot) or slot.abandoned:
+            if slot is None or slot.abandoned:
                 return
             slot.abandoned = True
             self._stuck.add(slot)

@@ -54,8 +54,13 @@ def _under_type_checking(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool
     return False
 
 
-def backrun_imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
-    """(line, imported backrun module) for every run-time import in ``path``."""
+def backrun_imports(
+    path: Path, source: str | None = None, *, typing_only: bool = False
+) -> list[tuple[int, str]]:
+    """(line, imported backrun module) for every run-time import in ``path``.
+
+    With ``typing_only``, the imports under ``if TYPE_CHECKING:`` instead.
+    """
     tree = ast.parse(path.read_text() if source is None else source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     package = module_name(path).split(".")
@@ -65,7 +70,7 @@ def backrun_imports(path: Path, source: str | None = None) -> list[tuple[int, st
         package = []
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
-        if _under_type_checking(node, parents):
+        if _under_type_checking(node, parents) != typing_only:
             continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -115,6 +120,19 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
     assert upward == [], f"{module_name(path)} ({LAYERS[own][0]}) reaches up: {upward}"
 
 
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
+def test_no_type_checking_import_reaches_a_higher_layer(path: Path) -> None:
+    # Typing-only imports never run, but an upward one is still a cycle in the
+    # design: lower layers name what they need with a narrow Protocol instead.
+    own = layer_of(module_name(path))
+    upward = [
+        f"line {line}: imports {target} for typing"
+        for line, target in backrun_imports(path, typing_only=True)
+        if layer_of(target) > own
+    ]
+    assert upward == [], f"{module_name(path)} ({LAYERS[own][0]}) reaches up: {upward}"
+
+
 def test_the_checker_sees_an_upward_import() -> None:
     # The check must be able to fail: a records module importing the worker,
     # lazily and absolutely, and a TYPE_CHECKING import it must let pass.
@@ -128,4 +146,5 @@ def test_the_checker_sees_an_upward_import() -> None:
     assert "worker" in targets
     assert "engine" in targets
     assert "supervisor" not in targets
+    assert [t for _, t in backrun_imports(jobs, source, typing_only=True)] == ["supervisor"]
     assert all(layer_of(t) > layer_of("jobs") for t in ("worker", "engine"))

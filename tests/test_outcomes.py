@@ -163,7 +163,7 @@ def test_the_idle_test_waits_for_a_timed_out_attempt_to_be_recorded(clock: FakeC
         waiter = threading.Thread(target=lambda: idle.append(worker.wait_idle(10)))
         try:
             assert started.wait(10)
-            wait_until(worker.first_round_done.is_set, message="first supervisor round")
+            wait_until(worker._supervisor.first_round_done.is_set, message="first supervisor round")
             waiter.start()
             clock.advance(timedelta(seconds=6))  # past the deadline: the supervisor times it out
             assert store.writing.wait(10)  # its thread is abandoned; the record is being written

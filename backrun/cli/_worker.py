@@ -24,8 +24,7 @@ from backrun.enqueueing import QUEUE_NAME
 from backrun.errors import StorageError
 from backrun.joblog import LoggingMiddleware
 from backrun.logformat import LogFormat, configure_logging, parse_level
-from backrun.middleware import Middleware
-from backrun.worker import Worker
+from backrun.middleware import Middleware, WorkerHandle
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, describe_store
 
@@ -168,12 +167,12 @@ class _Watch(Middleware):
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
-        self.worker: Worker | None = None
+        self.worker: WorkerHandle | None = None
         self.interrupts = 0
         self.signals = 0
         self.ready = threading.Event()
 
-    def worker_started(self, worker: Worker) -> None:
+    def worker_started(self, worker: WorkerHandle) -> None:
         self.worker = worker
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

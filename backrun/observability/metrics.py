@@ -13,27 +13,51 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
+from backrun.clock import Clock
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
 from backrun.jobs import Job, JobState, Outcome
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
+from backrun.schedules import Schedule
 from backrun.storage.base import Storage
 
 from ._inflight import InflightTable
 from .queue_collector import QueueCollector, register_queue_collector
 
-if TYPE_CHECKING:
-    from backrun.engine import Engine
+
+class MetricsSource(Protocol):
+    """What :func:`serve_metrics` reads of an engine (:class:`~backrun.engine.Engine` is one)."""
+
+    @property
+    def storage(self) -> Storage:
+        """The engine's store (queue gauges)."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock."""
+        ...
+
+    @property
+    def middleware(self) -> Sequence[Middleware]:
+        """The engine's middleware (its MetricsMiddleware's registry is reused)."""
+        ...
+
+    def schedules(self) -> list[Schedule]:
+        """The engine's schedules (reported by the schedule collector)."""
+        ...
+
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "MetricsMiddleware",
     "MetricsServer",
+    "MetricsSource",
     "QueueCollector",
     "register_queue_collector",
     "serve_metrics",
@@ -278,7 +302,7 @@ class MetricsServer:
 
 
 def serve_metrics(
-    engine_or_storage: Engine | Storage,
+    engine_or_storage: MetricsSource | Storage,
     port: int,
     addr: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,

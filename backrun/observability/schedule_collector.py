@@ -13,16 +13,30 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from backrun.engine import Engine
+from backrun.clock import Clock
+from backrun.schedules import Schedule
 
-__all__ = ["ScheduleCollector", "register_schedule_collector"]
+__all__ = ["ScheduleCollector", "ScheduleSource", "register_schedule_collector"]
+
+
+class ScheduleSource(Protocol):
+    """What the collector reads of an engine (:class:`~backrun.engine.Engine` is one)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock."""
+        ...
+
+    def schedules(self) -> list[Schedule]:
+        """The schedules with their latest existing tick."""
+        ...
+
 
 log = logging.getLogger("backrun.observability")
 
@@ -36,9 +50,9 @@ class ScheduleCollector(Collector):
     """Reports the schedules of every engine added to it (held weakly)."""
 
     def __init__(self) -> None:
-        self._engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._engines: weakref.WeakSet[ScheduleSource] = weakref.WeakSet()
 
-    def add(self, engine: Engine) -> None:
+    def add(self, engine: ScheduleSource) -> None:
         """Report ``engine``'s schedules."""
         self._engines.add(engine)
 
@@ -87,7 +101,7 @@ class ScheduleCollector(Collector):
 
 
 def register_schedule_collector(
-    engine: Engine, *, registry: CollectorRegistry | None = None
+    engine: ScheduleSource, *, registry: CollectorRegistry | None = None
 ) -> ScheduleCollector:
     """Report ``engine``'s schedules in ``registry`` (default: the global one)."""
     registry = registry if registry is not None else REGISTRY
