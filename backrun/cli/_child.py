@@ -100,9 +100,9 @@ class ChildLink(Middleware):
             if self._recycling:
                 return
             self._recycling = True
-        self._send(f"recycle {why}")
         if self.worker is not None:
             self.worker.request_stop()
+        self._send(f"recycle {why}")
 
     def _listen(self) -> None:
         buffer = b""

@@ -160,12 +160,10 @@ class ProcessPool:
         self.children.append(child)
 
     def _tell(self, child: _Child, command: str) -> None:
-        try:
-            child.sock.send(command.encode() + b"\n")
-        except OSError:
-            # No socket any more: fall back to a signal (SIGTERM drains, SIGINT x2 forces).
+        # A child that closed its end is exiting already: nothing to tell it.
+        if child.open:
             with contextlib.suppress(OSError):
-                child.popen.send_signal(signal.SIGTERM if command == "drain" else signal.SIGINT)
+                child.sock.send(command.encode() + b"\n")
 
     def _read(self, child: _Child) -> None:
         try:

@@ -21,7 +21,7 @@ RUNS = STORE.parent / "runs.log"
 
 engine = backrun.Engine(
     backrun.JsonFileStorage(STORE, fsync=False),
-    retry=backrun.RetryPolicy(max_retries=0),
+    retry=backrun.RetryPolicy(max_retries=5),
     shutdown_timeout=20.0,
     recovery_interval=0.5,
     max_crashes=2,
