@@ -11,10 +11,11 @@ over living children (``livesum``), so no series carries a ``pid`` label.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from ._common import EXIT_STORE, EXIT_USAGE, CliError, describe_store
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["run_processes"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger("backrun.cli")
 
 
 class _Metrics:
@@ -62,6 +65,23 @@ class _Metrics:
         self._server.server_close()
         self._thread.join(timeout=5)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _forget_worker(engine: Engine) -> Callable[[str], None]:
+    """Unregister a dead child's worker, so its jobs are orphans now, not when its lease ends.
+
+    The JSON store sees a dead process at once (its lock is free) and this
+    changes nothing there; PostgreSQL would otherwise wait for the worker's
+    heartbeat row to expire (the lease, 60 s by default).
+    """
+
+    def forget(worker_id: str) -> None:
+        try:
+            engine.storage.unregister_worker(worker_id)
+        except Exception as exc:
+            log.warning("could not unregister dead worker %s: %s", worker_id, exc)
+
+    return forget
 
 
 def _banner(engine: Engine, app: str, metrics: str, processes: int, threads: int) -> str:
@@ -140,6 +160,7 @@ def run_processes(
             out=out,
             env=env,
             on_exit=metrics.child_exited if metrics is not None else None,
+            on_worker_lost=_forget_worker(engine),
             reload_root=os.getcwd() if options.reload else None,
             shutdown_timeout=engine.shutdown_timeout,
         )

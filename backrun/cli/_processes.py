@@ -58,6 +58,7 @@ class _Child:
     sock: socket.socket
     started: float
     ready: bool = False
+    worker_id: str = ""
     asked: bool = False  # the parent asked it to stop
     recycle: str = ""  # why it is being replaced, if it said so
     buffer: bytes = b""
@@ -84,6 +85,8 @@ class ProcessPool:
         out: where the parent's lines go.
         env: extra environment for every child (the metrics directory).
         on_exit: called with each child's pid once it has exited.
+        on_worker_lost: called with the worker id of a child that did not exit
+            cleanly, so its jobs become orphans at once (the parent unregisters it in the store).
         reload_root: watch this directory's ``.py`` files and restart on change.
     """
 
@@ -94,6 +97,7 @@ class ProcessPool:
     out: IO[str]
     env: Mapping[str, str] = field(default_factory=dict)
     on_exit: Callable[[int], None] | None = None
+    on_worker_lost: Callable[[str], None] | None = None
     reload_root: str | None = None
     shutdown_timeout: float = 30.0
     slots: list[_Slot] = field(init=False)
@@ -181,6 +185,7 @@ class ProcessPool:
             line = raw.decode("ascii", "replace").strip()
             if line.startswith("ready"):
                 child.ready = True
+                child.worker_id = line.removeprefix("ready").strip()
                 self.slots[child.index].failures = 0
             elif line.startswith("recycle ") and not child.recycle:
                 child.recycle = line.removeprefix("recycle ")
@@ -214,6 +219,8 @@ class ProcessPool:
                 slot.child = None
             if self.on_exit is not None:
                 self.on_exit(child.popen.pid)
+            if code != EXIT_OK and child.worker_id and self.on_worker_lost is not None:
+                self.on_worker_lost(child.worker_id)
             if current:
                 self._exited(child.index, slot, child, code, now)
             elif code != EXIT_OK:

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from backrun.engine import Engine
 from backrun.jobs import WORKER_CRASHED, Job, JobState
 from tests.cli.conftest import APPS, one_error_line
 from tests.cli.procs import Proc, wait_until
@@ -242,3 +243,36 @@ def test_a_child_that_keeps_failing_at_start_backs_off_then_the_parent_exits_1(
         assert f"exited before it was ready (exit code 2); restarting in {delay}s ({n}/5)" in out
     assert "failed to start 5 times in a row (last: exit code 2); giving up" in out
     assert "stopped: a child process kept failing at start" in out
+
+
+def test_a_dead_childs_postgres_jobs_are_rescued_in_seconds_not_after_the_lease() -> None:
+    from tests.storage.postgres_support import postgres_dsn, postgres_store
+
+    store = postgres_store()
+    engine = Engine(store, middleware=[], max_crashes=1)
+    engine.add_handler(lambda payload: None, name="poison")
+    engine.add_handler(lambda payload: None, name="fine")
+    env = {"CLI_TEST_DSN": postgres_dsn(), "CLI_TEST_SCHEMA": store.schema}
+    poison = engine.enqueue("poison", {"n": 1}).id
+    parent = Proc(
+        [sys.executable, "-m", "backrun", "worker", "pgapp:engine", "--processes", "2",
+         "--threads", "1"],
+        cwd=APPS,
+        env=env,
+    )  # fmt: skip
+    try:
+        # The lease is 60 s: only the parent unregistering the dead child's worker
+        # makes its job an orphan for the surviving child within seconds.
+        wait_until(
+            lambda: engine.get(poison).state is JobState.DEAD,
+            timeout=20,
+            what="the dead child's job to be rescued",
+        )
+        fine = engine.enqueue("fine", {"n": 2}).id
+        wait_until(lambda: engine.get(fine).state is JobState.SUCCEEDED, what="a later job")
+        parent.signal(signal.SIGTERM)
+        assert parent.wait() == 0, parent.output
+    finally:
+        parent.kill()
+        engine.close()
+    assert "died (killed by SIGKILL)" in parent.output
