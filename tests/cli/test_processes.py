@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import itertools
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -276,3 +277,33 @@ def test_a_dead_childs_postgres_jobs_are_rescued_in_seconds_not_after_the_lease(
         parent.kill()
         engine.close()
     assert "died (killed by SIGKILL)" in parent.output
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody reaped yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_children_drain_and_exit_when_the_parent_is_killed(
+    procapp: ModuleType, app_env: dict[str, str], store: Path
+) -> None:
+    held = procapp.engine.enqueue("record", {"n": 99}).id
+    parent = worker(app_env, "--processes", "2", "--threads", "1")
+    try:
+        wait_until(lambda: parent.output.count("ready: waiting for jobs") == 2, timeout=20)
+        children = [
+            int(p) for p in re.findall(r"worker \S+-(\d+)-[0-9a-f]{8} ready", parent.output)
+        ]
+        wait_until(lambda: len(runs(store)) == 1, what="the held job to start")
+        parent.popen.kill()
+        parent.wait()
+        (store.parent / "go").touch()
+        wait_until(lambda: all(_gone(pid) for pid in children), what="the children to exit")
+    finally:
+        parent.kill()
+    # The child that held a job finished it before exiting: nothing left RUNNING.
+    assert procapp.engine.get(held).state is JobState.SUCCEEDED
