@@ -88,7 +88,11 @@ def _banner(engine: Engine, app: str, metrics: str, processes: int, threads: int
     from ._worker import banner
 
     text = io.StringIO()
-    banner(engine, app, metrics, "", text)
+    endpoint = os.environ.get("BACKRUN_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    otlp = f"OTLP/HTTP to {endpoint}, from each child" if endpoint else ""
+    banner(engine, app, metrics, otlp, text)
     lines = text.getvalue().splitlines()
     line = f"  processes:   {processes} x {threads} threads ({processes * threads} jobs at once)"
     for i, old in enumerate(lines):
