@@ -9,7 +9,7 @@ are interleaved (A, B, A, B, ...) so that load from other users of a shared
 machine falls on both alike; the ratio reported is the median over the
 repeats of (1 process x 2 threads time) / (2 processes x 1 thread time).
 
-Usage: python benchmarks/processes.py [--jobs 16] [--loops 3000000] [--repeat 3] [--json PATH]
+Usage: python benchmarks/processes.py [--jobs 8] [--loops 8000000] [--repeat 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def _trial(workdir: Path, processes: str, threads: str, jobs: int, loops: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--loops", type=int, default=3_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--loops", type=int, default=8_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write every sample here")
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="backrun-bench-processes-") as tmp:

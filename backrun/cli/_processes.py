@@ -169,16 +169,17 @@ class ProcessPool:
             with contextlib.suppress(OSError):
                 child.sock.send(command.encode() + b"\n")
 
-    def _read(self, child: _Child) -> None:
+    def _read(self, child: _Child) -> bool:
+        """Handle what the child said; False once nothing more is waiting."""
         try:
             data = child.sock.recv(4096)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close_socket(child)
-            return
+            return False
         child.buffer += data
         while b"\n" in child.buffer:
             raw, _, child.buffer = child.buffer.partition(b"\n")
@@ -199,6 +200,7 @@ class ProcessPool:
                     self.restarts += 1
                     slot.child = None
                     slot.restart_at = time.monotonic()
+        return True
 
     def _close_socket(self, child: _Child) -> None:
         if child.open:
@@ -211,6 +213,9 @@ class ProcessPool:
             code = child.popen.poll()
             if code is None:
                 continue
+            # Its last words ("ready", "recycle") may still be unread.
+            while child.open and self._read(child):
+                pass
             self._close_socket(child)
             self.children.remove(child)
             slot = self.slots[child.index]
@@ -252,7 +257,8 @@ class ProcessPool:
             return
         self.restarts += 1
         lived = now - child.started
-        self.say(f"child {index} (pid {pid}) died ({how}) after {lived:.1f}s; restarting it")
+        verb = "exited" if code == EXIT_OK else "died"
+        self.say(f"child {index} (pid {pid}) {verb} ({how}) after {lived:.1f}s; restarting it")
         slot.restart_at = now
 
     def _start_due(self, now: float) -> None:
