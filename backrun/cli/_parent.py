@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -113,6 +114,19 @@ def _check_reload() -> None:
         ) from None
 
 
+def _watch(pool: ProcessPool, root: str, stop: threading.Event) -> threading.Thread:
+    """Ask ``pool`` to reload whenever a ``.py`` file under ``root`` changes (watchfiles)."""
+    from watchfiles import PythonFilter, watch
+
+    def run() -> None:
+        for changes in watch(root, watch_filter=PythonFilter(), stop_event=stop):
+            pool.request_reload([path for _, path in changes])
+
+    thread = threading.Thread(target=run, name="backrun-reload", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_processes(
     engine: Engine,
     options: WorkerOptions,
@@ -168,7 +182,14 @@ def run_processes(
             reload_root=os.getcwd() if options.reload else None,
             shutdown_timeout=engine.shutdown_timeout,
         )
-        code = pool.run()
+        stop_watching = threading.Event()
+        watcher = _watch(pool, os.getcwd(), stop_watching) if options.reload else None
+        try:
+            code = pool.run()
+        finally:
+            stop_watching.set()
+            if watcher is not None:
+                watcher.join(timeout=5)
     finally:
         if metrics is not None:
             metrics.close()

@@ -87,7 +87,7 @@ class ProcessPool:
         on_exit: called with each child's pid once it has exited.
         on_worker_lost: called with the worker id of a child that did not exit
             cleanly, so its jobs become orphans at once (the parent unregisters it in the store).
-        reload_root: watch this directory's ``.py`` files and restart on change.
+        reload_root: the directory whose changed files :meth:`request_reload` names.
     """
 
     command: Sequence[str]
@@ -121,7 +121,6 @@ class ProcessPool:
         self._reload_paths: list[str] = []
         self._reloading = False
         self._kill_at: float | None = None
-        self._watch_stop = threading.Event()
 
     # -- output -----------------------------------------------------------
 
@@ -299,18 +298,11 @@ class ProcessPool:
                 )
                 self._stop("drain")
 
-    def _watch_files(self) -> None:
-        try:
-            from watchfiles import PythonFilter, watch
-        except ImportError:  # checked before the pool starts
-            return
-        assert self.reload_root is not None
-        for changes in watch(
-            self.reload_root, watch_filter=PythonFilter(), stop_event=self._watch_stop
-        ):
-            self._reload_paths.extend(sorted(path for _, path in changes))
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"r")
+    def request_reload(self, paths: Sequence[str]) -> None:
+        """Drain and restart every child (``paths`` changed). Safe from any thread."""
+        self._reload_paths.extend(sorted(paths))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"r")
 
     def _handle_reload(self) -> None:
         if self._reload_paths and not self.stopping and not self._reloading:
@@ -344,14 +336,9 @@ class ProcessPool:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
             old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        watcher = None
-        if self.reload_root is not None:
-            watcher = threading.Thread(target=self._watch_files, name="backrun-reload", daemon=True)
-            watcher.start()
         try:
             self._loop()
         finally:
-            self._watch_stop.set()
             if in_main:
                 signal.set_wakeup_fd(old_wakeup)
                 for signum, handler in previous.items():
@@ -362,8 +349,6 @@ class ProcessPool:
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
-            if watcher is not None:
-                watcher.join(timeout=5)
         if self.gave_up or self.forced or self.unclean:
             return EXIT_FAILED
         return EXIT_OK
