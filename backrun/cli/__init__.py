@@ -2,7 +2,8 @@
 
 Usage::
 
-    backrun worker myapp.jobs:engine [--queues a,b] [--concurrency N] [--metrics-port P]
+    backrun worker myapp.jobs:engine [--queues a,b] [--threads N] [--metrics-port P]
+                   [--processes N] [--max-jobs-per-child K] [--max-memory-per-child MB] [--reload]
     backrun jobs list [--state dead] [--queue Q] [--limit N]
     backrun jobs show ID | retry ID | retry --all-dead | cancel ID
     backrun jobs purge --state succeeded --older-than 7d
@@ -155,6 +156,7 @@ def main(
     engine: Engine | None = None,
     prog: str = "backrun",
     app_label: str = "",
+    child_command: Sequence[str] | None = None,
 ) -> int:
     """Run the CLI; return the exit code.
 
@@ -164,6 +166,8 @@ def main(
             ``manage.py backrun``); then ``--app``/``--store`` do not apply.
         prog: the program name shown in help and errors.
         app_label: how the banner names a supplied engine.
+        child_command: how a framework runs one worker of a supplied engine
+            (``--processes`` starts children with it, plus their options).
     """
     parser = build_parser(prog, embedded=engine is not None)
     ns = parser.parse_args(argv)
@@ -179,10 +183,14 @@ def main(
                         EXIT_USAGE,
                     )
                 target = load_engine(app)
+                child_command = [sys.executable, "-m", "backrun", "worker", app]
             else:
                 target = engine
             return run_worker(
-                target, options_from_namespace(ns), app=app or app_label or repr(target)
+                target,
+                options_from_namespace(ns),
+                app=app or app_label or repr(target),
+                child_command=child_command,
             )
         if ns.command == "db":
             return _jobs.cmd_db_init(ns, out)

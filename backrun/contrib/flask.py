@@ -33,6 +33,7 @@ arguments, e.g. ``{"handler": "cleanup", "cron": "30 2 * * *"}``).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from typing import Any, TypeVar, overload
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 
 from backrun.cli import main as cli_main
 from backrun.cli._common import exit_on_error
@@ -226,6 +227,14 @@ _PASS_THROUGH: dict[str, Any] = {
 }
 
 
+def _child_command() -> list[str]:
+    """How a ``--processes`` child runs ``flask backrun worker`` on the same app."""
+    info = click.get_current_context().find_object(ScriptInfo)
+    where = getattr(info, "app_import_path", None)
+    app = ["--app", where] if isinstance(where, str) and where else []
+    return [sys.executable, "-m", "flask", *app, "backrun", "worker"]
+
+
 def _command_group(extension: Backrun) -> click.Group:
     group = AppGroup("backrun", help="Run backrun's worker and inspect its jobs.")
 
@@ -247,6 +256,7 @@ def _command_group(extension: Backrun) -> click.Group:
             engine=engine,
             prog="flask backrun",
             app_label=f"flask app {app.import_name!r}",
+            child_command=_child_command(),
         )
         raise SystemExit(code)
 
