@@ -28,6 +28,7 @@ from .retries import RetryPolicy
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .worker import Worker
+from .workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
     from .storage.jsonfile import JsonFileStorage
@@ -59,6 +60,7 @@ __all__ = [
     "SystemClock",
     "UnknownHandler",
     "Worker",
+    "WorkerInfo",
     "__version__",
     "current_job",
     "handler",

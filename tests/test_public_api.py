@@ -32,6 +32,7 @@ EXPECTED = [
     "SystemClock",
     "UnknownHandler",
     "Worker",
+    "WorkerInfo",
     "__version__",
     "current_job",
     "handler",

@@ -7,6 +7,7 @@ Usage::
     backrun jobs show ID | retry ID | retry --all-dead | cancel ID
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
+    backrun workers | queues list | queues pause Q | queues resume Q
     backrun db init --dsn postgresql://... [--schema backrun]
 
 ``jobs`` and ``stats`` find the store from ``--store PATH`` (a JSON store
@@ -29,7 +30,7 @@ from backrun import __version__
 from backrun.engine import Engine
 from backrun.errors import StorageError
 
-from . import _jobs
+from . import _jobs, _ops
 from ._common import EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
 
@@ -115,6 +116,8 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     stats = sub.add_parser("stats", help="jobs by queue and state, oldest ready job's age")
     _store_options(stats, with_app=not embedded)
     stats.set_defaults(run=_jobs.cmd_stats)
+
+    _ops.add_ops_commands(sub, _store_options, embedded=embedded, parser_class=_Parser)
 
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")

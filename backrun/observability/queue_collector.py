@@ -57,7 +57,7 @@ class QueueCollector(Collector):
 
     def describe(self) -> list[Metric]:
         """The families, without touching any store (so registering is free)."""
-        return list(self._families())
+        return [*self._families(), _paused_family()]
 
     def collect(self) -> list[Metric]:
         """Ask each store for its counts and oldest due job."""
@@ -65,11 +65,13 @@ class QueueCollector(Collector):
             sources = list(self._sources.values())
         counts: dict[tuple[str, str], int] = {}
         ages: dict[str, float] = {}
+        paused: set[str] = set()
         for storage, clock in sources:
             try:
                 now = clock.now()
                 by_state = storage.counts()
                 oldest = storage.oldest_due(now=now)
+                paused |= storage.paused_queues()
             except Exception:
                 log.warning("metrics: could not read the store %r", storage, exc_info=True)
                 continue
@@ -80,11 +82,14 @@ class QueueCollector(Collector):
             for queue, run_at in oldest.items():
                 ages[queue] = max(ages.get(queue, 0.0), _age(now, run_at))
         depth, lag = self._families()
+        paused_family = _paused_family()
+        for queue in sorted(ages.keys() | paused):
+            paused_family.add_metric([queue], 1.0 if queue in paused else 0.0)
         for queue in sorted(ages):
             for state in JobState:
                 depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
             lag.add_metric([queue], ages[queue])
-        return [depth, lag]
+        return [depth, lag, paused_family]
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
@@ -99,6 +104,14 @@ class QueueCollector(Collector):
             labels=["queue"],
         )
         return depth, lag
+
+
+def _paused_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "backrun_queue_paused",
+        "1 while the queue is paused (workers take none of its jobs), else 0.",
+        labels=["queue"],
+    )
 
 
 def _age(now: datetime, run_at: datetime) -> float:

@@ -72,6 +72,18 @@ CREATE TABLE {{schema}}.workers (
 );
 """,
     ),
+    # Version 4 (2 and 3 are taken by concurrent branches): live workers' records
+    # and paused queues, for the operators' dashboard and CLI.
+    (
+        4,
+        """
+ALTER TABLE {schema}.workers ADD COLUMN info json, ADD COLUMN info_expires_at timestamptz;
+CREATE TABLE {schema}.paused_queues (
+    queue text PRIMARY KEY,
+    paused_at timestamptz NOT NULL
+);
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -153,6 +165,7 @@ class Statements:
         self.get = f"SELECT {COLUMNS} FROM {jobs} WHERE id = %s"
         self.claim_head = (
             f"WITH picked AS (SELECT id FROM {jobs} WHERE state IN {READY} AND run_at <= %(now)s"
+            f" AND queue NOT IN (SELECT queue FROM {q}.paused_queues)"
         )
         self.claim_tail = (
             " ORDER BY priority DESC, run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
@@ -211,7 +224,10 @@ class Statements:
         self.state_of = f"SELECT state FROM {jobs} WHERE id = %s"
         self.find = f"SELECT {COLUMNS} FROM {jobs}"
         self.counts = f"SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state"
-        self.next_run_at = f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY}"
+        self.next_run_at = (
+            f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY} "
+            f"AND queue NOT IN (SELECT queue FROM {q}.paused_queues)"
+        )
         self.oldest_due = (
             f"SELECT queue, min(run_at) FROM {jobs} "
             f"WHERE state IN {READY} AND run_at <= %s GROUP BY queue"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 from backrun.jobs import FINISHED_STATES, Job, JobState
+from backrun.workerinfo import WorkerInfo
 
 __all__ = ["READY_STATES", "Storage"]
 
@@ -188,6 +189,44 @@ class Storage(ABC):
             A function that unsubscribes.
         """
         return _noop
+
+    # -- operations: live workers and paused queues -----------------------------
+
+    def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:  # noqa: B027
+        """Record what a registered worker does now, for :meth:`live_workers`.
+
+        The record lives until the worker unregisters or dies, or for at most
+        ``ttl`` without a newer one, whichever the store can tell first.
+        Stores that keep no such records ignore it.
+        """
+
+    def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        """Return the latest record of every live worker that published one, by id."""
+        return []
+
+    def pause_queue(self, queue: str, *, now: datetime) -> bool:
+        """Stop every worker on this store from claiming jobs of ``queue``.
+
+        Enqueues still succeed; running jobs finish. From the moment this
+        returns, :meth:`claim` takes nothing from ``queue`` and
+        :meth:`next_run_at` ignores it. Persists as long as the store does.
+
+        Returns:
+            False when the queue was paused already.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause queues")
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers claim from ``queue`` again.
+
+        Returns:
+            False when the queue was not paused.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause queues")
+
+    def paused_queues(self) -> frozenset[str]:
+        """Return the names of the paused queues."""
+        return frozenset()
 
     def close(self) -> None:  # noqa: B027
         """Release connections, locks and threads. Idempotent."""

@@ -53,6 +53,7 @@ from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 from ._postgres_listen import Listener
+from ._postgres_ops import PostgresOpsMixin
 from ._postgres_pool import RETRY, Connections
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
 from .base import READY_STATES, Storage
@@ -64,7 +65,7 @@ log = logging.getLogger("backrun.storage.postgres")
 _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate() calls
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(PostgresOpsMixin, Storage):
     """A store in a PostgreSQL schema, for workers and producers on many machines.
 
     Args:

@@ -1,0 +1,100 @@
+"""SQL for operator state in the PostgreSQL store: live workers' records, paused queues.
+
+Worker records ride on the ``workers`` row (columns ``info`` and
+``info_expires_at``, migration 4), so they go with it when a worker
+unregisters; a killed worker's record expires by the database's clock.
+Paused queues are rows of ``paused_queues``; claims skip them in SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from backrun.workerinfo import WorkerInfo
+
+from ._postgres_pool import Connections
+from ._postgres_sql import Statements, check_schema
+
+__all__ = ["OpsStatements", "PostgresOpsMixin"]
+
+
+class OpsStatements:
+    """The statements behind ``publish_worker``, ``live_workers`` and pausing."""
+
+    def __init__(self, schema: str) -> None:
+        q = check_schema(schema)
+        self.publish_worker = (
+            f"UPDATE {q}.workers SET info = %(info)s::json, info_expires_at = now() + %(ttl)s "
+            "WHERE id = %(id)s"
+        )
+        self.live_workers = (
+            f"SELECT info::text FROM {q}.workers WHERE info IS NOT NULL "
+            "AND expires_at >= now() AND info_expires_at >= now() ORDER BY id"
+        )
+        self.pause = (
+            f"INSERT INTO {q}.paused_queues (queue, paused_at) VALUES (%s, %s) "
+            "ON CONFLICT (queue) DO NOTHING"
+        )
+        # Resuming notifies the enqueue channel, so idle workers elsewhere look at once.
+        self.resume = (
+            f"WITH d AS (DELETE FROM {q}.paused_queues WHERE queue = %s RETURNING queue) "
+            "SELECT pg_notify(%s, d.queue) FROM d"
+        )
+        self.paused = f"SELECT queue FROM {q}.paused_queues ORDER BY queue"
+
+
+class PostgresOpsMixin:
+    """Worker records and paused queues for :class:`PostgresStorage`."""
+
+    schema: str
+    _db: Connections
+    _sql: Statements
+    _ops: OpsStatements | None = None
+
+    @property
+    def _ops_sql(self) -> OpsStatements:
+        if self._ops is None:
+            self._ops = OpsStatements(self.schema)
+        return self._ops
+
+    def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:
+        """Store the record on the worker's row; see :meth:`Storage.publish_worker`."""
+        params = {"id": info.id, "info": orjson.dumps(info.to_dict()).decode(), "ttl": ttl}
+        sql = self._ops_sql.publish_worker
+        self._db.retrying(lambda conn: conn.execute(sql, params))
+
+    def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        """Records of workers live by the database's clock; see :meth:`Storage.live_workers`."""
+        sql = self._ops_sql.live_workers
+        rows: list[Any] = self._db.retrying(lambda conn: conn.execute(sql).fetchall())
+        found: list[WorkerInfo] = []
+        for (text,) in rows:
+            try:
+                found.append(WorkerInfo.from_dict(orjson.loads(text)))
+            except ValueError:
+                continue  # written by another version; not ours to show
+        return found
+
+    def pause_queue(self, queue: str, *, now: datetime) -> bool:
+        """Insert the queue's pause row; see :meth:`Storage.pause_queue`."""
+        sql = self._ops_sql.pause
+        # Pausing twice ends where pausing once does, so a dropped call is retried.
+        count: int = self._db.retrying(lambda conn: conn.execute(sql, (queue, now)).rowcount)
+        return count > 0
+
+    def resume_queue(self, queue: str) -> bool:
+        """Delete the pause row and wake idle workers; see :meth:`Storage.resume_queue`."""
+        sql, channel = self._ops_sql.resume, self._sql.channel
+        rows: list[Any] = self._db.retrying(
+            lambda conn: conn.execute(sql, (queue, channel)).fetchall()
+        )
+        return bool(rows)
+
+    def paused_queues(self) -> frozenset[str]:
+        """The paused queues; see :meth:`Storage.paused_queues`."""
+        sql = self._ops_sql.paused
+        rows: list[Any] = self._db.retrying(lambda conn: conn.execute(sql).fetchall())
+        return frozenset(row[0] for row in rows)
