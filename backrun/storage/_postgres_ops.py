@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
+from backrun.jobs import FINISHED_STATES, Job, JobState
 from backrun.workerinfo import WorkerInfo
 
 from ._postgres_pool import Connections
-from ._postgres_sql import Statements, check_schema
+from ._postgres_sql import COLUMNS, FINISHED, Statements, check_schema, row_to_job
 
 __all__ = ["OpsStatements", "PostgresOpsMixin"]
 
@@ -44,6 +45,13 @@ class OpsStatements:
             "SELECT pg_notify(%s, d.queue) FROM d"
         )
         self.paused = f"SELECT queue FROM {q}.paused_queues ORDER BY queue"
+        self.find_page = f"SELECT {COLUMNS} FROM {q}.jobs"
+        self.finish_counts = (
+            "SELECT state, least(floor(extract(epoch FROM finished_at - %(since)s) "
+            "/ %(width)s)::int, %(last)s) AS bucket, count(*) "
+            f"FROM {q}.jobs WHERE state IN {FINISHED} "
+            "AND finished_at >= %(since)s AND finished_at < %(until)s GROUP BY 1, 2"
+        )
 
 
 class PostgresOpsMixin:
@@ -98,3 +106,46 @@ class PostgresOpsMixin:
         sql = self._ops_sql.paused
         rows: list[Any] = self._db.retrying(lambda conn: conn.execute(sql).fetchall())
         return frozenset(row[0] for row in rows)
+
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Matching jobs, newest id first, by the primary key; see :meth:`Storage.find_page`."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", None if state is None else JobState(state).value),
+            ("queue", queue),
+            ("handler", handler),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        query = self._ops_sql.find_page + (" WHERE " + " AND ".join(where) if where else "")
+        query += " ORDER BY id DESC OFFSET %s LIMIT %s"
+        params += [offset, limit]
+        rows: list[Any] = self._db.retrying(lambda conn: conn.execute(query, params).fetchall())
+        return [row_to_job(row) for row in rows]
+
+    def finish_counts(
+        self, *, since: datetime, until: datetime, buckets: int
+    ) -> dict[JobState, list[int]]:
+        """Finishes per state and bucket, counted in SQL; see :meth:`Storage.finish_counts`."""
+        params = {
+            "since": since,
+            "until": until,
+            "width": (until - since).total_seconds() / buckets,
+            "last": buckets - 1,
+        }
+        sql = self._ops_sql.finish_counts
+        rows: list[Any] = self._db.retrying(lambda conn: conn.execute(sql, params).fetchall())
+        counts = {s: [0] * buckets for s in FINISHED_STATES}
+        for state, bucket, n in rows:
+            counts[JobState(state)][bucket] += n
+        return counts

@@ -192,6 +192,44 @@ class Storage(ABC):
 
     # -- operations: live workers and paused queues -----------------------------
 
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Return up to ``limit`` matching jobs, newest id first, after skipping ``offset``.
+
+        For browsing (the dashboard): stores override this to read no more
+        than the page needs, where their layout allows. This fallback reads
+        every job matching ``state`` and ``queue``.
+        """
+        matching = self.find(state=state, queue=queue, limit=2**62)
+        if handler is not None:
+            matching = [job for job in matching if job.handler == handler]
+        matching.reverse()
+        return matching[offset : offset + limit]
+
+    def finish_counts(
+        self, *, since: datetime, until: datetime, buckets: int
+    ) -> dict[JobState, list[int]]:
+        """Count jobs finished in ``[since, until)``, per finished state and time bucket.
+
+        The span is cut into ``buckets`` equal parts, oldest first. This
+        fallback reads every finished job; stores override it.
+        """
+        width = (until - since) / buckets
+        counts = {state: [0] * buckets for state in FINISHED_STATES}
+        for state in FINISHED_STATES:
+            for job in self.find(state=state, limit=2**62):
+                at = job.finished_at
+                if at is not None and since <= at < until:
+                    counts[state][min(int((at - since) / width), buckets - 1)] += 1
+        return counts
+
     def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:  # noqa: B027
         """Record what a registered worker does now, for :meth:`live_workers`.
 

@@ -48,6 +48,7 @@ from ._jsonfile_layout import (
     to_key,
 )
 from ._jsonfile_ops import OpsMixin
+from ._jsonfile_pages import PagesMixin
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -57,7 +58,7 @@ logger = logging.getLogger("backrun.storage.jsonfile")
 _BATCH_THREADS = 8
 
 
-class JsonFileStorage(OpsMixin, ChangesMixin, Storage):
+class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:

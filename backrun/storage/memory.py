@@ -340,3 +340,24 @@ class MemoryStorage(Storage):
         """The paused queues; see :meth:`Storage.paused_queues`."""
         with self._lock:
             return frozenset(self._paused)
+
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
+        with self._lock:
+            matching = [
+                job
+                for job in self._jobs.values()
+                if (state is None or job.state is state)
+                and (queue is None or job.queue == queue)
+                and (handler is None or job.handler == handler)
+            ]
+        matching.sort(key=lambda job: job.id, reverse=True)
+        return matching[offset : offset + limit]

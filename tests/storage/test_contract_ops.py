@@ -212,3 +212,53 @@ def test_postgres_record_expires_after_its_ttl() -> None:
         wait_until(lambda: store.live_workers(now=T0) == [], timeout=5, what="record expiry")
     finally:
         store.close()
+
+
+# -- browsing ----------------------------------------------------------------------
+
+
+def add_jobs(storage: Storage, n: int, **kw: object) -> list[str]:
+    ids = []
+    for _ in range(n):
+        job = make_job(**kw)
+        storage.add(job)
+        ids.append(job.id)
+    return ids
+
+
+def test_find_page_is_newest_first_and_pages_without_overlap(storage: Storage) -> None:
+    ids = add_jobs(storage, 7)
+    newest_first = sorted(ids, reverse=True)
+    assert [j.id for j in storage.find_page(limit=3)] == newest_first[:3]
+    assert [j.id for j in storage.find_page(offset=3, limit=3)] == newest_first[3:6]
+    assert [j.id for j in storage.find_page(offset=6, limit=3)] == newest_first[6:]
+    assert storage.find_page(offset=7, limit=3) == []
+
+
+def test_find_page_filters_by_state_queue_and_handler(storage: Storage) -> None:
+    mail = add_jobs(storage, 2, queue="mail", handler="send")
+    add_jobs(storage, 2, queue="mail", handler="other")
+    default = add_jobs(storage, 2, queue="default", handler="send")
+    (claimed,) = storage.claim(queues=["mail"], limit=1, now=T0, worker_id="w-x", lease=LEASE)
+    found = storage.find_page(queue="mail", handler="send", offset=0, limit=10)
+    assert {j.id for j in found} == set(mail)
+    running = storage.find_page(state=JobState.RUNNING)
+    assert [j.id for j in running] == [claimed.id]
+    queued_mail = storage.find_page(state=JobState.QUEUED, queue="mail", handler="send")
+    assert {j.id for j in queued_mail} == set(mail) - {claimed.id}
+    sends = sorted(mail + default, reverse=True)
+    assert [j.id for j in storage.find_page(handler="send", offset=1, limit=2)] == sends[1:3]
+
+
+def test_finish_counts_buckets_finishes_by_state(storage: Storage) -> None:
+    for minute, state in ((1, JobState.SUCCEEDED), (1, JobState.SUCCEEDED), (7, JobState.DEAD)):
+        storage.add(make_job())
+        (job,) = storage.claim(queues=None, limit=1, now=T0, worker_id="w-x", lease=LEASE)
+        storage.update(job.replace(state=state, finished_at=T0 + timedelta(minutes=minute)))
+    storage.add(make_job())
+    (late,) = storage.claim(queues=None, limit=1, now=T0, worker_id="w-x", lease=LEASE)
+    storage.update(late.replace(state=JobState.SUCCEEDED, finished_at=T0 + timedelta(hours=2)))
+    counts = storage.finish_counts(since=T0, until=T0 + timedelta(minutes=10), buckets=2)
+    assert counts[JobState.SUCCEEDED] == [2, 0]
+    assert counts[JobState.DEAD] == [0, 1]
+    assert counts[JobState.CANCELLED] == [0, 0]
