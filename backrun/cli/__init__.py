@@ -8,6 +8,7 @@ Usage::
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
     backrun workers | queues list | queues pause Q | queues resume Q
+    backrun dashboard MODULE:ENGINE [--port 8080] [--host 127.0.0.1] [--basic-auth U:P]
     backrun db init --dsn postgresql://... [--schema backrun]
 
 ``jobs`` and ``stats`` find the store from ``--store PATH`` (a JSON store

@@ -38,6 +38,11 @@ def add_ops_commands(
     for action in (listing, pause, resume):
         store_options(action, with_app=not embedded)
 
+    if not embedded:
+        from ._dashboard import add_dashboard_command
+
+        add_dashboard_command(sub)
+
 
 def _dump(data: Any, out: IO[str]) -> None:
     out.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -16,5 +16,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._app import CsrfField, Dashboard
 from ._http import Request, Response
+from ._serve import BasicAuth, DashboardServer, serve
 
-__all__ = ["CsrfField", "Dashboard", "Request", "Response"]
+__all__ = ["BasicAuth", "CsrfField", "Dashboard", "DashboardServer", "Request", "Response", "serve"]
