@@ -89,7 +89,7 @@ def chart(
     counts: Mapping[JobState, list[int]], *, since: datetime, span: timedelta, buckets: int
 ) -> Chart:
     """Lay out stacked bars (succeeded, dead, cancelled) per time bucket."""
-    width, height, top, bottom = 720, 160, 10, 24
+    width, height, top, bottom = 1140, 200, 24, 26
     slot = width / buckets
     peak = max(
         [sum(counts.get(s, [0] * buckets)[i] for s in CHART_STATES) for i in range(buckets)] + [1]
