@@ -172,6 +172,9 @@ class Dashboard:
             return self._render(request, csrf, "workers.html", _pages.workers_page(self.engine))
         if parts == ["queues"]:
             return self._render(request, csrf, "queues.html", _pages.queues_page(self.engine))
+        if parts == ["schedules"] and _pages.has_schedules(self.engine):
+            ctx = _pages.schedules_page(self.engine)
+            return self._render(request, csrf, "schedules.html", ctx)
         raise _Refused(404, "There is no such page.")
 
     # -- actions ------------------------------------------------------------------
@@ -243,6 +246,7 @@ class Dashboard:
             message=message,
             path=request.path,
             store=type(self.engine.storage).__name__,
+            with_schedules=_pages.has_schedules(self.engine),
         )
         return Response(status, html.encode())
 

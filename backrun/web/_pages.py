@@ -11,7 +11,16 @@ from backrun.jobs import FINISHED_STATES, JobState, check_job_id
 
 from ._format import chart, pretty_json, trace_id
 
-__all__ = ["STATE_ORDER", "job_page", "jobs_page", "overview_page", "queues_page", "workers_page"]
+__all__ = [
+    "STATE_ORDER",
+    "has_schedules",
+    "job_page",
+    "jobs_page",
+    "overview_page",
+    "queues_page",
+    "schedules_page",
+    "workers_page",
+]
 
 STATE_ORDER = (
     JobState.SCHEDULED,
@@ -145,3 +154,18 @@ def queues_page(engine: Engine) -> dict[str, Any]:
     """Every known queue: counts, lag, paused or not."""
     queues, totals = _queue_table(engine)
     return {"now": engine.clock.now(), "queues": queues, "totals": totals}
+
+
+_SCHEDULE_FIELDS = ("name", "handler", "spec", "tz", "queue", "next_run_at", "last_tick_at")
+
+
+def has_schedules(engine: Engine) -> bool:
+    """True when this version of backrun has periodic schedules (``engine.schedules()``)."""
+    return callable(getattr(engine, "schedules", None))
+
+
+def schedules_page(engine: Engine) -> dict[str, Any]:
+    """The periodic schedules, with their next and last ticks."""
+    records = getattr(engine, "schedules")()  # noqa: B009 (checked by has_schedules)
+    rows = [{f: getattr(r, f, None) for f in _SCHEDULE_FIELDS} for r in records]
+    return {"now": engine.clock.now(), "schedules": rows}

@@ -169,3 +169,28 @@ def test_an_unconfirmed_post_asks_first_and_changes_nothing(fx: Fixture) -> None
     assert "Please confirm" in reply.text
     assert 'name="confirm" value="yes"' in reply.text
     assert fx.engine.get(fx.dead.id).state is JobState.DEAD  # type: ignore[union-attr]
+
+
+def test_schedules_show_when_the_engine_has_them(fx: Fixture) -> None:
+    from types import SimpleNamespace
+
+    from tests.web.support import T0
+
+    assert Client(Dashboard(fx.engine)).get("/schedules").status == 404
+    assert 'href="/schedules"' not in Client(Dashboard(fx.engine)).get("/").text
+    tick = SimpleNamespace(
+        name="<b>nightly</b>",
+        handler="mail.send",
+        spec="30 2 * * *",
+        tz="Europe/Paris",
+        queue="default",
+        next_run_at=T0,
+        last_tick_at=None,
+    )
+    fx.engine.schedules = lambda: [tick]  # type: ignore[attr-defined]
+    client = Client(Dashboard(fx.engine))
+    assert 'href="/schedules"' in client.get("/").text
+    page = client.get("/schedules")
+    assert page.status == 200
+    assert "&lt;b&gt;nightly&lt;/b&gt;" in page.text
+    assert "30 2 * * *" in page.text
