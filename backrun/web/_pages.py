@@ -101,11 +101,12 @@ def jobs_page(engine: Engine, query: Mapping[str, str], *, page_size: int) -> di
         offset=(page - 1) * page_size,
         limit=page_size + 1,
     )
+    counts = engine.counts()
     total: int | None = None
     if handler is None:
         total = sum(
             n
-            for (q, s), n in engine.counts().items()
+            for (q, s), n in counts.items()
             if (state is None or s is state) and (queue is None or q == queue)
         )
     return {
@@ -116,7 +117,7 @@ def jobs_page(engine: Engine, query: Mapping[str, str], *, page_size: int) -> di
         "total": total,
         "filters": {"state": state_text or "", "queue": queue or "", "handler": handler or ""},
         "states": [s.value for s in STATE_ORDER],
-        "queue_names": sorted({q for q, _ in engine.counts()}),
+        "queue_names": sorted({q for q, _ in counts}),
     }
 
 
