@@ -160,14 +160,17 @@ def test_a_killed_worker_disappears_within_one_recovery_interval(
     engine = engine_for(shared)
     proc = start_worker(shared, tmp_path)
     try:
-        wait_until(lambda: len(engine.workers()) == 1, timeout=30, what="the worker's record")
-        (info,) = engine.workers()
-        assert info.pid == proc.popen.pid
+        seen: list[backrun.WorkerInfo] = []
+        wait_until(
+            lambda: seen.extend(engine.workers()) or seen, timeout=30, what="the worker's record"
+        )
+        assert seen[0].pid == proc.popen.pid
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(10)
         killed = time.monotonic()
         wait_until(lambda: engine.workers() == [], timeout=10, what="the dead worker to go")
-        assert time.monotonic() - killed <= RECOVERY + 0.2
+        # One recovery interval, plus slack for this loop's own reads on a loaded machine.
+        assert time.monotonic() - killed <= RECOVERY + 0.5
     finally:
         proc.kill()
         engine.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(engine=engine, url=server.url.rstrip("/"), tmp=tmp, shots=shots)
     finally:
         server.close()
-        worker.signal(__import__("signal").SIGTERM)
+        worker.signal(signal.SIGTERM)
         worker.wait(30)
         engine.close()
 
@@ -113,7 +114,7 @@ def state(site: SimpleNamespace, job: Job) -> JobState:
     return found.state
 
 
-def settle(site: SimpleNamespace, job: Job, wanted: JobState, timeout: float = 20) -> None:
+def settle(site: SimpleNamespace, job: Job, wanted: JobState, timeout: float = 60) -> None:
     wait_until(lambda: state(site, job) is wanted, timeout=timeout, what=f"{job.id} {wanted}")
 
 
