@@ -64,7 +64,9 @@ def mount_dashboard(
         environ = dict(request.environ)
         environ["SCRIPT_NAME"] = request.script_root + mount
         environ["PATH_INFO"] = "/" + subpath
-        answer = dashboard().respond_wsgi(environ)
+        # Flask may have read the body already (a before_request hook): use its parse.
+        form = request.form.to_dict(flat=True) if request.method == "POST" else None
+        answer = dashboard().respond_wsgi(environ, form=form)
         headers = [(k, v) for k, v in answer.all_headers() if k.lower() not in _SKIP]
         return Response(
             answer.body, status=answer.status, headers=headers, content_type=answer.content_type

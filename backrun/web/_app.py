@@ -108,11 +108,17 @@ class Dashboard:
         start_response(response.status_line, response.all_headers())
         return [response.body]
 
-    def respond_wsgi(self, environ: Mapping[str, Any]) -> Response:
-        """Answer a WSGI environ with this dashboard's own CSRF protection."""
-        form: Mapping[str, str] | None = {}
-        if str(environ.get("REQUEST_METHOD", "GET")).upper() == "POST":
+    def respond_wsgi(
+        self, environ: Mapping[str, Any], *, form: Mapping[str, str] | None = None
+    ) -> Response:
+        """Answer a WSGI environ with this dashboard's own CSRF protection.
+
+        ``form``: the POST fields, when a framework has parsed the body already.
+        """
+        if form is None and str(environ.get("REQUEST_METHOD", "GET")).upper() == "POST":
             form = form_from_environ(environ)
+        elif form is None:
+            form = {}
         request = request_from_environ(environ, form or {})
         token, set_cookie = self.csrf.token(environ, request.root)
         csrf = CsrfField(FIELD, token)

@@ -134,3 +134,19 @@ def test_the_example_mounts_the_dashboard_behind_its_login(shop: Any, tmp_path: 
     page = client.get("/ops/jobs/", headers={"Authorization": f"Basic {right}"})
     assert page.status_code == 200
     assert "Overview" in page.get_data(as_text=True)
+
+
+def test_a_hook_that_reads_the_form_first_does_not_lose_the_token(mounted: Any) -> None:
+    app, _, engine, job = mounted
+
+    def read_form() -> None:
+        flask.request.form.to_dict()  # consumes the body, as CSRF extensions do
+
+    app.before_request(read_form)
+    client = app.test_client()
+    page = client.get(f"/ops/jobs/jobs/{job.id}").get_data(as_text=True)
+    reply = client.post(
+        f"/ops/jobs/jobs/{job.id}/retry", data={"csrf_token": token_of(page), "confirm": "yes"}
+    )
+    assert reply.status_code == 303
+    assert engine.get(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
