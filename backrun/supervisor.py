@@ -48,6 +48,7 @@ class Supervisor:
         heartbeat_every = max(worker.lease.total_seconds() / 3, 0.05)
         next_heartbeat = time.monotonic()  # at once: a store may judge liveness by it
         next_recovery = time.monotonic()
+        next_publish = time.monotonic()  # the worker's record, twice per recovery interval
         while not worker.stopping or worker.running_count:
             if worker.forced:
                 return
@@ -69,10 +70,13 @@ class Supervisor:
                     self._recover()
                     self.storage.maintain(now=self.clock.now())
                     next_recovery = now + worker.recovery_interval
+                if now >= next_publish and not worker.stopping:
+                    worker.publish_info()
+                    next_publish = now + worker.recovery_interval / 2
             except Exception:
                 log.exception("supervisor round failed; will retry")
             worker.first_round_done.set()
-            wait = min(next_heartbeat, next_recovery) - time.monotonic()
+            wait = min(next_heartbeat, next_recovery, next_publish) - time.monotonic()
             if worker.store_changed:  # throttled above: look again once allowed
                 wait = min(wait, self._next_cancel_check - time.monotonic())
             deadline = self._next_deadline()

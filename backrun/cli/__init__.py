@@ -9,6 +9,8 @@ Usage::
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
     backrun schedules [--app MODULE:ENGINE]
+    backrun workers | queues list | queues pause Q | queues resume Q
+    backrun dashboard MODULE:ENGINE [--port 8080] [--host 127.0.0.1] [--basic-auth U:P]
     backrun db init --dsn postgresql://... [--schema backrun]
     backrun grafana export DIR
 
@@ -35,7 +37,7 @@ from backrun import __version__
 from backrun.engine import Engine
 from backrun.errors import StorageError
 
-from . import _grafana, _jobs
+from . import _grafana, _jobs, _ops
 from ._common import EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
 from ._schedules import add_schedules_command
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
@@ -134,6 +136,8 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
     stats.set_defaults(run=_jobs.cmd_stats, read_only=True)
 
     add_schedules_command(sub, embedded=embedded)
+
+    _ops.add_ops_commands(sub, _store_options, embedded=embedded, parser_class=_Parser)
 
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")

@@ -89,9 +89,28 @@ class Backrun:
     Args:
         app: the application, or ``None`` to call :meth:`init_app` later.
         engine: an engine to use instead of building one from the config.
+        dashboard: mount the jobs dashboard at this path (e.g. ``"/ops/jobs"``);
+            needs the ``web`` extra.
+        dashboard_auth: called on every dashboard request inside the request
+            context; a false result answers 403. Required with ``dashboard``.
+        dashboard_read_only: show no actions and refuse every change.
     """
 
-    def __init__(self, app: Flask | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        engine: Engine | None = None,
+        dashboard: str | None = None,
+        dashboard_auth: Callable[[], object] | None = None,
+        dashboard_read_only: bool = False,
+    ) -> None:
+        if dashboard is not None and dashboard_auth is None:
+            raise ValueError(
+                "dashboard= needs dashboard_auth=: a callable that returns True for users "
+                "allowed to see and change jobs (use lambda: True only on a trusted network)"
+            )
+        self._dashboard = (dashboard, dashboard_auth, dashboard_read_only)
         self._engine = engine
         self._handlers: list[tuple[Any, dict[str, Any]]] = []
         self._built: list[Engine] = [] if engine is None else [engine]
@@ -103,6 +122,11 @@ class Backrun:
         app.config.setdefault("BACKRUN_STORE", None)
         app.extensions[EXTENSION_KEY] = _State(self, app, self._engine)
         app.cli.add_command(_command_group(self))
+        prefix, auth, read_only = self._dashboard
+        if prefix is not None and auth is not None:
+            from ._flask_dashboard import mount_dashboard
+
+            mount_dashboard(app, self.engine_for, prefix=prefix, auth=auth, read_only=read_only)
 
     # -- handlers -----------------------------------------------------------
 
