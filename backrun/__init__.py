@@ -29,6 +29,7 @@ from .schedules import Schedule
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .worker import Worker
+from .workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
     from .storage.jsonfile import JsonFileStorage
@@ -61,6 +62,7 @@ __all__ = [
     "SystemClock",
     "UnknownHandler",
     "Worker",
+    "WorkerInfo",
     "__version__",
     "current_job",
     "handler",

@@ -27,6 +27,7 @@ from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH
 from .signals import stop_on_signals
 from .storage.base import Storage
 from .worker import Worker
+from .workerinfo import WorkerInfo
 
 if TYPE_CHECKING:
     from .observability.metrics import MetricsServer
@@ -498,6 +499,44 @@ class Engine:
         job = self.storage.requeue(job_id, now=self.clock.now())
         self._wake(job)
         return job
+
+    # -- operations: live workers and paused queues ---------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """Return the live workers of every process on this store, by id.
+
+        A worker shows up once it has started and disappears when it stops,
+        or within one ``recovery_interval`` after it dies.
+        """
+        return self.storage.live_workers(now=self.clock.now())
+
+    def pause(self, queue: str) -> bool:
+        """Stop every worker on this store from taking jobs of ``queue``.
+
+        Enqueues still succeed and running jobs finish; the pause is kept in
+        the store until :meth:`resume`, across restarts.
+
+        Returns:
+            False when the queue was paused already.
+
+        Raises:
+            ValueError: ``queue`` is not a valid queue name.
+        """
+        return self.storage.pause_queue(check_queue(queue), now=self.clock.now())
+
+    def resume(self, queue: str) -> bool:
+        """Let workers take jobs of ``queue`` again (within one poll interval elsewhere).
+
+        Returns:
+            False when the queue was not paused.
+        """
+        resumed = self.storage.resume_queue(check_queue(queue))
+        self._wake_all()
+        return resumed
+
+    def paused(self) -> frozenset[str]:
+        """Return the names of the paused queues."""
+        return self.storage.paused_queues()
 
     # -- running ------------------------------------------------------------
 

@@ -55,6 +55,10 @@ class SupervisedPool(Protocol):
         """Give up on a timed-out attempt's thread and start a fresh one in its place."""
         ...
 
+    def publish_info(self) -> None:
+        """Write the worker's record (what it runs, for the dashboard) to the store."""
+        ...
+
 
 class OutcomeWriter(Protocol):
     """The part of :class:`~backrun.attempts.AttemptRecorder` the supervisor uses."""
@@ -133,6 +137,7 @@ class Supervisor:
         heartbeat_every = max(self._lease.total_seconds() / 3, 0.05)
         next_heartbeat = time.monotonic()  # at once: a store may judge liveness by it
         next_recovery = time.monotonic()
+        next_publish = time.monotonic()  # the worker's record, twice per recovery interval
         while not pool.stopping or pool.running_count:
             if pool.forced:
                 return
@@ -154,10 +159,13 @@ class Supervisor:
                     self._recover()
                     self.storage.maintain(now=self.clock.now())
                     next_recovery = now + self._recovery_interval
+                if now >= next_publish and not pool.stopping:
+                    pool.publish_info()
+                    next_publish = now + self._recovery_interval / 2
             except Exception:
                 log.exception("supervisor round failed; will retry")
             self.first_round_done.set()
-            wait = min(next_heartbeat, next_recovery) - time.monotonic()
+            wait = min(next_heartbeat, next_recovery, next_publish) - time.monotonic()
             if self._store_changed:  # throttled above: look again once allowed
                 wait = min(wait, self._next_cancel_check - time.monotonic())
             deadline = self._next_deadline()

@@ -31,6 +31,7 @@ from .jobs import Job, JobState
 from .middleware import compose_process, overrides
 from .scheduler import ScheduleHost, Scheduler
 from .supervisor import Supervisor
+from .workerinfo import WorkerInfo
 
 __all__ = ["Worker", "WorkerHost", "new_worker_id"]
 
@@ -83,6 +84,9 @@ class _PoolView:
 
     def abandon(self, attempt: Attempt) -> None:
         self._worker._abandon(attempt)
+
+    def publish_info(self) -> None:
+        self._worker._publish_info()
 
 
 class Worker:
@@ -178,7 +182,8 @@ class Worker:
 
     def start(self) -> None:
         """Register with the store, then start the slot and supervisor threads."""
-        self.storage.register_worker(self.id, now=self.clock.now())
+        self.started_at = self.clock.now()
+        self.storage.register_worker(self.id, now=self.started_at)
         for layer in self._middleware:
             if overrides(layer, "worker_started"):
                 layer.worker_started(self)
@@ -199,6 +204,26 @@ class Worker:
             self.max_parallelism,
             "all" if self.queues is None else ",".join(sorted(self.queues)),
         )
+
+    def info(self) -> WorkerInfo:
+        """Return what this worker does now, as operators see it in ``engine.workers()``."""
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=None if self.queues is None else tuple(sorted(self.queues)),
+            max_parallelism=self.max_parallelism,
+            started_at=getattr(self, "started_at", None) or self.clock.now(),
+            last_seen=self.clock.now(),
+            running=tuple(sorted(self._attempts)),
+        )
+
+    def _publish_info(self) -> None:
+        """Publish :meth:`info` to the store; valid for one recovery interval."""
+        try:
+            self.storage.publish_worker(self.info(), ttl=timedelta(seconds=self.recovery_interval))
+        except Exception:
+            log.warning("worker %s could not publish its record", self.id, exc_info=True)
 
     def _start_slot(self) -> None:
         slot = Slot()

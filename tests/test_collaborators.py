@@ -214,6 +214,7 @@ def test_the_worker_keeps_its_plumbing_private() -> None:
                 "store_changed",
                 "first_round_done",
                 "scheduler",
+                "publish_info",
             ):
                 assert not hasattr(worker, plumbing), plumbing
             # What users and middleware use is still there.

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backrun"
 # Lowest first; a module may import its own layer or any lower one. Each entry
 # is a dotted module name relative to ``backrun`` or a package prefix ending in ".".
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("records", ("errors", "clock", "jobs")),
+    ("records", ("errors", "clock", "jobs", "workerinfo")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
     ("policies", ("retries", "handlers", "enqueueing", "schedules")),
@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("execution", ("isolation", "scheduler", "attempts", "supervisor", "worker", "signals")),
     ("observability", ("observability.",)),
     ("composition", ("engine", "__init__")),
-    ("integrations", ("testing", "logformat", "joblog", "cli.", "__main__")),
+    ("integrations", ("testing", "logformat", "joblog", "web.", "cli.", "__main__")),
     ("frameworks", ("contrib.",)),
 ]
 

@@ -33,6 +33,7 @@ EXPECTED = [
     "SystemClock",
     "UnknownHandler",
     "Worker",
+    "WorkerInfo",
     "__version__",
     "current_job",
     "handler",

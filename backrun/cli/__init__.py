@@ -2,12 +2,15 @@
 
 Usage::
 
-    backrun worker myapp.jobs:engine [--queues a,b] [--concurrency N] [--metrics-port P]
+    backrun worker myapp.jobs:engine [--queues a,b] [--threads N] [--metrics-port P]
+                   [--processes N] [--max-jobs-per-child K] [--max-memory-per-child MB] [--reload]
     backrun jobs list [--state dead] [--queue Q] [--limit N]
     backrun jobs show ID | retry ID | retry --all-dead | cancel ID
     backrun jobs purge --state succeeded --older-than 7d
     backrun stats
     backrun schedules [--app MODULE:ENGINE]
+    backrun workers | queues list | queues pause Q | queues resume Q
+    backrun dashboard MODULE:ENGINE [--port 8080] [--host 127.0.0.1] [--basic-auth U:P]
     backrun db init --dsn postgresql://... [--schema backrun]
     backrun grafana export DIR
 
@@ -34,7 +37,7 @@ from backrun import __version__
 from backrun.engine import Engine
 from backrun.errors import StorageError
 
-from . import _grafana, _jobs
+from . import _grafana, _jobs, _ops
 from ._common import EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, load_engine, resolve_engine
 from ._schedules import add_schedules_command
 from ._worker import add_worker_arguments, options_from_namespace, positive_int, run_worker
@@ -134,6 +137,8 @@ def build_parser(prog: str = "backrun", *, embedded: bool = False) -> argparse.A
 
     add_schedules_command(sub, embedded=embedded)
 
+    _ops.add_ops_commands(sub, _store_options, embedded=embedded, parser_class=_Parser)
+
     if not embedded:
         db = sub.add_parser("db", help="set up the PostgreSQL store")
         db_sub = db.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -155,6 +160,7 @@ def main(
     engine: Engine | None = None,
     prog: str = "backrun",
     app_label: str = "",
+    child_command: Sequence[str] | None = None,
 ) -> int:
     """Run the CLI; return the exit code.
 
@@ -164,6 +170,8 @@ def main(
             ``manage.py backrun``); then ``--app``/``--store`` do not apply.
         prog: the program name shown in help and errors.
         app_label: how the banner names a supplied engine.
+        child_command: how a framework runs one worker of a supplied engine
+            (``--processes`` starts children with it, plus their options).
     """
     parser = build_parser(prog, embedded=engine is not None)
     ns = parser.parse_args(argv)
@@ -179,10 +187,14 @@ def main(
                         EXIT_USAGE,
                     )
                 target = load_engine(app)
+                child_command = [sys.executable, "-m", "backrun", "worker", app]
             else:
                 target = engine
             return run_worker(
-                target, options_from_namespace(ns), app=app or app_label or repr(target)
+                target,
+                options_from_namespace(ns),
+                app=app or app_label or repr(target),
+                child_command=child_command,
             )
         if ns.command == "db":
             return _jobs.cmd_db_init(ns, out)

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
@@ -26,7 +26,9 @@ from backrun.joblog import LoggingMiddleware
 from backrun.logformat import LogFormat, configure_logging, parse_level
 from backrun.middleware import Middleware, WorkerHandle
 
+from ._child import child_link_from_env
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, describe_store
+from ._process_options import add_process_arguments, supervised
 
 __all__ = [
     "WorkerOptions",
@@ -50,6 +52,10 @@ class WorkerOptions:
     shutdown_timeout: float | None = None
     log_format: str = "text"
     log_level: int = logging.INFO
+    processes: int | None = None
+    max_jobs_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    reload: bool = False
 
 
 def _queues(text: str) -> list[str]:
@@ -108,7 +114,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--queues", type=_queues, metavar="A,B", help="only take jobs from these queues"
     )
     parser.add_argument(
-        "--concurrency", type=positive_int, metavar="N", help="jobs run at once (threads)"
+        "--threads",
+        "--concurrency",
+        dest="concurrency",
+        type=positive_int,
+        metavar="N",
+        help="jobs run at once per process (threads); --concurrency is the old name",
     )
     parser.add_argument(
         "--metrics-port",
@@ -138,6 +149,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help="debug, info, warning, error or critical (info); applies to every logger",
     )
+    add_process_arguments(parser)
 
 
 def options_from_namespace(ns: argparse.Namespace | dict[str, Any]) -> WorkerOptions:
@@ -151,6 +163,10 @@ def options_from_namespace(ns: argparse.Namespace | dict[str, Any]) -> WorkerOpt
         shutdown_timeout=values.get("shutdown_timeout"),
         log_format=values.get("log_format") or "text",
         log_level=_level_value(values.get("log_level")),
+        processes=values.get("processes"),
+        max_jobs_per_child=values.get("max_jobs_per_child"),
+        max_memory_per_child=values.get("max_memory_per_child"),
+        reload=bool(values.get("reload")),
     )
 
 
@@ -326,19 +342,40 @@ def banner(
 
 
 def run_worker(
-    engine: Engine, options: WorkerOptions, *, app: str = "", out: IO[str] | None = None
+    engine: Engine,
+    options: WorkerOptions,
+    *,
+    app: str = "",
+    out: IO[str] | None = None,
+    child_command: Sequence[str] | None = None,
 ) -> int:
     """Run ``engine``'s worker in this (main) thread until SIGTERM/SIGINT; return an exit code.
 
     0 when every running job finished, 1 when jobs had to be released
     (forced by a second Ctrl+C, or past the shutdown timeout) or the worker
     crashed, 3 when the store is unavailable.
+
+    With ``--processes``, ``--max-*-per-child`` or ``--reload`` this process
+    supervises children started with ``child_command`` (how this front end
+    runs one worker) instead: see :mod:`backrun.cli._parent`.
     """
     stream = out if out is not None else sys.stderr
     log_format: LogFormat = "json" if options.log_format == "json" else "text"
     configure_logging(log_format, stream=stream, level=options.log_level)
     # Ready, stopping, stopped: shown whatever --log-level, as a worker's pulse.
     log.setLevel(min(options.log_level, logging.INFO))
+    link = child_link_from_env(
+        max_jobs=options.max_jobs_per_child, max_memory_mb=options.max_memory_per_child
+    )
+    if link is None and supervised(options):
+        from ._parent import run_processes
+
+        _apply(engine, options)
+        return run_processes(
+            engine, options, command=child_command, app=app or repr(engine), out=stream
+        )
+    if link is not None:
+        options.metrics_port = None  # the parent serves every child's metrics
     _apply(engine, options)
     try:
         engine.storage.counts()
@@ -348,10 +385,13 @@ def run_worker(
         ) from exc
     watch = _Watch(stream)
     engine.add_middleware(watch)
+    if link is not None:
+        engine.add_middleware(link)
     metrics, server = _start_metrics(engine, options)
     export, otlp = _start_otlp()
     try:
-        banner(engine, app or repr(engine), metrics, otlp, stream, log_format=log_format)
+        if link is None:  # a child of --processes: the parent printed the banner
+            banner(engine, app or repr(engine), metrics, otlp, stream, log_format=log_format)
         try:
             drained = engine.run_forever()
         except StorageError as exc:
@@ -361,6 +401,9 @@ def run_worker(
             raise CliError(f"worker crashed: {type(exc).__name__}: {exc}", EXIT_FAILED) from exc
     finally:
         engine.middleware.remove(watch)
+        if link is not None:
+            engine.middleware.remove(link)
+            link.close()
         if server is not None:
             server.close()
         if export is not None:

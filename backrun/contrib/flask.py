@@ -33,6 +33,7 @@ arguments, e.g. ``{"handler": "cleanup", "cron": "30 2 * * *"}``).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from typing import Any, TypeVar, overload
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 
 from backrun.cli import main as cli_main
 from backrun.cli._common import exit_on_error
@@ -88,9 +89,28 @@ class Backrun:
     Args:
         app: the application, or ``None`` to call :meth:`init_app` later.
         engine: an engine to use instead of building one from the config.
+        dashboard: mount the jobs dashboard at this path (e.g. ``"/ops/jobs"``);
+            needs the ``web`` extra.
+        dashboard_auth: called on every dashboard request inside the request
+            context; a false result answers 403. Required with ``dashboard``.
+        dashboard_read_only: show no actions and refuse every change.
     """
 
-    def __init__(self, app: Flask | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        engine: Engine | None = None,
+        dashboard: str | None = None,
+        dashboard_auth: Callable[[], object] | None = None,
+        dashboard_read_only: bool = False,
+    ) -> None:
+        if dashboard is not None and dashboard_auth is None:
+            raise ValueError(
+                "dashboard= needs dashboard_auth=: a callable that returns True for users "
+                "allowed to see and change jobs (use lambda: True only on a trusted network)"
+            )
+        self._dashboard = (dashboard, dashboard_auth, dashboard_read_only)
         self._engine = engine
         self._handlers: list[tuple[Any, dict[str, Any]]] = []
         self._built: list[Engine] = [] if engine is None else [engine]
@@ -102,6 +122,11 @@ class Backrun:
         app.config.setdefault("BACKRUN_STORE", None)
         app.extensions[EXTENSION_KEY] = _State(self, app, self._engine)
         app.cli.add_command(_command_group(self))
+        prefix, auth, read_only = self._dashboard
+        if prefix is not None and auth is not None:
+            from ._flask_dashboard import mount_dashboard
+
+            mount_dashboard(app, self.engine_for, prefix=prefix, auth=auth, read_only=read_only)
 
     # -- handlers -----------------------------------------------------------
 
@@ -226,6 +251,14 @@ _PASS_THROUGH: dict[str, Any] = {
 }
 
 
+def _child_command() -> list[str]:
+    """How a ``--processes`` child runs ``flask backrun worker`` on the same app."""
+    info = click.get_current_context().find_object(ScriptInfo)
+    where = getattr(info, "app_import_path", None)
+    app = ["--app", where] if isinstance(where, str) and where else []
+    return [sys.executable, "-m", "flask", *app, "backrun", "worker"]
+
+
 def _command_group(extension: Backrun) -> click.Group:
     group = AppGroup("backrun", help="Run backrun's worker and inspect its jobs.")
 
@@ -247,6 +280,7 @@ def _command_group(extension: Backrun) -> click.Group:
             engine=engine,
             prog="flask backrun",
             app_label=f"flask app {app.import_name!r}",
+            child_command=_child_command(),
         )
         raise SystemExit(code)
 

@@ -152,6 +152,7 @@ class _Metrics:
             "Handlers running now in this process (timed-out ones until they return).",
             _LABELS,
             registry=registry,
+            multiprocess_mode="livesum",  # --processes: summed over living children
         )
         self.orphans = Counter(
             "backrun_orphans_recovered",
@@ -164,6 +165,7 @@ class _Metrics:
             "Threads whose attempt timed out but whose handler has not returned yet.",
             _LABELS,
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self._children: dict[tuple[str, str], _Children] = {}
 

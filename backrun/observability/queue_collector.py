@@ -32,7 +32,7 @@ log = logging.getLogger("backrun.observability")
 DEFAULT_CACHE_SECONDS = 2.0
 """How long a store's answer serves later scrapes."""
 
-_Reading = tuple[dict[tuple[str, JobState], int], dict[str, datetime]]
+_Reading = tuple[dict[tuple[str, JobState], int], dict[str, datetime], frozenset[str]]
 
 _lock = threading.Lock()
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, QueueCollector] = (
@@ -87,7 +87,7 @@ class QueueCollector(Collector):
 
     def describe(self) -> list[Metric]:
         """The families, without touching any store (so registering is free)."""
-        return list(self._families())
+        return [*self._families(), _paused_family()]
 
     def collect(self) -> list[Metric]:
         """Ask each store for its counts and oldest due job."""
@@ -95,12 +95,14 @@ class QueueCollector(Collector):
             sources = list(self._sources.values())
         counts: dict[tuple[str, str], int] = {}
         ages: dict[str, float] = {}
+        paused: set[str] = set()
         for storage, clock in sources:
             now = clock.now()
             reading = self._read(storage, now)
             if reading is None:
                 continue
-            by_state, oldest = reading
+            by_state, oldest, paused_here = reading
+            paused |= paused_here
             for (queue, state), n in by_state.items():
                 key = (queue, JobState(state).value)
                 counts[key] = counts.get(key, 0) + n
@@ -108,21 +110,24 @@ class QueueCollector(Collector):
             for queue, run_at in oldest.items():
                 ages[queue] = max(ages.get(queue, 0.0), _age(now, run_at))
         depth, lag = self._families()
+        paused_family = _paused_family()
+        for queue in sorted(ages.keys() | paused):
+            paused_family.add_metric([queue], 1.0 if queue in paused else 0.0)
         for queue in sorted(ages):
             for state in JobState:
                 depth.add_metric([queue, state.value], counts.get((queue, state.value), 0))
             lag.add_metric([queue], ages[queue])
-        return [depth, lag]
+        return [depth, lag, paused_family]
 
     def _read(self, storage: Storage, now: datetime) -> _Reading | None:
-        """The store's counts and oldest due jobs, from the cache while it is fresh."""
+        """The store's counts, oldest due jobs and paused queues, from the cache while fresh."""
         key = id(storage)
         with self._read_lock:  # scrapes arriving together wait for one read
             cached = self._cache.get(key)
             if cached is not None and self._monotonic() - cached[0] < self.cache_seconds:
                 return cached[1]
             try:
-                reading = (storage.counts(), storage.oldest_due(now=now))
+                reading = (storage.counts(), storage.oldest_due(now=now), storage.paused_queues())
             except Exception:
                 log.warning("metrics: could not read the store %r", storage, exc_info=True)
                 return None
@@ -144,6 +149,14 @@ class QueueCollector(Collector):
             labels=["queue"],
         )
         return depth, lag
+
+
+def _paused_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "backrun_queue_paused",
+        "1 while the queue is paused (workers take none of its jobs), else 0.",
+        labels=["queue"],
+    )
 
 
 def _age(now: datetime, run_at: datetime) -> float:

@@ -72,6 +72,10 @@ class QueryMixin(StoreBase):
         existing = set(self.queue_dirs(fresh=fresh))
         return [q for q in (encode_queue(name) for name in queues) if q in existing]
 
+    def claimable(self, qencs: Collection[str]) -> list[str]:
+        """``qencs`` without the paused queues (see ``_jsonfile_ops``)."""
+        return list(qencs)
+
     def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:
         """Find a job wherever it is.
 
@@ -262,7 +266,7 @@ class QueryMixin(StoreBase):
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
         earliest: int | None = None
         watched = self.watched()
-        for qenc in self.queues_for(queues):
+        for qenc in self.claimable(self.queues_for(queues)):
             with self.mutex:
                 cache = self.cache(qenc)
                 cache.refresh(0, force=not watched, watched=watched)

@@ -124,6 +124,18 @@ INSERT INTO {{schema}}.job_counts SELECT queue, state, count(*) FROM {{schema}}.
     WHERE state IN {FINISHED} GROUP BY queue, state;
 """,
     ),
+    # Version 4: live workers' records
+    # and paused queues, for the operators' dashboard and CLI.
+    (
+        4,
+        """
+ALTER TABLE {schema}.workers ADD COLUMN info json, ADD COLUMN info_expires_at timestamptz;
+CREATE TABLE {schema}.paused_queues (
+    queue text PRIMARY KEY,
+    paused_at timestamptz NOT NULL
+);
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -207,6 +219,7 @@ class Statements:
         self.get = f"SELECT {COLUMNS} FROM {jobs} WHERE id = %s"
         self.claim_head = (
             f"WITH picked AS (SELECT id FROM {jobs} WHERE state IN {READY} AND run_at <= %(now)s"
+            f" AND queue NOT IN (SELECT queue FROM {q}.paused_queues)"
         )
         self.claim_tail = (
             " ORDER BY priority DESC, run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
@@ -285,7 +298,10 @@ class Statements:
             f"INSERT INTO {q}.job_counts SELECT queue, state, sum(n) FROM gone "
             "GROUP BY queue, state HAVING sum(n) <> 0"
         )
-        self.next_run_at = f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY}"
+        self.next_run_at = (
+            f"SELECT min(run_at) FROM {jobs} WHERE state IN {READY} "
+            f"AND queue NOT IN (SELECT queue FROM {q}.paused_queues)"
+        )
         self.oldest_due = (
             f"SELECT queue, min(run_at) FROM {jobs} "
             f"WHERE state IN {READY} AND run_at <= %s GROUP BY queue"

@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+from backrun.workerinfo import WorkerInfo
 
 __all__ = ["READY_STATES", "Capabilities", "Storage"]
 
@@ -299,6 +300,82 @@ class Storage(ABC):
             A function that unsubscribes.
         """
         return _noop
+
+    # -- operations: live workers and paused queues -----------------------------
+
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Return up to ``limit`` matching jobs, newest id first, after skipping ``offset``.
+
+        For browsing (the dashboard): stores override this to read no more
+        than the page needs, where their layout allows. This fallback reads
+        every job matching ``state`` and ``queue``.
+        """
+        matching = self.find(state=state, queue=queue, limit=2**62)
+        if handler is not None:
+            matching = [job for job in matching if job.handler == handler]
+        matching.reverse()
+        return matching[offset : offset + limit]
+
+    def finish_counts(
+        self, *, since: datetime, until: datetime, buckets: int
+    ) -> dict[JobState, list[int]]:
+        """Count jobs finished in ``[since, until)``, per finished state and time bucket.
+
+        The span is cut into ``buckets`` equal parts, oldest first. This
+        fallback reads every finished job; stores override it.
+        """
+        width = (until - since) / buckets
+        counts = {state: [0] * buckets for state in FINISHED_STATES}
+        for state in FINISHED_STATES:
+            for job in self.find(state=state, limit=2**62):
+                at = job.finished_at
+                if at is not None and since <= at < until:
+                    counts[state][min(int((at - since) / width), buckets - 1)] += 1
+        return counts
+
+    def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:  # noqa: B027
+        """Record what a registered worker does now, for :meth:`live_workers`.
+
+        The record lives until the worker unregisters or dies, or for at most
+        ``ttl`` without a newer one, whichever the store can tell first.
+        Stores that keep no such records ignore it.
+        """
+
+    def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        """Return the latest record of every live worker that published one, by id."""
+        return []
+
+    def pause_queue(self, queue: str, *, now: datetime) -> bool:
+        """Stop every worker on this store from claiming jobs of ``queue``.
+
+        Enqueues still succeed; running jobs finish. From the moment this
+        returns, :meth:`claim` takes nothing from ``queue`` and
+        :meth:`next_run_at` ignores it. Persists as long as the store does.
+
+        Returns:
+            False when the queue was paused already.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause queues")
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers claim from ``queue`` again.
+
+        Returns:
+            False when the queue was not paused.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause queues")
+
+    def paused_queues(self) -> frozenset[str]:
+        """Return the names of the paused queues."""
+        return frozenset()
 
     def close(self) -> None:  # noqa: B027
         """Release connections, locks and threads. Idempotent."""

@@ -46,6 +46,8 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
+from ._jsonfile_ops import OpsMixin
+from ._jsonfile_pages import PagesMixin
 from ._jsonfile_ticks import has_marker, mark, tick_lock
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
@@ -55,7 +57,7 @@ __all__ = ["JsonFileStorage"]
 logger = logging.getLogger("backrun.storage.jsonfile")
 
 
-class JsonFileStorage(ChangesMixin, Storage):
+class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:
@@ -236,7 +238,7 @@ class JsonFileStorage(ChangesMixin, Storage):
         with storage_errors("claim"):
             # While claims keep coming back full, trust recent checks of q/ and later/.
             busy = self._busy
-            qencs = self.queues_for(queues, fresh=not busy)
+            qencs = self.claimable(self.queues_for(queues, fresh=not busy))
             with self.mutex:
                 for qenc in qencs:
                     self.promote(qenc, now_key, fresh=not busy)

@@ -15,6 +15,7 @@ from typing import Any
 
 from backrun.errors import JobNotFound, LeaseLost
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id, new_claim_token
+from backrun.workerinfo import WorkerInfo
 
 from .base import READY_STATES, Storage
 
@@ -45,6 +46,8 @@ class MemoryStorage(Storage):
         self._next_entry = 0
         self._workers: set[str] = set()
         self._callbacks: list[Callable[[], None]] = []
+        self._worker_info: dict[str, WorkerInfo] = {}
+        self._paused: set[str] = set()
 
     def _index(self, job: Job) -> None:
         """Put a SCHEDULED/QUEUED job in its queue's delayed heap."""
@@ -126,10 +129,10 @@ class MemoryStorage(Storage):
         claimed: list[Job] = []
         lease_until = now + lease
         with self._lock:
-            if queues is None:
-                candidates = list(self._queues.values())
-            else:
-                candidates = [h for q in queues if (h := self._queues.get(q)) is not None]
+            names = self._queues if queues is None else queues
+            candidates = [
+                h for q in names if q not in self._paused and (h := self._queues.get(q)) is not None
+            ]
             for heaps in candidates:
                 self._promote(heaps, now)
             while len(claimed) < limit:
@@ -283,7 +286,7 @@ class MemoryStorage(Storage):
             names = list(self._queues) if queues is None else queues
             for name in names:
                 heaps = self._queues.get(name)
-                if heaps is None:
+                if heaps is None or name in self._paused:
                     continue
                 ready: _Ready | None = self._live_head(heaps.ready)
                 if ready is not None:
@@ -334,3 +337,57 @@ class MemoryStorage(Storage):
         """Mark a worker gone; its running jobs (if any) become orphans."""
         with self._lock:
             self._workers.discard(worker_id)
+
+    def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:
+        """Keep the worker's latest record while it stays registered."""
+        with self._lock:
+            self._worker_info[info.id] = info
+
+    def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        """Records of registered workers, by id; see :meth:`Storage.live_workers`."""
+        with self._lock:
+            for gone in set(self._worker_info) - self._workers:
+                del self._worker_info[gone]
+            return [self._worker_info[k] for k in sorted(self._worker_info)]
+
+    def pause_queue(self, queue: str, *, now: datetime) -> bool:
+        """Stop claims from ``queue``; see :meth:`Storage.pause_queue`."""
+        with self._lock:
+            if queue in self._paused:
+                return False
+            self._paused.add(queue)
+            return True
+
+    def resume_queue(self, queue: str) -> bool:
+        """Allow claims from ``queue`` again; see :meth:`Storage.resume_queue`."""
+        with self._lock:
+            if queue not in self._paused:
+                return False
+            self._paused.discard(queue)
+            return True
+
+    def paused_queues(self) -> frozenset[str]:
+        """The paused queues; see :meth:`Storage.paused_queues`."""
+        with self._lock:
+            return frozenset(self._paused)
+
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
+        with self._lock:
+            matching = [
+                job
+                for job in self._jobs.values()
+                if (state is None or job.state is state)
+                and (queue is None or job.queue == queue)
+                and (handler is None or job.handler == handler)
+            ]
+        matching.sort(key=lambda job: job.id, reverse=True)
+        return matching[offset : offset + limit]

@@ -62,6 +62,7 @@ from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 from ._postgres_listen import Listener
+from ._postgres_ops import PostgresOpsMixin
 from ._postgres_pool import RETRY, Connections
 from ._postgres_session import SessionLock, session_key
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
@@ -75,7 +76,7 @@ _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate()
 _COUNTS_LOCK = 0x6261636B72756E01  # one compaction of job_counts at a time
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(PostgresOpsMixin, Storage):
     """A store in a PostgreSQL schema, for workers and producers on many machines.
 
     Args:

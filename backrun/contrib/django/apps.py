@@ -25,6 +25,19 @@ class BackrunConfig(AppConfig):  # type: ignore[misc]
         from . import checks  # noqa: F401  (registers on import)
 
         setting_changed.connect(_on_setting_changed, dispatch_uid="backrun-setting-changed")
+        _link_from_admin_index()
+
+
+def _link_from_admin_index() -> None:
+    """Show a link to the dashboard on the admin index, unless the project has its own index."""
+    from django.apps import apps
+
+    if not apps.is_installed("django.contrib.admin"):
+        return
+    from django.contrib import admin
+
+    if admin.site.index_template is None:
+        admin.site.index_template = "backrun/admin_index.html"
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:

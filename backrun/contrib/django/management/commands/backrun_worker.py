@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,18 @@ from backrun.cli._worker import add_worker_arguments, options_from_namespace, ru
 from backrun.contrib.django import get_engine
 from backrun.contrib.django.conf import read_settings
 from backrun.contrib.django.middleware import CloseOldConnectionsMiddleware
+
+
+def _child_command() -> list[str]:
+    """How a ``--processes`` child runs this command: ``manage.py`` if that started us.
+
+    The settings module travels in ``$DJANGO_SETTINGS_MODULE``, which Django
+    has set (from ``--settings`` too) by the time a command runs.
+    """
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "manage.py" and os.path.isfile(script):
+        return [sys.executable, os.path.abspath(script), "backrun_worker"]
+    return [sys.executable, "-m", "django", "backrun_worker"]
 
 
 class Command(BaseCommand):  # type: ignore[misc]
@@ -40,7 +53,12 @@ class Command(BaseCommand):  # type: ignore[misc]
         if worker_options.metrics_port is None:
             worker_options.metrics_port = read_settings().get("METRICS_PORT")
         try:
-            code = run_worker(engine, worker_options, app="Django settings.BACKRUN")
+            code = run_worker(
+                engine,
+                worker_options,
+                app="Django settings.BACKRUN",
+                child_command=_child_command(),
+            )
         except CliError as exc:
             sys.stderr.write(f"error: {exc}\n")
             sys.exit(exc.code)

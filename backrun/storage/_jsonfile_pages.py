@@ -1,0 +1,106 @@
+"""Browsing the JSON store a page at a time, and counting recent finishes, for the dashboard.
+
+Job ids start with their creation time, and every file name carries its
+job's id, so a page newest-first is chosen from directory listings alone;
+only the page's own files are read (all candidates' files when filtering by
+handler, which no name carries). A finished file's mtime is its
+``finished_at``, so counting recent finishes needs a ``stat`` per file and
+no reads.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from backrun.jobs import FINISHED_STATES, Job, JobState
+
+from . import fs
+from ._jsonfile_base import to_ns, wraps_os_errors
+from ._jsonfile_layout import FINISHED_DIRS, parse_ready
+from ._jsonfile_queries import QueryMixin
+from .base import READY_STATES
+
+__all__ = ["PagesMixin"]
+
+
+class PagesMixin(QueryMixin):
+    """``find_page`` and ``finish_counts`` for :class:`JsonFileStorage`."""
+
+    @wraps_os_errors("find_page")
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
+        loaded: dict[str, Job] = {}
+        paths: dict[str, tuple[str, frozenset[JobState]]] = {}
+        if state is None or state is JobState.RUNNING:
+            for _, running in self._running_jobs():
+                if queue is None or running.queue == queue:
+                    loaded[running.id] = running
+        for qenc in self.queues_for(None if queue is None else [queue]):
+            if state is None or state in READY_STATES:
+                with self.mutex:
+                    cache = self.cache(qenc)
+                    cache.refresh(0, force=True)
+                    ready = list(cache.live.values())
+                for parsed in ready:
+                    if state is None or parsed.state is state:
+                        paths[parsed.job_id] = (os.path.join(cache.path, parsed.name), READY_STATES)
+                for directory, name in self._later_names(qenc):
+                    later = parse_ready(name)
+                    if later is not None and (state is None or later.state is state):
+                        paths[later.job_id] = (os.path.join(directory, name), READY_STATES)
+            for done, sub in FINISHED_DIRS.items():
+                if state is None or state is done:
+                    directory = self.qdir(qenc, sub)
+                    for name in self.names_in(directory):
+                        if len(name) == 37 and name.endswith(".json"):
+                            paths[name[:32]] = (os.path.join(directory, name), frozenset({done}))
+        page: list[Job] = []
+        skipped = 0
+        for job_id in sorted(loaded.keys() | paths.keys(), reverse=True):
+            if len(page) >= limit:
+                break
+            if handler is None and skipped < offset:
+                skipped += 1  # no need to read what the page skips
+                continue
+            job = loaded.get(job_id)
+            if job is None:
+                path, states = paths[job_id]
+                job = self.read_checked(path, job_id, states)
+            if job is None or (handler is not None and job.handler != handler):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            page.append(job)
+        return page
+
+    @wraps_os_errors("finish_counts")
+    def finish_counts(
+        self, *, since: datetime, until: datetime, buckets: int
+    ) -> dict[JobState, list[int]]:
+        """Finishes per state and bucket, from mtimes; see :meth:`Storage.finish_counts`."""
+        start, end = to_ns(since), to_ns(until)
+        width = max((end - start) // buckets, 1)
+        counts = {state: [0] * buckets for state in FINISHED_STATES}
+        for qenc in self.queue_dirs():
+            for done, sub in FINISHED_DIRS.items():
+                directory = self.qdir(qenc, sub)
+                for name in self.names_in(directory):
+                    if not name.endswith(".json"):
+                        continue
+                    try:
+                        mtime = fs.stat(os.path.join(directory, name)).st_mtime_ns
+                    except FileNotFoundError:
+                        continue  # purged or retried just now
+                    if start <= mtime < end:
+                        counts[done][min((mtime - start) // width, buckets - 1)] += 1
+        return counts
