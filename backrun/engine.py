@@ -24,6 +24,8 @@ from .middleware import Middleware, compose_enqueue
 from .retries import RetryPolicy
 from .schedules import Schedule, build_schedule
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH
+from .settings import find as find_setting
+from .settings import warn_deprecated
 from .signals import stop_on_signals
 from .storage.base import Storage
 from .worker import Worker
@@ -37,6 +39,17 @@ __all__ = ["Engine"]
 log = logging.getLogger("backrun.engine")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _checked(name: str, value: object) -> Any:
+    """``value`` checked by the settings model (its default when ``None``)."""
+    setting = find_setting(name)
+    if value is None:
+        return setting.check(setting.default)
+    try:
+        return setting.check(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} {exc}") from None
 
 
 def _default_storage() -> Storage:
@@ -57,8 +70,9 @@ class Engine:
     Args:
         storage: where jobs live. Default: a :class:`JsonFileStorage` in
             ``$BACKRUN_DIR``, else ``./.backrun``.
-        max_parallelism: how many jobs one worker runs at once (at least 1).
-        retry: the default :class:`RetryPolicy` (3 retries, 15-minute timeout).
+        threads: how many jobs one worker runs at once (its slot threads).
+        retry: the default :class:`RetryPolicy` (``RetryPolicy()``: 3 retries,
+            a 15-minute timeout).
         queues: the queues this engine's workers take jobs from (default all).
         shutdown_timeout: seconds a stopping worker waits for running jobs
             before releasing them back to QUEUED.
@@ -73,44 +87,52 @@ class Engine:
             and metrics. Pass ``[]`` for none.
         max_payload_bytes: largest encoded payload ``enqueue`` accepts.
         max_payload_depth: deepest payload nesting ``enqueue`` accepts.
+        max_parallelism: the old name of ``threads`` (deprecated).
+
+    The worker settings (``threads``, ``queues``, ``shutdown_timeout``,
+    ``lease``, ``recovery_interval``, ``max_crashes``) are checked, and
+    default, as :data:`backrun.settings.SETTINGS` says; the CLI, Django and
+    Flask read the same model.
     """
 
     def __init__(
         self,
         storage: Storage | None = None,
         *,
-        max_parallelism: int = 4,
+        threads: int | None = None,
         retry: RetryPolicy | None = None,
         queues: Collection[str] | None = None,
-        shutdown_timeout: float = 30.0,
-        lease: timedelta = timedelta(seconds=60),
-        recovery_interval: float = 2.0,
-        max_crashes: int = 3,
+        shutdown_timeout: float | None = None,
+        lease: timedelta | float | None = None,
+        recovery_interval: float | None = None,
+        max_crashes: int | None = None,
         clock: Clock | None = None,
         middleware: Sequence[Middleware] | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_payload_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH,
+        max_parallelism: int | None = None,
     ) -> None:
-        if isinstance(max_parallelism, bool) or not isinstance(max_parallelism, int):
-            raise TypeError("max_parallelism must be an int")
-        if max_parallelism < 1:
-            raise ValueError("max_parallelism must be at least 1")
-        if shutdown_timeout < 0:
-            raise ValueError("shutdown_timeout must be 0 or more seconds")
-        if lease <= timedelta(0):
-            raise ValueError("lease must be positive")
-        if recovery_interval <= 0:
-            raise ValueError("recovery_interval must be positive")
-        if max_crashes < 1:
-            raise ValueError("max_crashes must be at least 1")
+        if max_parallelism is not None:
+            if threads is not None:
+                raise TypeError("give threads= or max_parallelism= (its old name), not both")
+            warn_deprecated(["Engine(max_parallelism=) is deprecated: use threads="])
+            threads = max_parallelism
+        given = {
+            "threads": threads,
+            "shutdown_timeout": shutdown_timeout,
+            "lease": lease,
+            "recovery_interval": recovery_interval,
+            "max_crashes": max_crashes,
+        }
+        value = {name: _checked(name, given[name]) for name in given}
         self.storage: Storage = storage if storage is not None else _default_storage()
-        self.max_parallelism = max_parallelism
+        self.threads: int = value["threads"]
         self.retry_policy = retry if retry is not None else RetryPolicy()
         self.queues = None if queues is None else frozenset(check_queue(q) for q in queues)
-        self.shutdown_timeout = float(shutdown_timeout)
-        self.lease = lease
-        self.recovery_interval = float(recovery_interval)
-        self.max_crashes = max_crashes
+        self.shutdown_timeout: float = value["shutdown_timeout"]
+        self.lease = timedelta(seconds=value["lease"])
+        self.recovery_interval: float = value["recovery_interval"]
+        self.max_crashes: int = value["max_crashes"]
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.max_payload_depth = max_payload_depth
@@ -123,6 +145,17 @@ class Engine:
         self._stop_requested = threading.Event()
         self._enqueue_chain = compose_enqueue(self.middleware, self._persist)
         self._schedules: dict[str, Schedule] = {}
+
+    @property
+    def max_parallelism(self) -> int:
+        """The old name of :attr:`threads` (deprecated)."""
+        warn_deprecated(["Engine.max_parallelism is deprecated: use Engine.threads"], stacklevel=2)
+        return self.threads
+
+    @max_parallelism.setter
+    def max_parallelism(self, value: int) -> None:
+        warn_deprecated(["Engine.max_parallelism is deprecated: use Engine.threads"], stacklevel=2)
+        self.threads = _checked("threads", value)
 
     def __repr__(self) -> str:
         return (
@@ -545,7 +578,7 @@ class Engine:
         return Worker(
             self,
             queues=self.queues if queues is None else frozenset(check_queue(q) for q in queues),
-            max_parallelism=self.max_parallelism,
+            threads=self.threads,
             shutdown_timeout=self.shutdown_timeout,
             lease=self.lease,
             recovery_interval=self.recovery_interval,

@@ -11,7 +11,13 @@ from tenacity.wait import wait_base
 
 from .errors import DoNotRetry
 
-__all__ = ["RetryPolicy"]
+__all__ = ["DEFAULT_JOB_TIMEOUT", "DEFAULT_MAX_RETRIES", "RetryPolicy"]
+
+DEFAULT_MAX_RETRIES = 3
+"""Retries after a failed first attempt, unless a policy says otherwise (the one place)."""
+
+DEFAULT_JOB_TIMEOUT = timedelta(minutes=15)
+"""How long one attempt may run, unless a policy says otherwise (the one place)."""
 
 
 def _default_wait() -> wait_base:
@@ -29,19 +35,21 @@ class RetryPolicy:
     attempt the job is DEAD with every attempt's error kept.
 
     Args:
-        max_retries: attempts after the first (3 means up to 4 attempts).
+        max_retries: attempts after the first (default
+            :data:`DEFAULT_MAX_RETRIES`, 3: up to 4 attempts).
         wait: a tenacity wait strategy giving the delay before each retry;
             default exponential with jitter, 2 s initial, 5 minutes at most.
         retry_on: exception types that are retried, or a tenacity retry
             predicate; ``None`` (the default) retries every error.
             :class:`~backrun.DoNotRetry` is never retried.
-        timeout: how long one attempt may run, or ``None`` for no limit.
+        timeout: how long one attempt may run (default
+            :data:`DEFAULT_JOB_TIMEOUT`, 15 minutes), or ``None`` for no limit.
     """
 
-    max_retries: int = 3
+    max_retries: int = DEFAULT_MAX_RETRIES
     wait: wait_base = field(default_factory=_default_wait)
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | retry_base | None = None
-    timeout: timedelta | None = timedelta(minutes=15)
+    timeout: timedelta | None = DEFAULT_JOB_TIMEOUT
 
     def __post_init__(self) -> None:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):

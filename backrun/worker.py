@@ -1,6 +1,6 @@
 """The worker: slot threads that claim and run jobs (the supervisor is its own module).
 
-Each of ``max_parallelism`` slot threads claims one due job at a time, so no
+Each of ``threads`` slot threads claims one due job at a time, so no
 more than that many handlers run at once and nothing is claimed without a free
 slot. Idle slots sleep on a condition until an in-process enqueue, the next
 ``run_at``, a clock jump, or the store's poll interval. The supervisor renews
@@ -20,6 +20,7 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Protocol
@@ -98,7 +99,7 @@ class Worker:
     Attributes:
         id: this worker's id, stamped on the jobs it claims.
         engine: the engine whose handlers, store and policies it uses.
-        max_parallelism: how many attempts may run at once.
+        threads: how many attempts may run at once (its slot threads).
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class Worker:
         engine: WorkerHost,
         *,
         queues: Collection[str] | None,
-        max_parallelism: int,
+        threads: int,
         shutdown_timeout: float,
         lease: timedelta,
         recovery_interval: float,
@@ -117,7 +118,7 @@ class Worker:
         self.storage = engine.storage
         self.clock = engine.clock
         self.queues = None if queues is None else frozenset(queues)
-        self.max_parallelism = max_parallelism
+        self.threads = threads
         self.shutdown_timeout = shutdown_timeout
         self.lease = lease
         self.recovery_interval = recovery_interval
@@ -161,6 +162,16 @@ class Worker:
         )
         self._scheduler = Scheduler(engine, self.id)
 
+    @property
+    def max_parallelism(self) -> int:
+        """The old name of :attr:`threads` (deprecated)."""
+        warnings.warn(
+            "Worker.max_parallelism is deprecated: use Worker.threads",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.threads
+
     # -- public state -----------------------------------------------------
 
     @property
@@ -190,7 +201,7 @@ class Worker:
         self._unsubscribe.append(self.clock.subscribe(self.wake_all))
         self._unsubscribe.append(self.storage.subscribe(self._store_changed))
         with self._lock:
-            for _ in range(self.max_parallelism):
+            for _ in range(self.threads):
                 self._start_slot()
         supervisor = threading.Thread(
             target=self._supervisor.run, name=f"backrun-supervisor-{self.id}", daemon=True
@@ -201,7 +212,7 @@ class Worker:
         log.info(
             "worker %s started: %d slots, queues %s",
             self.id,
-            self.max_parallelism,
+            self.threads,
             "all" if self.queues is None else ",".join(sorted(self.queues)),
         )
 
@@ -212,7 +223,7 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
             queues=None if self.queues is None else tuple(sorted(self.queues)),
-            max_parallelism=self.max_parallelism,
+            max_parallelism=self.threads,  # the record's field keeps its stored name
             started_at=getattr(self, "started_at", None) or self.clock.now(),
             last_seen=self.clock.now(),
             running=tuple(sorted(self._attempts)),

@@ -29,7 +29,7 @@ def engine(clock: FakeClock) -> Iterator[backrun.Engine]:
         backrun.MemoryStorage(),
         clock=clock,
         middleware=[],
-        max_parallelism=4,
+        threads=4,
         retry=backrun.RetryPolicy(max_retries=3, wait=tenacity.wait_fixed(10)),
         shutdown_timeout=5.0,
     )

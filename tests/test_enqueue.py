@@ -138,8 +138,8 @@ def test_payload_nested_too_deep_is_refused(engine: backrun.Engine) -> None:
 
 def test_construction_refuses_bad_settings() -> None:
     store = backrun.MemoryStorage()
-    with pytest.raises(ValueError, match="max_parallelism"):
-        backrun.Engine(store, max_parallelism=0, middleware=[])
+    with pytest.raises(ValueError, match="threads"):
+        backrun.Engine(store, threads=0, middleware=[])
     with pytest.raises(ValueError, match="max_retries"):
         backrun.RetryPolicy(max_retries=-1)
     with pytest.raises(ValueError, match="timeout"):

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("records", ("errors", "clock", "jobs", "workerinfo")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
-    ("policies", ("retries", "handlers", "enqueueing", "schedules")),
+    ("policies", ("retries", "handlers", "enqueueing", "settings", "schedules")),
     ("storage", ("storage.",)),
     ("execution", ("isolation", "scheduler", "attempts", "supervisor", "worker", "signals")),
     ("observability", ("observability.",)),

@@ -42,7 +42,7 @@ def test_workers_shows_this_process_worker_and_what_it_runs() -> None:
         (info,) = engine.workers()
         assert info.id == worker.id
         assert info.queues == ("default",)
-        assert info.max_parallelism == engine.max_parallelism
+        assert info.max_parallelism == engine.threads
         assert info.started_at <= info.last_seen
         assert isinstance(info, backrun.WorkerInfo)
         release.set()

@@ -134,7 +134,7 @@ def alone_job(engine: backrun.Engine, name: str, n: int) -> Job:
 def test_a_run_alone_job_waits_for_its_neighbours_and_nothing_starts_beside_it(
     clock: FakeClock,
 ) -> None:
-    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[], max_parallelism=4)
+    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[], threads=4)
     timeline = Timeline()
     release = threading.Event()
 
@@ -180,7 +180,7 @@ def test_a_run_alone_job_waits_for_its_neighbours_and_nothing_starts_beside_it(
 
 
 def test_several_run_alone_jobs_among_others_all_run_each_by_itself(clock: FakeClock) -> None:
-    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[], max_parallelism=4)
+    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[], threads=4)
     timeline = Timeline()
 
     @engine.handler(name="work")

@@ -302,7 +302,7 @@ def test_schedule_added_while_running_wakes_the_scheduler(
 
 
 def test_ticks_are_created_within_50ms_on_an_idle_worker() -> None:
-    engine = backrun.Engine(backrun.MemoryStorage(), middleware=[], max_parallelism=1)
+    engine = backrun.Engine(backrun.MemoryStorage(), middleware=[], threads=1)
     engine.add_handler(report)
     created: list[float] = []
 

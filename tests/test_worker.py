@@ -34,9 +34,7 @@ def test_a_thousand_jobs_run_exactly_once(engine: backrun.Engine) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 def test_parallelism_reaches_but_never_exceeds_the_limit(clock: FakeClock, limit: int) -> None:
-    engine = backrun.Engine(
-        backrun.MemoryStorage(), clock=clock, middleware=[], max_parallelism=limit
-    )
+    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[], threads=limit)
     lock = threading.Lock()
     active = 0
     peak = 0
@@ -218,7 +216,7 @@ def test_a_hung_handler_times_out_while_other_slots_keep_working(clock: FakeCloc
         max_retries=1, timeout=timedelta(minutes=15), wait=tenacity.wait_fixed(60)
     )
     engine = backrun.Engine(
-        backrun.MemoryStorage(), clock=clock, middleware=[], max_parallelism=2, retry=policy
+        backrun.MemoryStorage(), clock=clock, middleware=[], threads=2, retry=policy
     )
     hung_ctx: list[backrun.JobContext] = []
     unblock = threading.Event()

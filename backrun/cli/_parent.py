@@ -155,7 +155,7 @@ def run_processes(
             f"store unavailable: {describe_store(engine.storage)}: {exc}", EXIT_STORE
         ) from exc
     processes = options.processes or 1
-    threads = options.concurrency or engine.max_parallelism
+    threads = options.threads or engine.threads
     metrics: _Metrics | None = None
     env: dict[str, Any] = {}
     if options.metrics_port is not None:

@@ -1,53 +1,18 @@
-"""The ``--processes`` family of worker options, and the command line a child is started with."""
+"""When the worker options ask for child processes, and the command line a child is started with.
+
+The ``--processes`` family of flags is declared with every other worker
+setting, in :mod:`backrun.settings`.
+"""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._worker import WorkerOptions
 
-__all__ = ["add_process_arguments", "child_arguments", "supervised"]
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def add_process_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--processes``, ``--max-jobs-per-child``, ``--max-memory-per-child``, ``--reload``."""
-    parser.add_argument(
-        "--processes",
-        type=_count,
-        metavar="N",
-        help="run N supervised child processes, each with --threads slots (restarted if they die)",
-    )
-    parser.add_argument(
-        "--max-jobs-per-child",
-        type=_count,
-        metavar="K",
-        help="replace a child after it ran K jobs (it finishes its running jobs first)",
-    )
-    parser.add_argument(
-        "--max-memory-per-child",
-        type=_count,
-        metavar="MB",
-        help="replace a child once its resident memory exceeds MB megabytes",
-    )
-    parser.add_argument(
-        "--reload",
-        action="store_true",
-        help="development only: restart the worker when a .py file under the current "
-        "directory changes (needs backrun[reload])",
-    )
+__all__ = ["child_arguments", "supervised"]
 
 
 def supervised(options: WorkerOptions) -> bool:

@@ -20,15 +20,15 @@ from typing import IO, Any
 
 from backrun import __version__
 from backrun.engine import Engine
-from backrun.enqueueing import QUEUE_NAME
 from backrun.errors import StorageError
 from backrun.joblog import LoggingMiddleware
 from backrun.logformat import LogFormat, configure_logging, parse_level
 from backrun.middleware import Middleware, WorkerHandle
+from backrun.settings import Setting, for_frontend
 
 from ._child import child_link_from_env
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CliError, describe_store
-from ._process_options import add_process_arguments, supervised
+from ._process_options import supervised
 
 __all__ = [
     "WorkerOptions",
@@ -43,10 +43,14 @@ log = logging.getLogger("backrun.cli")
 
 @dataclass
 class WorkerOptions:
-    """What the worker commands let a user override on the engine."""
+    """What the worker commands let a user override on the engine.
+
+    One field per CLI setting of :data:`backrun.settings.SETTINGS` (a test
+    keeps them equal); ``None`` leaves the engine's own value.
+    """
 
     queues: list[str] | None = None
-    concurrency: int | None = None
+    threads: int | None = None
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     shutdown_timeout: float | None = None
@@ -56,18 +60,6 @@ class WorkerOptions:
     max_jobs_per_child: int | None = None
     max_memory_per_child: int | None = None
     reload: bool = False
-
-
-def _queues(text: str) -> list[str]:
-    names = [q.strip() for q in text.split(",") if q.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one queue name")
-    for name in names:
-        if QUEUE_NAME.match(name) is None:
-            raise argparse.ArgumentTypeError(
-                f"bad queue name {name!r}: use 1-64 characters of A-Z a-z 0-9 _ . -"
-            )
-    return names
 
 
 def positive_int(text: str) -> int:
@@ -81,83 +73,116 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
+def _text_to_value(setting: Setting, text: str) -> object:
+    """Turn a flag's text into what the setting's check takes."""
+    if setting.name == "log_level":
+        try:
+            parse_level(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text.strip().lower()
+    if setting.name in ("queues", "metrics_addr", "log_format"):
+        return text
+    if isinstance(setting.default, float) or setting.metavar == "S":
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("ports are 0-65535 (0 picks a free one)")
-    return value
+        kind = "port number" if setting.name == "metrics_port" else "whole number"
+        raise argparse.ArgumentTypeError(f"not a {kind}: {text!r}") from None
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more seconds")
-    return value
+def _argument_type(setting: Setting) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            value = setting.check(_text_to_value(setting, text))
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if setting.name == "queues":
+            return list(value)
+        if setting.name == "log_level":
+            return parse_level(value)
+        return value
+
+    convert.__name__ = setting.name  # argparse names the type in its errors
+    return convert
 
 
-def _level(text: str) -> int:
-    try:
-        return parse_level(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+class _Deprecated(argparse.Action):
+    """Store as the setting's own flag would, and say which flag to use instead."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if option_string is not None and option_string != self.new:
+            sys.stderr.write(f"warning: {option_string} is deprecated; use {self.new}\n")
+        setattr(namespace, self.dest, values)
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the worker options (shared by the CLI and the framework commands)."""
-    parser.add_argument(
-        "--queues", type=_queues, metavar="A,B", help="only take jobs from these queues"
-    )
-    parser.add_argument(
-        "--threads",
-        "--concurrency",
-        dest="concurrency",
-        type=positive_int,
-        metavar="N",
-        help="jobs run at once per process (threads); --concurrency is the old name",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=_port,
-        metavar="P",
-        help="serve Prometheus metrics on this port (0 = any free port)",
-    )
-    parser.add_argument(
-        "--metrics-addr", default="127.0.0.1", metavar="ADDR", help="metrics bind address"
-    )
-    parser.add_argument(
-        "--shutdown-timeout",
-        type=_seconds,
-        metavar="S",
-        help="seconds to let running jobs finish on SIGTERM before releasing them",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="format of every log line, the application's included (text)",
-    )
-    parser.add_argument(
-        "--log-level",
-        type=_level,
-        default=logging.INFO,
-        metavar="LEVEL",
-        help="debug, info, warning, error or critical (info); applies to every logger",
-    )
-    add_process_arguments(parser)
+    """Add the worker options (shared by the CLI and the framework commands).
+
+    Every flag comes from :data:`backrun.settings.SETTINGS`: its name, type,
+    check and help; old names are accepted with a warning.
+    """
+    for setting in for_frontend("cli"):
+        if "engine" in setting.where:
+            help_text = f"{setting.doc} (default: the engine's, {_default_text(setting)})"
+        elif setting.default not in (None, False):
+            help_text = f"{setting.doc} (default {setting.default})"
+        else:
+            help_text = setting.doc
+        if setting.old_flags:
+            help_text += f"; {', '.join(setting.old_flags)} is its deprecated old name"
+        if setting.flag:
+            parser.add_argument(setting.cli, action="store_true", help=help_text)
+            continue
+        default = setting.default if setting.name in _SHOWN_DEFAULTS else None
+        if setting.name == "log_level" and default is not None:
+            default = parse_level(str(default))
+        parser.add_argument(
+            setting.cli,
+            *setting.old_flags,
+            dest=setting.name,
+            type=_argument_type(setting),
+            metavar=setting.metavar,
+            default=default,
+            help=help_text,
+            action=_Deprecated,
+            new=setting.cli,
+        )
+
+
+def _default_text(setting: Setting) -> str:
+    default = setting.default
+    if default is None:
+        return "all" if setting.name == "queues" else "none"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+# Defaults the CLI fills in itself; the others default to the engine's own value.
+_SHOWN_DEFAULTS = frozenset({"metrics_addr", "log_format", "log_level"})
 
 
 def options_from_namespace(ns: argparse.Namespace | dict[str, Any]) -> WorkerOptions:
     """Build :class:`WorkerOptions` from parsed arguments (a namespace or a dict)."""
     values = vars(ns) if isinstance(ns, argparse.Namespace) else dict(ns)
+    if values.get("threads") is None and values.get("concurrency") is not None:
+        values["threads"] = values["concurrency"]  # a caller's dict in the old spelling
     return WorkerOptions(
         queues=values.get("queues"),
-        concurrency=values.get("concurrency"),
+        threads=values.get("threads"),
         metrics_port=values.get("metrics_port"),
         metrics_addr=values.get("metrics_addr") or "127.0.0.1",
         shutdown_timeout=values.get("shutdown_timeout"),
@@ -230,8 +255,8 @@ def say(text: str, level: int = logging.INFO) -> None:
 
 
 def _apply(engine: Engine, options: WorkerOptions) -> None:
-    if options.concurrency is not None:
-        engine.max_parallelism = options.concurrency
+    if options.threads is not None:
+        engine.threads = options.threads
     if options.shutdown_timeout is not None:
         engine.shutdown_timeout = options.shutdown_timeout
     if options.queues is not None:
@@ -314,7 +339,7 @@ def banner(
         f"  app:         {app}",
         f"  store:       {describe_store(engine.storage)}",
         f"  queues:      {queues}",
-        f"  concurrency: {engine.max_parallelism}",
+        f"  threads:     {engine.threads}",
         f"  shutdown:    wait up to {engine.shutdown_timeout:g}s for running jobs",
         f"  metrics:     {metrics}",
         f"  tracing:     {_tracing(engine, otlp)}",
@@ -329,7 +354,7 @@ def banner(
             "app": app,
             "store": describe_store(engine.storage),
             "queues": queues,
-            "concurrency": engine.max_parallelism,
+            "threads": engine.threads,
             "shutdown_timeout_s": engine.shutdown_timeout,
             "metrics": metrics,
             "tracing": _tracing(engine, otlp),

@@ -22,12 +22,14 @@
 Configuration keys (all optional): ``BACKRUN_STORE`` (a JSON store directory;
 default ``$BACKRUN_DIR`` or ``.backrun``; a relative path is taken relative to
 ``app.instance_path``, not to the current directory), ``BACKRUN_STORAGE`` (a ready
-``Storage``, e.g. ``PostgresStorage``), ``BACKRUN_MAX_PARALLELISM``,
-``BACKRUN_QUEUES``, ``BACKRUN_SHUTDOWN_TIMEOUT``, ``BACKRUN_MAX_RETRIES``,
-``BACKRUN_JOB_TIMEOUT`` (seconds), ``BACKRUN_HANDLER_PACKAGES`` (packages
-whose handlers are discovered), ``BACKRUN_METRICS_PORT`` (the worker's),
-``BACKRUN_SCHEDULES`` (periodic jobs: a list of dicts of ``engine.schedule``'s
-arguments, e.g. ``{"handler": "cleanup", "cron": "30 2 * * *"}``).
+``Storage``, e.g. ``PostgresStorage``), ``BACKRUN_HANDLER_PACKAGES`` (packages
+whose handlers are discovered), ``BACKRUN_SCHEDULES`` (periodic jobs: a list of
+dicts of ``engine.schedule``'s arguments, e.g. ``{"handler": "cleanup", "cron":
+"30 2 * * *"}``), and one ``BACKRUN_<NAME>`` key per worker setting of
+:data:`backrun.settings.SETTINGS` (``BACKRUN_THREADS``, ``BACKRUN_QUEUES``,
+``BACKRUN_SHUTDOWN_TIMEOUT``, ``BACKRUN_MAX_RETRIES``, ``BACKRUN_JOB_TIMEOUT``,
+...; the table in docs/flask.md lists them). ``BACKRUN_MAX_PARALLELISM`` is
+the deprecated old name of ``BACKRUN_THREADS``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 import click
@@ -52,6 +54,13 @@ from backrun.jobs import Job
 from backrun.middleware import Middleware, ProcessNext
 from backrun.retries import RetryPolicy
 from backrun.schedules import apply_schedules
+from backrun.settings import (
+    EngineOptions,
+    engine_options,
+    known_keys,
+    read_config,
+    warn_deprecated,
+)
 from backrun.storage.base import Storage
 
 __all__ = ["AppContextMiddleware", "Backrun", "store_path"]
@@ -193,25 +202,13 @@ class Backrun:
 
     def _build(self, app: Flask) -> Engine:
         config = app.config
-        options: dict[str, Any] = {}
+        options = _engine_options(config)  # refuse a bad config before touching the store
         storage = config.get("BACKRUN_STORAGE")
-        if isinstance(storage, Storage):
-            options["storage"] = storage
-        else:
+        if not isinstance(storage, Storage):
             from backrun.storage.jsonfile import JsonFileStorage
 
-            options["storage"] = JsonFileStorage(store_path(app))
-        if config.get("BACKRUN_MAX_PARALLELISM") is not None:
-            options["max_parallelism"] = int(config["BACKRUN_MAX_PARALLELISM"])
-        if config.get("BACKRUN_SHUTDOWN_TIMEOUT") is not None:
-            options["shutdown_timeout"] = float(config["BACKRUN_SHUTDOWN_TIMEOUT"])
-        queues = config.get("BACKRUN_QUEUES")
-        if queues:
-            options["queues"] = [queues] if isinstance(queues, str) else list(queues)
-        retry = _retry_policy(config)
-        if retry is not None:
-            options["retry"] = retry
-        engine = Engine(**options)
+            storage = JsonFileStorage(store_path(app))
+        engine = Engine(storage, **options)
         engine.add_middleware(AppContextMiddleware(app))
         for handler, handler_options in self._handlers:
             engine.add_handler(handler, **handler_options)
@@ -233,15 +230,31 @@ def store_path(app: Flask) -> str:
     return os.path.abspath(os.path.join(app.instance_path, os.fspath(raw)))
 
 
-def _retry_policy(config: Mapping[str, Any]) -> RetryPolicy | None:
-    retries = config.get("BACKRUN_MAX_RETRIES")
-    timeout = config.get("BACKRUN_JOB_TIMEOUT")
-    if retries is None and timeout is None:
-        return None
-    return RetryPolicy(
-        max_retries=3 if retries is None else int(retries),
-        timeout=timedelta(minutes=15) if timeout is None else timedelta(seconds=float(timeout)),
-    )
+FLASK_KEYS = known_keys("flask") | {
+    "BACKRUN_STORE",
+    "BACKRUN_STORAGE",
+    "BACKRUN_HANDLER_PACKAGES",
+    "BACKRUN_SCHEDULES",
+}
+"""Every config key the extension reads: its own, and one per setting of the model."""
+
+
+def _engine_options(config: Mapping[str, Any]) -> EngineOptions:
+    """The model's settings from ``BACKRUN_*`` keys (a key set to ``None`` is unset)."""
+    given = {k: v for k, v in config.items() if k.startswith("BACKRUN_") and v is not None}
+    unknown = sorted(set(given) - FLASK_KEYS)
+    if unknown:
+        warnings.warn(
+            f"unknown Flask config key(s) {', '.join(unknown)} (backrun reads: "
+            f"{', '.join(sorted(FLASK_KEYS))})",
+            UserWarning,
+            stacklevel=4,
+        )
+    values, problems, deprecations = read_config(given, "flask")
+    if problems:
+        raise ValueError("; ".join(problems))
+    warn_deprecated(deprecations, stacklevel=4)
+    return engine_options(values)
 
 
 _PASS_THROUGH: dict[str, Any] = {

@@ -163,7 +163,7 @@ def test_retry_all_dead_draws_a_progress_bar_on_a_terminal(
         (["worker", "cliapp:nothing"], 2, "error: module 'cliapp' has no attribute 'nothing'"),
         (["worker", "not a spec"], 2, "is not MODULE:ENGINE"),
         (["worker"], 2, "give the engine to run"),
-        (["worker", "cliapp:engine", "--concurrency", "0"], 2, "must be at least 1"),
+        (["worker", "cliapp:engine", "--threads", "0"], 2, "must be at least 1"),
         (["jobs", "show", "../../etc/passwd", "--app", "cliapp:engine"], 2, "not a backrun job id"),
         (["jobs", "show", "0" * 32, "--app", "cliapp:engine"], 1, f"error: no job {'0' * 32}"),
         (["jobs", "cancel", "f" * 32, "--app", "cliapp:engine"], 1, "error: no job"),
@@ -214,7 +214,7 @@ def test_usage_errors_and_help(tmp_path: Path) -> None:
     assert "invalid choice: 'frobnicate'" in one_error_line(bad)
     helped = run_backrun("worker", "--help", cwd=tmp_path)
     assert helped.returncode == 0
-    for option in ("--queues", "--concurrency", "--metrics-port", "--shutdown-timeout"):
+    for option in ("--queues", "--threads", "--metrics-port", "--shutdown-timeout"):
         assert option in helped.stdout
     assert run_backrun("--version", cwd=tmp_path).stdout.strip() == f"backrun {backrun.__version__}"
 

@@ -32,7 +32,7 @@ def test_sigterm_drains_a_running_job_and_a_second_ctrl_c_forces(
 ) -> None:
     engine = cliapp.engine
     slow = engine.enqueue("work", {"n": 99}).id
-    args = [sys.executable, "-m", "backrun", "worker", "cliapp:engine", "--concurrency", "2"]
+    args = [sys.executable, "-m", "backrun", "worker", "cliapp:engine", "--threads", "2"]
 
     worker = Proc(args, cwd=APPS, env=app_env)
     try:
@@ -76,7 +76,7 @@ def test_worker_options_banner_metrics_and_json_log(
             "cliapp:engine",
             "--queues",
             "mail,other",
-            "--concurrency",
+            "--threads",
             "3",
             "--shutdown-timeout",
             "7",
@@ -95,7 +95,7 @@ def test_worker_options_banner_metrics_and_json_log(
         assert banner["app"] == "cliapp:engine"
         assert banner["store"].startswith("JsonFileStorage (/")
         assert banner["queues"] == "mail, other"
-        assert banner["concurrency"] == 3
+        assert banner["threads"] == 3
         assert banner["shutdown_timeout_s"] == 7
         assert banner["handlers"] == ["work"]
         url = banner["metrics"]

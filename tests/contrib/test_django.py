@@ -86,7 +86,7 @@ def test_views_and_tasks_run_by_manage_py_backrun_worker(site: SimpleNamespace) 
 
     engine = get_engine()
     client = Client()
-    worker = Proc(_manage("backrun_worker", "--concurrency", "2"), cwd=EXAMPLE, env=site.env)
+    worker = Proc(_manage("backrun_worker", "--threads", "2"), cwd=EXAMPLE, env=site.env)
     try:
         worker.wait_for("ready: waiting for jobs")
         assert "app:         Django settings.BACKRUN" in worker.output
@@ -244,14 +244,14 @@ def test_system_check_reports_a_bad_backrun_setting(site: SimpleNamespace) -> No
     from backrun.contrib.django.checks import check_backrun_setting
 
     assert check_backrun_setting() == []
-    bad = {"MAX_PARALLELISM": 0, "COLOUR": "blue", "QUEUES": "mail", "RETRY": {"TRIES": 2}}
+    bad = {"THREADS": 0, "COLOUR": "blue", "QUEUES": ["a b"], "RETRY": {"TRIES": 2}}
     with override_settings(BACKRUN=bad):
         errors = check_backrun_setting()
         assert {e.id for e in errors} == {"backrun.E001"}
         text = " | ".join(e.msg for e in errors)
         assert "unknown BACKRUN key(s) COLOUR" in text
-        assert "MAX_PARALLELISM'] must be an int of at least 1" in text
-        assert "QUEUES'] must be None or a list" in text
+        assert "BACKRUN['THREADS'] must be at least 1" in text
+        assert "BACKRUN['QUEUES'] bad queue name 'a b'" in text
         assert "RETRY'] must be a dict with MAX_RETRIES" in text
         with pytest.raises(SystemCheckError, match=r"backrun\.E001"):
             call_command("check")

@@ -48,13 +48,13 @@ def test_signup_request_is_run_by_flask_backrun_worker(shop: Any, tmp_path: Path
     assert client.post("/signup", json={"email": "nope", "name": "X"}).status_code == 400
 
     worker = Proc(
-        [sys.executable, "-m", "flask", "--app", "shop", "backrun", "worker", "--concurrency", "2"],
+        [sys.executable, "-m", "flask", "--app", "shop", "backrun", "worker", "--threads", "2"],
         cwd=EXAMPLE,
         env=_env(tmp_path),
     )
     try:
         worker.wait_for("ready: waiting for jobs")
-        assert "concurrency: 2" in worker.output
+        assert "threads:     2" in worker.output
         assert "    - send_welcome" in worker.output
         wait_until(
             lambda: client.get(f"/jobs/{job_id}").get_json()["state"] == "succeeded",
@@ -100,7 +100,7 @@ def test_init_app_starts_nothing_and_jobs_run_in_the_app_context(tmp_path: Path)
         seen.append(current_app.name)
 
     app = Flask("probe_app")
-    app.config.update(BACKRUN_STORE=str(store), BACKRUN_MAX_PARALLELISM=2, BACKRUN_MAX_RETRIES=0)
+    app.config.update(BACKRUN_STORE=str(store), BACKRUN_THREADS=2, BACKRUN_MAX_RETRIES=0)
     ext.init_app(app)
     assert threading.active_count() == before
     assert not store.exists()  # the engine (and its store) is built on first use
@@ -111,7 +111,7 @@ def test_init_app_starts_nothing_and_jobs_run_in_the_app_context(tmp_path: Path)
         engine = ext.engine
         ext.enqueue("probe", {"n": 1})
     assert store.is_dir()
-    assert engine.max_parallelism == 2
+    assert engine.threads == 2
     assert engine.retry_policy.max_retries == 0
     assert any(isinstance(m, AppContextMiddleware) for m in engine.middleware)
     engine.run_until_idle(timeout=10)

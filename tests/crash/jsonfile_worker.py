@@ -76,7 +76,7 @@ def main() -> None:
     store.ledger = ledger
     engine = backrun.Engine(
         store,
-        max_parallelism=args.threads,
+        threads=args.threads,
         middleware=[],
         recovery_interval=args.recovery,
         lease=timedelta(seconds=args.lease),

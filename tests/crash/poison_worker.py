@@ -55,7 +55,7 @@ def main() -> None:
     lease = timedelta(seconds=args.lease)
     engine = backrun.Engine(
         open_store(args, lease),
-        max_parallelism=args.threads,
+        threads=args.threads,
         lease=lease,
         recovery_interval=args.recovery,
         max_crashes=args.max_crashes,

@@ -54,7 +54,7 @@ def main() -> None:
     )
     engine = backrun.Engine(
         store,
-        max_parallelism=args.threads,
+        threads=args.threads,
         lease=lease,
         recovery_interval=args.recovery,
         middleware=[],

@@ -42,7 +42,7 @@ class Work(BaseModel):
 def build_engine(storage: Storage) -> backrun.Engine:
     engine = backrun.Engine(
         storage,
-        max_parallelism=4,
+        threads=4,
         retry=backrun.RetryPolicy(max_retries=1, wait=tenacity.wait_fixed(0.05)),
         shutdown_timeout=2.0,
         recovery_interval=0.2,

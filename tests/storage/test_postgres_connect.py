@@ -91,7 +91,7 @@ def test_terminated_backends_log_one_line_per_outage_and_one_on_recovery(
     store = postgres_store(pool_size=6, poll_interval=0.2)
     engine = backrun.Engine(
         store,
-        max_parallelism=4,
+        threads=4,
         lease=timedelta(seconds=30),
         recovery_interval=0.2,
         middleware=[],

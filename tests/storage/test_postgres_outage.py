@@ -117,7 +117,7 @@ def test_a_worker_rides_out_an_outage_and_loses_nothing(
     observer.migrate()
     store = PostgresStorage(dsn, schema=schema, pool_size=4, timeout=0.5, poll_interval=0.2)
     engine = backrun.Engine(
-        store, max_parallelism=3, lease=timedelta(seconds=30), recovery_interval=0.5, middleware=[]
+        store, threads=3, lease=timedelta(seconds=30), recovery_interval=0.5, middleware=[]
     )
     runs: collections.Counter[int] = collections.Counter()
     gate, returned = threading.Event(), threading.Event()

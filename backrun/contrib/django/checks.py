@@ -10,9 +10,14 @@ from django.core import checks
 
 from backrun.errors import StorageError
 
-from .conf import read_settings, setting_problems, store_path
+from .conf import read_settings, setting_deprecations, setting_problems, store_path
 
-__all__ = ["check_backrun_setting", "check_backrun_store", "store_problem"]
+__all__ = [
+    "check_backrun_deprecations",
+    "check_backrun_setting",
+    "check_backrun_store",
+    "store_problem",
+]
 
 
 @checks.register()  # type: ignore[untyped-decorator]
@@ -26,6 +31,20 @@ def check_backrun_setting(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="backrun.E001",
         )
         for problem in setting_problems(read_settings())
+    ]
+
+
+@checks.register()  # type: ignore[untyped-decorator]
+def check_backrun_deprecations(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """One ``backrun.W001`` warning per old spelling in ``settings.BACKRUN`` (it still works)."""
+    return [
+        checks.Warning(
+            message,
+            hint="See the settings table in docs/django.md.",
+            obj="settings.BACKRUN",
+            id="backrun.W001",
+        )
+        for message in setting_deprecations(read_settings())
     ]
 
 

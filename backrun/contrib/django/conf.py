@@ -5,10 +5,11 @@
     BACKRUN = {
         "STORE": BASE_DIR / "var" / "backrun",   # JSON store (relative: to BASE_DIR)
         # "DSN": "postgresql://...",             # or PostgreSQL (with "SCHEMA")
-        "MAX_PARALLELISM": 4,
+        "THREADS": 4,                            # jobs one worker process runs at once
         "QUEUES": None,                          # the worker's queues (None = all)
         "SHUTDOWN_TIMEOUT": 30,
-        "RETRY": {"MAX_RETRIES": 3, "TIMEOUT": 900},
+        "MAX_RETRIES": 3,
+        "JOB_TIMEOUT": 900,                      # seconds; None: no limit
         "HANDLERS": ["shop.jobs"],               # default: every installed app's jobs module
         "METRICS_PORT": None,                    # the worker's Prometheus port
         "SCHEDULES": [                           # periodic jobs: engine.schedule(**entry)
@@ -16,6 +17,11 @@
         ],
         # "ENGINE": "myproject.jobs:engine",     # or bring your own Engine
     }
+
+The worker settings (``THREADS`` ... ``METRICS_PORT``) are those of
+:data:`backrun.settings.SETTINGS`; the table in docs/django.md lists them.
+Old spellings (``MAX_PARALLELISM``, ``RETRY``) still work, with a
+``backrun.W001`` check warning.
 """
 
 from __future__ import annotations
@@ -25,39 +31,30 @@ import importlib.util
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from backrun.engine import Engine
-from backrun.enqueueing import QUEUE_NAME
-from backrun.retries import RetryPolicy
 from backrun.schedules import schedule_config_problems
+from backrun.settings import engine_options, known_keys, read_config, warn_deprecated
+from backrun.storage.base import Storage
 
 __all__ = [
     "KNOWN_KEYS",
     "build_engine",
     "handler_modules",
     "read_settings",
+    "setting_deprecations",
     "setting_problems",
     "store_path",
 ]
 
-KNOWN_KEYS = frozenset(
-    {
-        "STORE",
-        "DSN",
-        "SCHEMA",
-        "MAX_PARALLELISM",
-        "QUEUES",
-        "SHUTDOWN_TIMEOUT",
-        "RETRY",
-        "HANDLERS",
-        "METRICS_PORT",
-        "ENGINE",
-        "SCHEDULES",
-    }
-)
-_RETRY_KEYS = frozenset({"MAX_RETRIES", "TIMEOUT"})
+# Django's own keys (where the engine comes from) and the settings model's.
+_OWN_KEYS = frozenset({"STORE", "DSN", "SCHEMA", "HANDLERS", "ENGINE", "SCHEDULES", "RETRY"})
+KNOWN_KEYS = _OWN_KEYS | known_keys("django")
+_RETRY_KEYS = {"MAX_RETRIES": "MAX_RETRIES", "TIMEOUT": "JOB_TIMEOUT"}
+# Settings that only configure a built engine: with ENGINE, the engine is yours.
+_ENGINE_BUILT = frozenset({"threads", "max_retries", "job_timeout", "lease",
+                           "recovery_interval", "max_crashes"})  # fmt: skip
 _ENGINE_SPEC = re.compile(r"\A[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
 
@@ -69,17 +66,34 @@ def read_settings() -> Mapping[str, Any]:
     return {} if value is None else value
 
 
-def _is_int(value: object, low: int, high: int | None = None) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and value >= low
-        and (high is None or value <= high)
-    )
+def _model_view(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The model's settings read from ``config``, the old ``RETRY`` dict folded in."""
+    flat = dict(config)
+    problems: list[str] = []
+    deprecations: list[str] = []
+    retry = flat.pop("RETRY", None)
+    if retry is not None:
+        if not isinstance(retry, Mapping) or set(retry) - set(_RETRY_KEYS):
+            problems.append("BACKRUN['RETRY'] must be a dict with MAX_RETRIES and/or TIMEOUT")
+        else:
+            deprecations.append(
+                "BACKRUN['RETRY'] is deprecated: use BACKRUN['MAX_RETRIES'] and "
+                "BACKRUN['JOB_TIMEOUT']"
+            )
+            for old, new in _RETRY_KEYS.items():
+                if old in retry:
+                    if new in flat:
+                        problems.append(f"give BACKRUN['{new}'] or BACKRUN['RETRY'], not both")
+                    flat[new] = retry[old]
+    values, bad, old_names = read_config(flat, "django")
+    return values, problems + bad, deprecations + old_names
 
 
-def _is_seconds(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+def setting_deprecations(config: object) -> list[str]:
+    """Old spellings used in a ``BACKRUN`` setting, as sentences (``backrun.W001``)."""
+    if not isinstance(config, Mapping):
+        return []
+    return _model_view(config)[2]
 
 
 def setting_problems(config: object) -> list[str]:
@@ -98,30 +112,7 @@ def setting_problems(config: object) -> list[str]:
         problems.append("give BACKRUN['STORE'] or BACKRUN['DSN'], not both")
     if config.get("DSN") is not None and not isinstance(config["DSN"], str):
         problems.append("BACKRUN['DSN'] must be a PostgreSQL connection string")
-    if "MAX_PARALLELISM" in config and not _is_int(config["MAX_PARALLELISM"], 1):
-        problems.append("BACKRUN['MAX_PARALLELISM'] must be an int of at least 1")
-    queues = config.get("QUEUES")
-    if queues is not None and (
-        isinstance(queues, str)
-        or not isinstance(queues, list | tuple | set | frozenset)
-        or not queues
-        or not all(isinstance(q, str) and QUEUE_NAME.match(q) for q in queues)
-    ):
-        problems.append(
-            "BACKRUN['QUEUES'] must be None or a list of queue names (A-Z a-z 0-9 _ . -)"
-        )
-    if "SHUTDOWN_TIMEOUT" in config and not _is_seconds(config["SHUTDOWN_TIMEOUT"]):
-        problems.append("BACKRUN['SHUTDOWN_TIMEOUT'] must be a number of seconds")
-    retry = config.get("RETRY")
-    if retry is not None:
-        if not isinstance(retry, Mapping) or set(retry) - _RETRY_KEYS:
-            problems.append("BACKRUN['RETRY'] must be a dict with MAX_RETRIES and/or TIMEOUT")
-        else:
-            if "MAX_RETRIES" in retry and not _is_int(retry["MAX_RETRIES"], 0):
-                problems.append("BACKRUN['RETRY']['MAX_RETRIES'] must be an int of 0 or more")
-            timeout = retry.get("TIMEOUT")
-            if timeout is not None and not (_is_seconds(timeout) and timeout > 0):
-                problems.append("BACKRUN['RETRY']['TIMEOUT'] must be positive seconds or None")
+    problems.extend(_model_view(config)[1])
     handlers = config.get("HANDLERS")
     if handlers is not None and (
         isinstance(handlers, str)
@@ -129,15 +120,15 @@ def setting_problems(config: object) -> list[str]:
         or not all(isinstance(h, str) for h in handlers)
     ):
         problems.append("BACKRUN['HANDLERS'] must be a list of module or package names")
-    port = config.get("METRICS_PORT")
-    if port is not None and not _is_int(port, 0, 65535):
-        problems.append("BACKRUN['METRICS_PORT'] must be a port number (0-65535) or None")
     problems.extend(schedule_config_problems(config.get("SCHEDULES"), "BACKRUN['SCHEDULES']"))
     engine = config.get("ENGINE")
     if engine is not None:
         if not isinstance(engine, str) or _ENGINE_SPEC.match(engine) is None:
             problems.append("BACKRUN['ENGINE'] must be 'module:attribute'")
-        others = sorted(set(config) & {"STORE", "DSN", "MAX_PARALLELISM", "RETRY", "SCHEMA"})
+        engine_keys = {"STORE", "DSN", "SCHEMA", "RETRY", "MAX_PARALLELISM"} | {
+            name.upper() for name in _ENGINE_BUILT
+        }
+        others = sorted(set(config) & engine_keys)
         if others:
             problems.append(f"BACKRUN['ENGINE'] is set: remove {', '.join(others)}")
     return problems
@@ -206,33 +197,21 @@ def build_engine(config: Mapping[str, Any]) -> Engine:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("; ".join(problems))
+    values, _, deprecations = _model_view(config)
+    warn_deprecated(deprecations)
     if config.get("ENGINE"):
         engine = _load_engine(config["ENGINE"])
-        if config.get("QUEUES") is not None:
-            engine.queues = frozenset(config["QUEUES"])
-        if config.get("SHUTDOWN_TIMEOUT") is not None:
-            engine.shutdown_timeout = float(config["SHUTDOWN_TIMEOUT"])
+        if values.get("queues") is not None:
+            engine.queues = frozenset(values["queues"])
+        if "shutdown_timeout" in values:
+            engine.shutdown_timeout = values["shutdown_timeout"]
         return engine
-    options: dict[str, Any] = {}
     if config.get("DSN"):
         from backrun.storage.postgres import PostgresStorage
 
-        options["storage"] = PostgresStorage(config["DSN"], schema=config.get("SCHEMA", "backrun"))
+        storage: Storage = PostgresStorage(config["DSN"], schema=config.get("SCHEMA", "backrun"))
     else:
         from backrun.storage.jsonfile import JsonFileStorage
 
-        options["storage"] = JsonFileStorage(store_path(config) or ".backrun")
-    if "MAX_PARALLELISM" in config:
-        options["max_parallelism"] = config["MAX_PARALLELISM"]
-    if config.get("QUEUES") is not None:
-        options["queues"] = list(config["QUEUES"])
-    if "SHUTDOWN_TIMEOUT" in config:
-        options["shutdown_timeout"] = float(config["SHUTDOWN_TIMEOUT"])
-    retry = config.get("RETRY")
-    if retry:
-        timeout = retry.get("TIMEOUT", 900)
-        options["retry"] = RetryPolicy(
-            max_retries=retry.get("MAX_RETRIES", 3),
-            timeout=None if timeout is None else timedelta(seconds=timeout),
-        )
-    return Engine(**options)
+        storage = JsonFileStorage(store_path(config) or ".backrun")
+    return Engine(storage, **engine_options(values))

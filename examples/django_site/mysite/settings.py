@@ -64,8 +64,9 @@ TIME_ZONE = "UTC"
 # backrun: one dict. The worker: `python manage.py backrun_worker`.
 BACKRUN = {
     "STORE": VAR / "backrun",
-    "MAX_PARALLELISM": 4,
-    "RETRY": {"MAX_RETRIES": 3, "TIMEOUT": 300},
+    "THREADS": 4,
+    "MAX_RETRIES": 3,
+    "JOB_TIMEOUT": 300,
     # "HANDLERS": ["accounts.jobs"],  # default: every installed app's `jobs` module
     # "METRICS_PORT": 9100,           # Prometheus metrics from the worker
 }
