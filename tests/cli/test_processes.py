@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from backrun.engine import Engine
-from backrun.jobs import WORKER_CRASHED, Job, JobState
+from backrun.jobs import WORKER_CRASHED, WORKER_CRASHED_UNCHARGED, JobState
 from tests.cli.conftest import APPS, one_error_line
 from tests.cli.procs import Proc, wait_until
 from tests.cli.procs import backrun as run_backrun
@@ -105,8 +105,8 @@ def test_a_child_killed_by_its_job_is_replaced_and_the_others_keep_running(
     innocent = [engine.enqueue("record", {"n": i}).id for i in range(10)]
     poison = engine.enqueue("poison", {"n": 0}).id
     innocent += [engine.enqueue("record", {"n": i}).id for i in range(10, 20)]
-    # One thread per child: the poison job always runs alone, so each crash is
-    # charged to it (the rule today, and under crash isolation).
+    # One thread per child: the poison job always runs alone. Its first crash is
+    # not charged (nothing had marked it to run alone yet); every later one is.
     parent = worker(app_env, "--processes", "2", "--threads", "1")
     try:
         wait_until(
@@ -127,18 +127,15 @@ def test_a_child_killed_by_its_job_is_replaced_and_the_others_keep_running(
     finally:
         parent.kill()
     dead = engine.get(poison)
-    assert [e.type for e in dead.errors] == [WORKER_CRASHED] * engine.max_crashes
+    errors = [e.type for e in dead.errors]
+    assert errors == [WORKER_CRASHED_UNCHARGED] + [WORKER_CRASHED] * engine.max_crashes
     assert dead.attempts == engine.max_crashes == 2  # not max_attempts (6): the crash rule
     ran = collections.Counter(job_id for job_id, _ in runs(store))
-    assert ran[poison] == 2
+    assert ran[poison] == 3
     assert all(ran[job_id] == 1 for job_id in innocent)
-    assert parent.output.count("died (killed by SIGKILL)") == 2
+    assert parent.output.count("died (killed by SIGKILL)") == 3
 
 
-@pytest.mark.skipif(
-    "run_alone" not in Job.__dataclass_fields__,
-    reason="needs crash isolation (Job.run_alone): a crash is charged only to a job that ran alone",
-)
 def test_poison_job_among_neighbours_goes_dead_and_the_neighbours_succeed(
     procapp: ModuleType, app_env: dict[str, str], store: Path
 ) -> None:

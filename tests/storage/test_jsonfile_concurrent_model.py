@@ -42,6 +42,10 @@ MAX_ATTEMPTS = 3
 SWITCH_TIMEOUT_S = 20.0
 
 
+class Aborted(BaseException):
+    """Unwinds a parked thread when its example ends early (Hypothesis stopped drawing)."""
+
+
 class Scheduler:
     """Runs one thread at a time; after each of a thread's fs calls, ``choose`` picks the next."""
 
@@ -54,6 +58,8 @@ class Scheduler:
         self._parked: set[int] = set()
         self._done: set[int] = set()
         self._count = 0
+        self._aborted = False
+        self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
 
     def spawn(self, program: Callable[[], None]) -> None:
@@ -62,9 +68,11 @@ class Scheduler:
 
         def run() -> None:
             self._local.index = index
-            self._park(index)
             try:
+                self._park(index)
                 program()
+            except Aborted:
+                pass
             except BaseException as exc:
                 self.errors.append(exc)
             finally:
@@ -73,7 +81,9 @@ class Scheduler:
                     self._current = None
                     self._cond.notify_all()
 
-        threading.Thread(target=run, daemon=True).start()
+        thread = threading.Thread(target=run, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def hook(self, operation: str, path: str) -> None:
         index = getattr(self._local, "index", None)
@@ -88,9 +98,22 @@ class Scheduler:
             if self._current == index:
                 self._current = None
             self._cond.notify_all()
-            if not self._cond.wait_for(lambda: self._current == index, SWITCH_TIMEOUT_S):
-                raise AssertionError(f"thread {index} was never resumed")
+            resumed = self._cond.wait_for(
+                lambda: self._current == index or self._aborted, SWITCH_TIMEOUT_S
+            )
             self._parked.discard(index)
+            if self._aborted:
+                raise Aborted
+            if not resumed:
+                raise AssertionError(f"thread {index} was never resumed")
+
+    def abort(self) -> None:
+        """Unwind every thread still parked and wait for all of them to end."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(SWITCH_TIMEOUT_S)
 
     def run(self) -> None:
         """Resume parked threads, as ``choose`` says, until every thread is done."""
@@ -205,6 +228,7 @@ def test_threads_claiming_retrying_and_finishing_never_strand_or_hide_a_job(
         try:
             scheduler.run()
         finally:
+            scheduler.abort()  # a no-op unless the example stopped early
             fs.set_hook(previous)
         assert scheduler.errors == []
         assert lost == []

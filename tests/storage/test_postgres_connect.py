@@ -123,6 +123,6 @@ def test_terminated_backends_log_one_line_per_outage_and_one_on_recovery(
         for r in caplog.records
         if r.levelno >= logging.WARNING and r.name.startswith(("backrun", "psycopg"))
     ]
-    assert len(noisy) == 2, noisy
+    assert len(noisy) == 2, "\n".join(f"{name}: {message}" for name, message in noisy)
     assert "PostgreSQL connection lost" in noisy[0][1]
     assert "PostgreSQL connection restored" in noisy[1][1]
