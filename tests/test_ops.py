@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import backrun
 from backrun.observability.queue_collector import QueueCollector
 from tests.cli.procs import Proc
-from tests.observability.support import wait_until
+from tests.helpers import wait_until
 from tests.storage.postgres_support import drop_schema, postgres_dsn, require_postgres
 
 RECOVERY = 0.5

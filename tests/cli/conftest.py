@@ -14,7 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc
+from tests.helpers import wait_until
 
 APPS = Path(__file__).parent / "apps"
 _names = itertools.count()

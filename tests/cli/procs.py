@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,16 +57,6 @@ def backrun(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m backrun ARGS`` in ``cwd``."""
     return run([sys.executable, "-m", "backrun", *args], cwd=cwd, env=env)
-
-
-def wait_until(predicate: Callable[[], object], *, timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``predicate`` until truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        event.wait(0.02)
 
 
 class Proc:

@@ -14,7 +14,8 @@ from types import ModuleType
 import pytest
 
 from tests.cli.conftest import APPS
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc
+from tests.helpers import wait_until
 
 _TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import backrun
-from tests.cli.procs import REPO, Proc, wait_until
+from tests.cli.procs import REPO, Proc
 from tests.cli.procs import backrun as run_backrun
+from tests.helpers import wait_until
 
 
 def store(tmp_path: Path) -> Path:

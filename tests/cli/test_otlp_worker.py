@@ -20,7 +20,8 @@ from types import ModuleType
 import pytest
 
 from tests.cli.conftest import APPS
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc
+from tests.helpers import wait_until
 
 pytest.importorskip("opentelemetry.sdk")
 

@@ -17,8 +17,9 @@ import pytest
 from backrun.engine import Engine
 from backrun.jobs import WORKER_CRASHED, WORKER_CRASHED_UNCHARGED, JobState
 from tests.cli.conftest import APPS, one_error_line
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc
 from tests.cli.procs import backrun as run_backrun
+from tests.helpers import wait_until
 
 _names = itertools.count()
 

@@ -11,7 +11,7 @@ import pytest
 
 from backrun.cli._child import ChildLink, child_link_from_env, rss_bytes
 from backrun.jobs import JobState
-from tests.cli.procs import wait_until
+from tests.helpers import wait_until
 
 
 class FakeWorker:

@@ -16,7 +16,8 @@ import pytest
 
 from backrun.jobs import JobState
 from tests.cli.conftest import APPS
-from tests.cli.procs import Proc, wait_until
+from tests.cli.procs import Proc
+from tests.helpers import wait_until
 
 _names = itertools.count()
 

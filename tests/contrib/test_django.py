@@ -21,7 +21,8 @@ import pytest
 from pydantic import ValidationError
 
 import backrun
-from tests.cli.procs import REPO, Proc, run, wait_until
+from tests.cli.procs import REPO, Proc, run
+from tests.helpers import wait_until
 
 django = pytest.importorskip("django")
 

@@ -14,7 +14,8 @@ import pytest
 from flask import Flask, current_app
 
 from backrun.contrib.flask import AppContextMiddleware, Backrun
-from tests.cli.procs import Proc, run, wait_until
+from tests.cli.procs import Proc, run
+from tests.helpers import wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flask_app"
 

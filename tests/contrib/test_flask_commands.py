@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from backrun import Engine, JsonFileStorage
-from tests.cli.procs import REPO, Proc, run, wait_until
+from tests.cli.procs import REPO, Proc, run
+from tests.helpers import wait_until
 
 pytest.importorskip("flask")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli.procs import REPO, Proc, wait_until
+from tests.cli.procs import REPO, Proc
+from tests.helpers import wait_until
 
 EXAMPLES = REPO / "examples"
 

@@ -9,30 +9,28 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 
 from backrun.context import JobContext
-from backrun.jobs import Job, JobState, new_job_id
+from backrun.jobs import Job, JobState
+from tests.helpers import make_job as shared_make_job
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def make_job(**changes: Any) -> Job:
-    """A QUEUED job as enqueued (before any middleware)."""
+    """A QUEUED job as enqueued (before any middleware): the shared factory, mail defaults."""
     fields: dict[str, Any] = {
-        "id": new_job_id(),
         "handler": "emails.send",
         "payload": {"to": "a@example.com"},
         "queue": "mail",
-        "run_at": T0,
-        "created_at": T0,
+        "state": JobState.QUEUED,  # whatever its run_at: these tests set the state they need
     }
     fields.update(changes)
-    return Job(**fields)
+    return shared_make_job(at=T0, **fields)
 
 
 def claimed(job: Job, *, wait: float = 2.5, attempt: int = 1) -> Job:
@@ -56,15 +54,6 @@ def make_ctx(job: Job) -> JobContext:
         deadline=None,
         engine=cast(Any, None),
     )
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 def require_binary(name: str) -> str:

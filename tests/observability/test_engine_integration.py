@@ -17,8 +17,7 @@ from pydantic import BaseModel
 
 import backrun
 from backrun.observability import MetricsMiddleware, TracingMiddleware
-
-from .support import wait_until
+from tests.helpers import wait_until
 
 
 class Work(BaseModel):

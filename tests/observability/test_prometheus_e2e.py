@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from .support import free_port, read_json_line, require_binary, wait_until
+from tests.helpers import wait_until
+
+from .support import free_port, read_json_line, require_binary
 
 pytestmark = pytest.mark.prometheus
 

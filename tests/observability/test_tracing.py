@@ -18,8 +18,9 @@ from backrun.context import JobContext
 from backrun.errors import JobTimeout
 from backrun.jobs import Job, JobState
 from backrun.observability import TracingMiddleware
+from tests.helpers import wait_until
 
-from .support import claimed, make_ctx, make_job, wait_until
+from .support import claimed, make_ctx, make_job
 
 
 @pytest.fixture

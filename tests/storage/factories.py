@@ -1,26 +1,11 @@
-"""Job records for storage tests: a fixed epoch, plain defaults, any field overridable."""
+"""Job records for storage tests: the shared helpers of ``tests/helpers.py``, under their old name.
+
+Kept so the JSON store's test files (rewritten concurrently) keep importing
+from here; new tests import ``tests.helpers``.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from tests.helpers import LEASE, T0, make_job
 
-from backrun.jobs import Job, JobState, new_job_id
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job(**changes: Any) -> Job:
-    """A new job due at ``T0`` (SCHEDULED if ``run_at`` is later, else QUEUED)."""
-    run_at = changes.pop("run_at", T0)
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "handler": "tests.noop",
-        "payload": {"n": 1},
-        "run_at": run_at,
-        "created_at": T0,
-        "state": JobState.SCHEDULED if run_at > T0 else JobState.QUEUED,
-    }
-    fields.update(changes)
-    return Job(**fields)
+__all__ = ["LEASE", "T0", "make_job"]

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from backrun.errors import LeaseLost, StorageError
 from backrun.jobs import Job, JobState, new_job_id
 from backrun.testing import wait_until
+from tests.helpers import LEASE, T0, make_job
 from tests.storage.postgres_support import (
     drop_schema,
     postgres_dsn,
@@ -31,22 +32,6 @@ from tests.storage.postgres_support import (
 )
 
 pytestmark = pytest.mark.postgres
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job(**changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "handler": "tests.noop",
-        "payload": {"n": 1},
-        "run_at": T0,
-        "created_at": T0,
-        "state": JobState.QUEUED,
-    }
-    fields.update(changes)
-    return Job(**fields)
 
 
 @pytest.fixture

@@ -6,30 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from backrun.jobs import Job, JobState, new_job_id
+from backrun.jobs import JobState, new_job_id
 from backrun.testing import wait_until
+from tests.helpers import LEASE, T0, make_job
 from tests.storage.postgres_support import postgres_store
 
 pytestmark = pytest.mark.postgres
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job() -> Job:
-    return Job(
-        id=new_job_id(),
-        handler="tests.noop",
-        payload={},
-        run_at=T0,
-        created_at=T0,
-        state=JobState.QUEUED,
-    )
 
 
 @pytest.fixture

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from backrun.jobs import Job, JobState, new_job_id
+from backrun.jobs import JobState
+from tests.helpers import LEASE, T0, make_job
 from tests.storage.postgres_support import postgres_store
 
 pytestmark = pytest.mark.postgres
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
-
-
-def make_job(queue: str = "default") -> Job:
-    return Job(
-        id=new_job_id(),
-        handler="tests.noop",
-        payload={},
-        queue=queue,
-        run_at=T0,
-        created_at=T0,
-        state=JobState.QUEUED,
-    )
 
 
 @pytest.fixture
@@ -64,7 +50,9 @@ def insert_finished(store: Any, count: int, start: int = 1) -> None:
 
 
 def test_counts_stay_exact_through_every_state_change(store: Any) -> None:
-    jobs = [make_job("default") for _ in range(6)] + [make_job("mail") for _ in range(4)]
+    jobs = [make_job(queue="default") for _ in range(6)] + [
+        make_job(queue="mail") for _ in range(4)
+    ]
     store.add_many(jobs)
     claimed = store.claim(queues=None, limit=6, now=T0, worker_id="w", lease=LEASE)
     now = T0 + timedelta(seconds=1)
@@ -115,7 +103,7 @@ def test_counts_reads_no_finished_row(store: Any) -> None:
 
 
 def test_counts_stay_exact_under_concurrent_finishes_and_compactions(store: Any) -> None:
-    store.add_many([make_job("default" if i % 2 else "mail") for i in range(160)])
+    store.add_many([make_job(queue="default" if i % 2 else "mail") for i in range(160)])
     done = threading.Event()
     errors: list[BaseException] = []
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from backrun.jobs import Job, JobState, new_job_id
+from backrun.jobs import JobState
+from tests.helpers import LEASE, T0, make_job
 from tests.storage.postgres_support import postgres_store
 
 pytestmark = pytest.mark.postgres
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-LEASE = timedelta(seconds=60)
 
 
 class Fault:
@@ -86,10 +84,6 @@ def faulty() -> Iterator[tuple[Any, Fault]]:
     finally:
         store._db.pool.connection = real_connection
         store.close()
-
-
-def make_job() -> Job:
-    return Job(id=new_job_id(), handler="h", payload={}, run_at=T0, created_at=T0)
 
 
 @pytest.mark.parametrize("after_commit", [False, True])

@@ -25,7 +25,8 @@ import pytest
 
 import backrun
 from backrun.jobs import Job, JobState
-from tests.cli.procs import REPO, Proc, wait_until
+from tests.cli.procs import REPO, Proc
+from tests.helpers import wait_until
 
 pytest.importorskip("jinja2")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
