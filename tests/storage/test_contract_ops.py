@@ -201,7 +201,7 @@ def test_postgres_pause_survives_a_new_store_on_the_schema() -> None:
 
 
 def test_postgres_record_expires_after_its_ttl() -> None:
-    from tests.observability.support import wait_until
+    from tests.helpers import wait_until
     from tests.storage.postgres_support import postgres_store
 
     store = postgres_store()
