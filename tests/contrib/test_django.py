@@ -107,7 +107,11 @@ def test_views_and_tasks_run_by_manage_py_backrun_worker(site: SimpleNamespace) 
             for j in engine.jobs(limit=1000)
             if j.handler == "accounts.send_welcome" and j.payload == {"account_id": pk}
         ]
-        assert job.state is backrun.JobState.SUCCEEDED
+        # The handler's effect shows before the worker has recorded the outcome: wait for it.
+        wait_until(
+            lambda: engine.get(job.id).state is backrun.JobState.SUCCEEDED,  # type: ignore[union-attr]
+            what="the welcome job's outcome to be recorded",
+        )
 
         report = client.post("/reports/?domain=example.com")
         assert report.status_code == 202
