@@ -161,12 +161,12 @@ _SCHEDULE_FIELDS = ("name", "handler", "spec", "tz", "queue", "next_run_at", "la
 
 
 def has_schedules(engine: Engine) -> bool:
-    """True when this version of backrun has periodic schedules (``engine.schedules()``)."""
-    return callable(getattr(engine, "schedules", None))
+    """True when the engine declares periodic schedules (no store read)."""
+    return bool(engine.schedule_list())
 
 
 def schedules_page(engine: Engine) -> dict[str, Any]:
     """The periodic schedules, with their next and last ticks."""
-    records = getattr(engine, "schedules")()  # noqa: B009 (checked by has_schedules)
+    records = engine.schedules()
     rows = [{f: getattr(r, f, None) for f in _SCHEDULE_FIELDS} for r in records]
     return {"now": engine.clock.now(), "schedules": rows}

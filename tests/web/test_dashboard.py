@@ -187,7 +187,8 @@ def test_schedules_show_when_the_engine_has_them(fx: Fixture) -> None:
         next_run_at=T0,
         last_tick_at=None,
     )
-    fx.engine.schedules = lambda: [tick]  # type: ignore[attr-defined]
+    fx.engine.schedule_list = lambda: [tick]  # type: ignore[method-assign]
+    fx.engine.schedules = lambda: [tick]  # type: ignore[method-assign]
     client = Client(Dashboard(fx.engine))
     assert 'href="/schedules"' in client.get("/").text
     page = client.get("/schedules")
