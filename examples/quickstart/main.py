@@ -84,7 +84,7 @@ def build_engine(store_dir: str) -> backrun.Engine:
     """An engine on the JSON file store, retrying after 1 s (the default backs off)."""
     engine = backrun.Engine(
         storage=backrun.JsonFileStorage(store_dir),
-        max_parallelism=4,
+        threads=4,
         retry=backrun.RetryPolicy(max_retries=2, wait=tenacity.wait_fixed(1)),
     )
     engine.add_handler(SendMailHandler)
