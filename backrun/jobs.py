@@ -142,6 +142,7 @@ class _Randomness(threading.local):
         self.seen_generation = _Randomness.generation
 
     def bits(self) -> int:
+        """64 random bits from this thread's generator (reseeded after a fork)."""
         if self.seen_generation != _Randomness.generation:
             self.rng.seed(os.urandom(32))
             self.seen_generation = _Randomness.generation

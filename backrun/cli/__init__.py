@@ -51,6 +51,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error:`` line (exit 2), like the rest."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Exit 2 with one ``error:`` line naming the problem and ``--help``."""
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 

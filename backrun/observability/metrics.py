@@ -170,6 +170,7 @@ class _Metrics:
         self._children: dict[tuple[str, str], _Children] = {}
 
     def children(self, queue: str, handler: str) -> _Children:
+        """The labelled series of one (queue, handler), created once and cached."""
         key = (queue, handler)
         children = self._children.get(key)
         if children is None:
