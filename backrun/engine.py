@@ -7,13 +7,12 @@ the jobs. Nothing here needs an event loop.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
@@ -21,8 +20,9 @@ from .enqueueing import build_job, check_queue
 from .handlers import Handler, HandlerRegistry, HandlerSpec
 from .jobs import Job, JobState
 from .middleware import Middleware, compose_enqueue
+from .periodic import PeriodicJobs
 from .retries import RetryPolicy
-from .schedules import Schedule, build_schedule
+from .schedules import Schedule
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH
 from .settings import find as find_setting
 from .settings import warn_deprecated
@@ -64,7 +64,7 @@ def _default_middleware() -> list[Middleware]:
     return default_middleware()
 
 
-class Engine:
+class Engine(PeriodicJobs):
     """A job engine: register handlers, enqueue jobs, run workers.
 
     Args:
@@ -394,95 +394,6 @@ class Engine:
             workers = list(self._workers)
         for worker in workers:
             worker.wake_all()
-
-    # -- periodic jobs ------------------------------------------------------
-
-    def schedule(
-        self,
-        handler: type[Handler[Any]] | Callable[..., Any] | str,
-        payload: object = None,
-        *,
-        cron: str | None = None,
-        every: timedelta | float | None = None,
-        name: str | None = None,
-        tz: str | tzinfo = "UTC",
-        queue: str | None = None,
-        priority: int = 0,
-        misfire: str = "once",
-    ) -> Schedule:
-        """Run ``handler`` periodically: one job per tick, created by whichever worker is up.
-
-        Every worker process of this engine's store creates the due ticks'
-        jobs; the store keeps each tick to one job (see "Periodic jobs" in the
-        README). The payload is validated now.
-
-        Args:
-            handler: a registered Handler class, function, or handler name.
-            payload: the payload of every tick's job (model or mapping).
-            cron: a 5-field crontab (``"*/5 * * * *"``); 6 fields = seconds first.
-            every: or a fixed interval (timedelta or seconds, at least 1 s).
-            name: the schedule's stable name (default: the handler's name).
-            tz: the zone cron fields are read in (name or tzinfo).
-            queue: the jobs' queue (default: the handler's).
-            priority: the jobs' priority.
-            misfire: after downtime, ``"once"`` runs one catch-up tick, ``"skip"`` none.
-
-        Raises:
-            UnknownHandler: the handler is not registered.
-            ValueError: a bad spec (the message names the field), or the name is taken.
-            pydantic.ValidationError: the payload does not fit the handler's type.
-        """
-        schedule = build_schedule(
-            self.registry.resolve(handler),
-            payload,
-            cron=cron,
-            every=every,
-            name=name,
-            tz=tz,
-            queue=queue,
-            priority=priority,
-            misfire=misfire,
-            max_payload_bytes=self.max_payload_bytes,
-            max_payload_depth=self.max_payload_depth,
-        )
-        with self._workers_lock:
-            if schedule.name in self._schedules:
-                raise ValueError(f"name: a schedule named {schedule.name!r} exists already")
-            self._schedules[schedule.name] = schedule
-            workers = list(self._workers)
-        for worker in workers:
-            worker.schedules_changed()
-        return schedule
-
-    def unschedule(self, name: str) -> None:
-        """Stop a schedule: no tick after this call creates a job (jobs made stay).
-
-        Raises:
-            KeyError: no schedule has this name.
-        """
-        with self._workers_lock:
-            del self._schedules[name]
-
-    def schedule_list(self) -> list[Schedule]:
-        """The declared schedules, as declared (without next or last tick)."""
-        with self._workers_lock:
-            return list(self._schedules.values())
-
-    def schedules(self) -> list[Schedule]:
-        """The schedules, by name, with ``next_run_at`` and ``last_tick_at`` filled in.
-
-        ``last_tick_at`` is the latest tick whose job exists in the store
-        (looking back 64 ticks), whichever process created it.
-        """
-        from .scheduler import last_tick_at
-
-        now = self.clock.now()
-        return [
-            dataclasses.replace(
-                s, next_run_at=s.next_tick(now), last_tick_at=last_tick_at(self, s, now)
-            )
-            for s in sorted(self.schedule_list(), key=lambda s: s.name)
-        ]
 
     def tick_created(self, job: Job) -> None:
         """A scheduler added a tick's job: wake this process's idle workers."""

@@ -121,11 +121,11 @@ def ticks_due(
     return ticks
 
 
-def last_tick_at(engine: ScheduleHost, schedule: Schedule, now: datetime) -> datetime | None:
+def last_tick_at(storage: Storage, schedule: Schedule, now: datetime) -> datetime | None:
     """The latest tick at or before ``now`` whose job exists, looking back 64 ticks at most."""
     tick = schedule.latest_tick(now)
     for _ in range(_LOOKBACK):
-        if engine.storage.get(schedule.tick_id(tick)) is not None:
+        if storage.get(schedule.tick_id(tick)) is not None:
             return tick
         previous = schedule.latest_tick(tick - timedelta(microseconds=1))
         if previous >= tick:  # pragma: no cover - defensive: time must go back

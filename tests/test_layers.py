@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("storage", ("storage.",)),
     ("execution", ("isolation", "scheduler", "attempts", "supervisor", "worker", "signals")),
     ("observability", ("observability.",)),
-    ("composition", ("engine", "__init__")),
+    ("composition", ("periodic", "engine", "__init__")),
     ("integrations", ("testing", "logformat", "joblog", "web.", "cli.", "__main__")),
     ("frameworks", ("contrib.",)),
 ]
