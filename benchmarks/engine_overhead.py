@@ -4,7 +4,7 @@ Measures, in one run and interleaved so machine drift hits all alike:
 
 * the baseline: ``concurrent.futures.ThreadPoolExecutor(4)`` running a no-op
   function N times (submit + run + wait);
-* backrun, ``max_parallelism=4``, MemoryStorage, with the middleware stack
+* backrun, ``threads=4``, MemoryStorage, with the middleware stack
   off, with the default stack (tracing + metrics, no OpenTelemetry SDK), and
   with the default stack plus an OpenTelemetry SDK and a batch exporter;
   enqueue rate from one thread, then the drain rate of the filled store.

@@ -149,7 +149,7 @@ def enqueue_rates(base: Path, jobs: int, fsync: bool) -> dict[str, float]:
 
 
 def make_engine(store: JsonFileStorage) -> backrun.Engine:
-    engine = backrun.Engine(store, max_parallelism=4, middleware=[])
+    engine = backrun.Engine(store, threads=4, middleware=[])
 
     @engine.handler(name="noop")
     def noop(payload: Stamp) -> None:
@@ -210,7 +210,7 @@ def pickup_in_process(base: Path, samples: int) -> dict[str, float]:
     """Enqueue (returned) to handler start, one job at a time, worker in this process."""
     root = Path(tempfile.mkdtemp(dir=base))
     store = JsonFileStorage(root / "s", fsync=True)
-    engine = backrun.Engine(store, max_parallelism=4, middleware=[])
+    engine = backrun.Engine(store, threads=4, middleware=[])
     started: dict[str, float] = {}
     event = threading.Event()
 

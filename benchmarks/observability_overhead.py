@@ -162,7 +162,7 @@ STACKS["sdk floor (no backrun code)"] = lambda: [SdkFloor()]
 
 def seconds_per_job(jobs: int, stack: Stack) -> tuple[float, float]:
     """Wall and CPU seconds per job."""
-    engine = backrun.Engine(backrun.MemoryStorage(), max_parallelism=4, middleware=stack())
+    engine = backrun.Engine(backrun.MemoryStorage(), threads=4, middleware=stack())
     engine.add_handler(noop_handler, name="noop")
     payload = Empty()
     started, cpu = time.perf_counter(), time.process_time()

@@ -56,7 +56,7 @@ class Item(BaseModel):
 
 def make_engine(dsn: str, schema: str, threads: int) -> backrun.Engine:
     store = PostgresStorage(dsn, schema=schema, pool_size=threads + 2)
-    engine = backrun.Engine(store, max_parallelism=threads, middleware=[])
+    engine = backrun.Engine(store, threads=threads, middleware=[])
 
     @engine.handler(name="bench.noop")
     def noop(payload: Item) -> None:

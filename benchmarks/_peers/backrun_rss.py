@@ -1,6 +1,6 @@
 """Worker memory over many jobs: does a backrun worker's RSS grow with the jobs it has run?
 
-``drain PATH --jobs N`` runs a worker (default middleware, ``max_parallelism=4``,
+``drain PATH --jobs N`` runs a worker (default middleware, ``threads=4``,
 the store with ``fsync=True``) in a fresh process until N jobs ran, sampling
 its own RSS. Growth = peak RSS at the end minus RSS once the first 5% ran
 (imports, caches and thread stacks are warm by then). The jobs come either
@@ -60,7 +60,7 @@ def feed(path: str, jobs: int, depth: int) -> None:
 
 
 def drain(path: str, jobs: int, timeout: float) -> dict[str, object]:
-    engine = backrun.Engine(backrun.JsonFileStorage(path), max_parallelism=4)
+    engine = backrun.Engine(backrun.JsonFileStorage(path), threads=4)
     engine.add_handler(noop, name="noop")
     samples: list[tuple[int, float]] = []
     baseline: float | None = None

@@ -6,7 +6,7 @@ middleware-free engine), it measures:
 * claim latency: ``storage.claim(limit=1)`` timed one call at a time over
   200 due jobs (median and p99, µs);
 * drain rate of ``--jobs`` pre-filled no-op jobs with 1, 2, 4 and 8 threads
-  (``max_parallelism``; default middleware on), jobs/s.
+  (``threads``; default middleware on), jobs/s.
 
 The jobs measured also finish, so the count grows within a level; each row
 records the exact count it started from.
@@ -39,7 +39,7 @@ def noop(payload: Stamp) -> None:
 
 
 def make_engine(store: backrun.Storage, threads: int, *, middleware: bool) -> backrun.Engine:
-    engine = backrun.Engine(store, max_parallelism=threads, middleware=None if middleware else [])
+    engine = backrun.Engine(store, threads=threads, middleware=None if middleware else [])
     engine.add_handler(noop, name="noop")
     return engine
 

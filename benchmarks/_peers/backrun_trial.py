@@ -53,7 +53,7 @@ class BackrunDriver(Driver):
     def __init__(self, variant: str, workdir: str) -> None:
         self.ledger = MemoryLedger()
         self.store, self._remove = make_store(variant, workdir)
-        self.engine = backrun.Engine(self.store, max_parallelism=4)
+        self.engine = backrun.Engine(self.store, threads=4)
         record = self.ledger.record
 
         def noop(payload: Stamp) -> None:
