@@ -67,7 +67,7 @@ def _sdk_middleware() -> list[backrun.Middleware]:
 def through_engine(
     jobs: int, middleware: Callable[[], list[backrun.Middleware]]
 ) -> dict[str, float]:
-    engine = backrun.Engine(backrun.MemoryStorage(), max_parallelism=4, middleware=middleware())
+    engine = backrun.Engine(backrun.MemoryStorage(), threads=4, middleware=middleware())
     engine.add_handler(noop_handler, name="noop")
     payload = Empty()
     started = time.perf_counter()
