@@ -6,7 +6,6 @@ A file that cannot be read or parsed is moved to ``corrupt/`` beside a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -81,6 +80,7 @@ class Files:
         self.tmp = os.path.join(root, "tmp")
         self.corrupt = os.path.join(root, "corrupt")
         self._reported: set[str] = set()
+        self._leftovers: set[str] = set()
         self._lock = threading.Lock()
 
     def write_tmp(self, data: bytes, *, sync: bool, mtime_ns: int | None = None) -> str:
@@ -111,9 +111,26 @@ class Files:
         fs.close(fd, path)
 
     def discard(self, path: str) -> None:
-        """Remove a file if it is there, ignoring errors (cleanup after a failure)."""
-        with contextlib.suppress(OSError):
+        """Remove a file if it is there, ignoring errors (cleanup after a failure).
+
+        A file of ours in ``tmp/`` that could not be removed is removed by
+        :meth:`retry_discards` (nobody else ever uses its random name).
+        """
+        try:
             fs.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if os.path.dirname(path) == self.tmp:
+                with self._lock:
+                    self._leftovers.add(path)
+
+    def retry_discards(self) -> None:
+        """Remove the files an earlier :meth:`discard` could not (called by maintain)."""
+        with self._lock:
+            paths, self._leftovers = self._leftovers, set()
+        for path in sorted(paths):
+            self.discard(path)
 
     def sync_dir(self, path: str) -> None:
         """Make a directory's entries durable (when this store syncs)."""

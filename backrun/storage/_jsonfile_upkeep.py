@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from backrun.jobs import FINISHED_STATES, JobState
@@ -23,6 +23,7 @@ class UpkeepMixin(BatchMixin):
     """purge() and maintain(); see :meth:`maintain`."""
 
     retention: timedelta
+    forget_id: Callable[[str], None]
     tmp_grace: timedelta
     _last_purge: datetime | None
 
@@ -44,6 +45,7 @@ class UpkeepMixin(BatchMixin):
                             if fs.lstat(path).st_mtime_ns < cutoff:
                                 fs.unlink(path)
                                 removed += 1
+                                self.forget_id(name[: -len(".json")])
                         except FileNotFoundError:
                             continue
         return removed
@@ -58,6 +60,7 @@ class UpkeepMixin(BatchMixin):
             for batch in sorted(self.pending_batches):
                 self.pending_batches.discard(batch)
                 self.heal_batch(batch)
+            self.files.retry_discards()
             grace = int(self.tmp_grace.total_seconds() * 1e9)
             self.files.clean_tmp(older_than_ns=time.time_ns() - grace)
             self._clean_markers_and_locks()

@@ -36,8 +36,9 @@ from . import fs
 from ._jsonfile_base import storage_errors, to_ns
 from ._jsonfile_changes import ChangesMixin
 from ._jsonfile_files import SUBDIRS, prepare_root
+from ._jsonfile_format import ensure_format
+from ._jsonfile_ids import JobExists, Reservations
 from ._jsonfile_layout import (
-    FINISHED_DIRS,
     RunningName,
     check_token,
     check_worker_id,
@@ -46,7 +47,7 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
-from ._jsonfile_ticks import has_marker, mark, tick_lock
+from ._jsonfile_ticks import has_marker
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -91,7 +92,8 @@ class JsonFileStorage(ChangesMixin, Storage):
         root = os.path.abspath(os.fspath(path))
         if not create:
             check_is_store(root)
-        prepare_root(root)
+        with storage_errors("open"):
+            prepare_root(root)
         super().__init__(root, fsync=fsync)
         self.path = root
         self.fsync = fsync
@@ -102,6 +104,16 @@ class JsonFileStorage(ChangesMixin, Storage):
         self._busy = False
         self._watcher = Watcher(self, watch_interval)
         self._closed = False
+        ensure_format(root, self.files)
+        self.ids = Reservations(
+            root,
+            self.files,
+            self.session,
+            grace_ns=int(tmp_grace.total_seconds() * 1e9),
+            exists=lambda job_id: self.locate(job_id) is not None,
+            heal_dead=self.heal_dead_sessions,
+        )
+        self.forget_id = self.ids.forget
 
     def watched(self) -> bool:
         """True if the :meth:`subscribe` watcher runs (it wakes workers on changes)."""
@@ -138,50 +150,53 @@ class JsonFileStorage(ChangesMixin, Storage):
                 raise ValueError(f"job {job.id} appears twice in the batch")
             seen.add(job.id)
             plans.append((job, *self.waiting_path(job, job.created_at)))
+        ids = [job.id for job, *_ in plans]
         with storage_errors("enqueue"):
-            for qenc in {qenc for _, qenc, _, _ in plans}:
-                self.ensure_queue(qenc)
-                if len(plans) > 1:  # one job is linked, which refuses a duplicate by itself
-                    with self.mutex:
-                        self.cache(qenc).refresh(0, force=True)
-            for job, *_ in plans:
-                if self._exists(job.id):
-                    raise ValueError(f"job {job.id} exists already")
+            self.ensure_session()  # a reservation names a live session while its add runs
+            self.ids.reserve(ids)
+            try:
+                self._add_reserved(plans)
+            except BaseException as exc:
+                # Not on a crash (simulated by tests as a BaseException): as after a kill,
+                # the reservation stays, and a later add judges it stale.
+                self.ids.release(ids, unreserve=isinstance(exc, Exception))
+                raise
+            self.ids.release(ids, unreserve=False)
+
+    def _add_reserved(self, plans: list[tuple[Job, str, str, str]]) -> None:
+        for qenc in {qenc for _, qenc, _, _ in plans}:
+            self.ensure_queue(qenc)
+        if len(plans) > 1:
+            if self.fsync:  # before the commit: a committed batch is the caller's
+                self.ids.sync()
             self._write_new(plans)
+            return
+        self._write_new(plans)
+        if self.fsync:  # after the link: one journal commit made both durable, mostly
+            try:
+                self.ids.sync()
+            except OSError:
+                self.files.discard(os.path.join(plans[0][2], plans[0][3]))
+                raise
 
     def add_once(self, job: Job) -> bool:
-        """Add a job at most once per id, under its creation lock; see :meth:`Storage.add_once`."""
+        """Add a job at most once per id; see :meth:`Storage.add_once`.
+
+        :meth:`add` itself refuses an id that exists in any state (its
+        ``ids/`` reservation is created atomically first), so this is an add
+        that reports a taken id instead of raising.
+        """
         check_job_id(job.id)
         if job.state not in READY_STATES or job.run_at is None:
             raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
-        with storage_errors("enqueue"), tick_lock(self.root, job.id):
-            if has_marker(self.root, job.id):
+        with storage_errors("enqueue"):
+            if has_marker(self.root, job.id):  # a tick added before ids/ existed, then purged
                 return False
-            added = False
-            if self.locate(job.id) is None:  # a creator killed before its marker
-                try:
-                    self.add(job)
-                    added = True
-                except ValueError:
-                    pass
-            mark(self.root, job.id, sync=self.fsync)
-            return added
-
-    def _exists(self, job_id: str) -> bool:
-        if job_id in self.mine:
-            return True
-        with self.mutex:
-            for cache in self.caches.values():
-                if job_id in cache.by_id:
-                    return True
-        for qenc in self.made:
-            for sub in FINISHED_DIRS.values():
-                try:
-                    fs.lstat(os.path.join(self.qdir(qenc, sub), job_id + ".json"))
-                    return True
-                except FileNotFoundError:
-                    pass
-        return False
+        try:
+            self.add(job)
+        except JobExists:
+            return False
+        return True
 
     def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
         records = [dump_job(job) for job, *_ in plans]
@@ -205,7 +220,7 @@ class JsonFileStorage(ChangesMixin, Storage):
             try:
                 fs.link(tmp, dest)
             except FileExistsError:
-                raise ValueError(f"job {job.id} exists already") from None
+                raise JobExists(job.id) from None
             except FileNotFoundError:
                 self.ensure_dir(directory)
                 fs.link(tmp, dest)

@@ -263,9 +263,9 @@ def test_add_many_syncs_each_directory_once(tmp_path: Path) -> None:
         store.add_many([make_job(payload={"i": i}) for i in range(100)])
     ops = [op for op, _ in calls.log]
     synced = sorted(os.path.basename(p) for op, p in calls.log if op == "fsync_dir")
-    # The staged batch, tmp/ for its commit rename, and ready/ once.
-    assert len(synced) == 3
-    assert synced[1:] == ["ready", "tmp"]
+    # The id reservations, the staged batch, tmp/ for its commit rename, and ready/ once.
+    assert len(synced) == 4
+    assert synced[1:] == ["ids", "ready", "tmp"]
     assert ops.count("fsync") == 101  # each record and the batch's manifest
     store.close()
 
