@@ -33,6 +33,7 @@ from collections.abc import Callable
 from . import fs
 from ._jsonfile_files import Files
 from ._jsonfile_locks import is_free
+from ._jsonfile_sync import group_sync
 from ._jsonfile_ticks import tick_lock
 
 __all__ = ["DIRECTORY", "JobExists", "Reservations"]
@@ -141,8 +142,8 @@ class Reservations:
             fs.unlink(self.path(job_id))
 
     def sync(self) -> None:
-        """Make the reservations made so far durable."""
-        fs.fsync_dir(self.directory)
+        """Make the reservations made so far durable (a sync shared with concurrent adds)."""
+        group_sync.sync(self.directory)
 
     def _clear_if_stale(self, job_id: str) -> bool:
         """Remove the reservation of ``job_id`` if no live add or job stands behind it."""
