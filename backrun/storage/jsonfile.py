@@ -47,7 +47,7 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
-from ._jsonfile_ticks import has_marker
+from ._jsonfile_ticks import has_marker, mark
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
 
@@ -184,18 +184,22 @@ class JsonFileStorage(ChangesMixin, Storage):
 
         :meth:`add` itself refuses an id that exists in any state (its
         ``ids/`` reservation is created atomically first), so this is an add
-        that reports a taken id instead of raising.
+        that reports a taken id instead of raising. A marker ``ticks/<id>``
+        is left behind for the store's retention, so a tick stays refused even
+        after its job was purged early.
         """
         check_job_id(job.id)
         if job.state not in READY_STATES or job.run_at is None:
             raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
         with storage_errors("enqueue"):
-            if has_marker(self.root, job.id):  # a tick added before ids/ existed, then purged
+            if has_marker(self.root, job.id):
                 return False
         try:
             self.add(job)
         except JobExists:
             return False
+        with storage_errors("enqueue"):
+            mark(self.root, job.id, sync=self.fsync)
         return True
 
     def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
