@@ -92,6 +92,7 @@ class JsonStoreMachine(RuleBasedStateMachine):
         self.store = self._open()
         self.jobs: dict[str, Entry] = {}
         self.next_id = 1
+        self.free_ids: list[str] = []  # ids whose add crashed before it took, or purged
 
     # -- plumbing --------------------------------------------------------------
 
@@ -199,6 +200,51 @@ class JsonStoreMachine(RuleBasedStateMachine):
             for job in batch:
                 if self.jobs[job.id].state == ABSENT:
                     del self.jobs[job.id]
+                    self.free_ids.append(job.id)
+
+    def _new_job(self, job_id: str, payload: int) -> Job:
+        return Job(
+            id=job_id,
+            handler="model.noop",
+            payload={"i": payload},
+            run_at=self.now,
+            created_at=self.now,
+            state=JobState.QUEUED,
+        )
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), crash_at=crash_points)
+    def add_existing(self, data: st.DataObject, crash_at: int) -> None:
+        """A second add of an id is refused whatever the first job's state; it changes nothing."""
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        refused: list[bool] = []
+
+        def action() -> None:
+            try:
+                self.store.add(self._new_job(job_id, -1))
+            except ValueError:
+                refused.append(True)
+
+        if self._run(crash_at, action):
+            entry = self.jobs[job_id]
+            entry.possible = {entry.state}
+            self._crash_and_restart()
+            return
+        assert refused == [True], job_id
+
+    @precondition(lambda self: self.free_ids)
+    @rule(crash_at=crash_points)
+    def add_freed(self, crash_at: int) -> None:
+        """An id whose add was killed before it took (or that was purged) can be added."""
+        job_id = self.free_ids.pop()
+        entry = Entry(WAITING, self.now, 0)
+        self.jobs[job_id] = entry
+        if self._run(crash_at, lambda: self.store.add(self._new_job(job_id, -2))):
+            entry.possible = {WAITING, ABSENT}
+            self._crash_and_restart()
+            if entry.state == ABSENT:
+                del self.jobs[job_id]
+                self.free_ids.append(job_id)
 
     @rule(seconds=st.sampled_from([1, 10, 120, 600, 3 * 86400]))
     def advance(self, seconds: int) -> None:
@@ -327,6 +373,7 @@ class JsonStoreMachine(RuleBasedStateMachine):
         assert self.store.purge(before=before) == len(doomed)
         for job_id in doomed:
             del self.jobs[job_id]
+            self.free_ids.append(job_id)
 
     @rule()
     def restart(self) -> None:
