@@ -159,7 +159,8 @@ class JsonFileStorage(ChangesMixin, Storage):
             except BaseException as exc:
                 # Not on a crash (simulated by tests as a BaseException): as after a kill,
                 # the reservation stays, and a later add judges it stale.
-                self.ids.release(ids, unreserve=isinstance(exc, Exception))
+                keep = getattr(exc, _KEEP_RESERVATION, False)
+                self.ids.release(ids, unreserve=isinstance(exc, Exception) and not keep)
                 raise
             self.ids.release(ids, unreserve=False)
 
@@ -175,8 +176,8 @@ class JsonFileStorage(ChangesMixin, Storage):
         if self.fsync:  # after the link: one journal commit made both durable, mostly
             try:
                 self.ids.sync()
-            except OSError:
-                self.files.discard(os.path.join(plans[0][2], plans[0][3]))
+            except OSError as exc:
+                _withdraw(os.path.join(plans[0][2], plans[0][3]), exc)
                 raise
 
     def add_once(self, job: Job) -> bool:
@@ -230,8 +231,8 @@ class JsonFileStorage(ChangesMixin, Storage):
                 fs.link(tmp, dest)
             try:
                 self.files.sync_dir(directory)
-            except Exception:
-                self.files.discard(dest)
+            except Exception as exc:
+                _withdraw(dest, exc)
                 raise
         finally:
             self.files.discard(tmp)
@@ -439,6 +440,22 @@ class JsonFileStorage(ChangesMixin, Storage):
         self._watcher.stop()
         self.locks.release(self.session_path, unlink=not self.stranded)
         self.locks.release_all()
+
+
+_KEEP_RESERVATION = "backrun_job_visible"
+
+
+def _withdraw(dest: str, error: Exception) -> None:
+    """Take back a job linked into view by an add that is failing.
+
+    If it cannot be taken back (already claimed by another worker, or the
+    unlink fails), the job exists: ``error`` is marked so that the add keeps
+    its id reserved and a retry is refused rather than creating a second job.
+    """
+    try:
+        fs.unlink(dest)
+    except OSError:
+        setattr(error, _KEEP_RESERVATION, True)
 
 
 def check_is_store(root: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import threading
@@ -191,3 +192,40 @@ def test_purge_frees_the_id(tmp_path: Path) -> None:
     store.add(job)
     assert store.get(job.id) is not None
     store.close()
+
+
+class ClaimedDuringFailingSync:
+    """An fs hook: a worker claims the job right after its link, then the directory sync fails."""
+
+    def __init__(self, ready: Path, running: Path) -> None:
+        self.ready, self.running = ready, running
+
+    def __call__(self, operation: str, path: str) -> None:
+        if operation == "fsync_dir" and path == str(self.ready):
+            for name in os.listdir(self.ready):
+                os.rename(self.ready / name, self.running / name)
+            raise OSError(errno.EIO, "injected", path)
+
+
+def test_an_add_failing_after_its_job_was_taken_keeps_the_id(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = JsonFileStorage(root, fsync=True)
+    other = JsonFileStorage(root, fsync=True)
+    store.ensure_queue("default")
+    job = make_job()
+    hook = ClaimedDuringFailingSync(root / "q" / "default" / "ready", tmp_path)
+    previous = fs.set_hook(hook)
+    try:
+        with pytest.raises(StorageError):
+            store.add(job)
+    finally:
+        fs.set_hook(previous)
+    assert os.listdir(tmp_path / "s" / "ids") == [job.id]
+    # The job exists (taken by a worker): a retry must not make a second one.
+    (taken,) = [p for p in tmp_path.iterdir() if job.id in p.name]
+    os.rename(taken, root / "q" / "default" / "ready" / taken.name)
+    for view in (store, other):
+        with pytest.raises(ValueError, match="exists already"):
+            view.add(job)
+    store.close()
+    other.close()
