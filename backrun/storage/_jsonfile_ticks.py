@@ -65,10 +65,13 @@ def tick_lock(root: str, job_id: str, *, wait: float = 10.0) -> Iterator[None]:
             yield
         finally:
             # Unlinked while held: a waiter that opened the old file sees the
-            # inode change and opens the path again.
-            with contextlib.suppress(FileNotFoundError):
-                fs.unlink(path)
-            fs.close(fd, path)
+            # inode change and opens the path again. Closed whatever the unlink
+            # does: an open descriptor would keep the lock for this process's life.
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.unlink(path)
+            finally:
+                fs.close(fd, path)
 
 
 def _inode(path: str) -> int:

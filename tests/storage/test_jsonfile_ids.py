@@ -15,6 +15,7 @@ from backrun.errors import StorageError
 from backrun.jobs import Job, JobState
 from backrun.serialization import dump_job, load_job
 from backrun.storage import fs
+from backrun.storage._jsonfile_ticks import tick_lock
 from backrun.storage.jsonfile import JsonFileStorage
 from tests.storage.factories import LEASE, T0, make_job
 
@@ -229,3 +230,13 @@ def test_an_add_failing_after_its_job_was_taken_keeps_the_id(tmp_path: Path) -> 
             view.add(job)
     store.close()
     other.close()
+
+
+def test_a_crash_while_freeing_an_id_lock_does_not_keep_it_locked(tmp_path: Path) -> None:
+    """Found by the long crash model: a crash at the lock file's unlink leaked its descriptor."""
+    job_id = "a" * 32
+    faults = fs.Faults(operations={"unlink"}, at=1)
+    with faults.installed(), pytest.raises(fs.SimulatedCrash), tick_lock(str(tmp_path), job_id):
+        pass
+    with tick_lock(str(tmp_path), job_id, wait=0.5):
+        pass
