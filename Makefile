@@ -38,24 +38,27 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Both Pythons at once (their tests wait on processes and disks more than on
+# the CPU); each one's output is printed whole when it ends.
 compat: $(STAMP)
-	@for v in $(COMPAT_PYTHONS); do \
-	    prefix=$$(pyenv prefix $$v 2>/dev/null || true); \
-	    py=$${prefix:+$$prefix/bin/python}; \
-	    [ -n "$$py" ] && [ -x "$$py" ] || py=$$(command -v python$$v || true); \
-	    if [ ! -x "$$py" ]; then \
-	        echo "compat: Python $$v not found (pyenv install $$v)"; \
-	        if [ "$${CI:-}" = true ]; then exit 1; else continue; fi; \
-	    fi; \
-	    venv=.venv-$$v; stamp=$$venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1); \
-	    if [ ! -f $$stamp ]; then \
-	        rm -rf $$venv && $$py -m venv $$venv && \
-	        $$venv/bin/python -m pip install --quiet --upgrade "pip>=25.1" && \
-	        $$venv/bin/python -m pip install --quiet -e ".[all]" --group dev && touch $$stamp || exit 1; \
-	    fi; \
-	    echo "== Python $$v: $$($$venv/bin/python -c 'import django, sys; print(sys.version.split()[0], "Django", django.__version__)')"; \
-	    $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) || exit 1; \
-	done
+	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix compat-,$(COMPAT_PYTHONS))
+
+compat-%: $(STAMP)
+	@v=$*; prefix=$$(pyenv prefix $$v 2>/dev/null || true); \
+	py=$${prefix:+$$prefix/bin/python}; \
+	[ -n "$$py" ] && [ -x "$$py" ] || py=$$(command -v python$$v || true); \
+	if [ ! -x "$$py" ]; then \
+	    echo "compat: Python $$v not found (pyenv install $$v)"; \
+	    if [ "$${CI:-}" = true ]; then exit 1; else exit 0; fi; \
+	fi; \
+	venv=.venv-$$v; stamp=$$venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1); \
+	if [ ! -f $$stamp ]; then \
+	    rm -rf $$venv && $$py -m venv $$venv && \
+	    $$venv/bin/python -m pip install --quiet --upgrade "pip>=25.1" && \
+	    $$venv/bin/python -m pip install --quiet -e ".[all]" --group dev && touch $$stamp || exit 1; \
+	fi; \
+	echo "== Python $$v: $$($$venv/bin/python -c 'import django, sys; print(sys.version.split()[0], "Django", django.__version__)')"; \
+	$$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
 
 test: lint typecheck unit compat
 

@@ -433,6 +433,10 @@ def run_worker(
             server.close()
         if export is not None:
             _close_export(export, engine.shutdown_timeout)
+        # The command owns this process: close the store's connections and
+        # threads now, not in the interpreter's finalization (psycopg's pool
+        # cannot join its threads there on Python 3.13, and exit hangs).
+        engine.close()
     processed = watch.worker.processed if watch.worker is not None else 0
     if drained and watch.interrupts < 2:
         say(f"worker stopped cleanly ({processed} attempt(s) processed)")

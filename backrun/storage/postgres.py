@@ -43,9 +43,11 @@ millisecond or more.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import secrets
 import threading
+import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -138,6 +140,9 @@ class PostgresStorage(PostgresOpsMixin, Storage):
             outage=self._db.outage,
         )
         self._closed = False
+        # Close before the interpreter finalizes: psycopg's pool cannot join its
+        # threads from a finalizer there (Python 3.13 waits 5 s per thread).
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- schema -------------------------------------------------------------------
 
@@ -507,6 +512,12 @@ class PostgresStorage(PostgresOpsMixin, Storage):
         for session in sessions:
             session.stop()
         self._db.close()
+
+
+def _close_at_exit(ref: weakref.ref[PostgresStorage]) -> None:
+    store = ref()
+    if store is not None:
+        store.close()
 
 
 def _sqlstate(exc: BaseException) -> str | None:
