@@ -154,6 +154,7 @@ class Engine(PeriodicJobs):
 
     @max_parallelism.setter
     def max_parallelism(self, value: int) -> None:
+        """Set :attr:`threads` by its old name (deprecated)."""
         warn_deprecated(["Engine.max_parallelism is deprecated: use Engine.threads"], stacklevel=2)
         self.threads = _checked("threads", value)
 

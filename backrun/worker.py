@@ -70,23 +70,29 @@ class _PoolView:
 
     @property
     def stopping(self) -> bool:
+        """True once the worker stops claiming."""
         return self._worker.stopping
 
     @property
     def forced(self) -> bool:
+        """True once the stop was forced."""
         return self._worker.forced
 
     @property
     def running_count(self) -> int:
+        """How many attempts are in flight."""
         return self._worker.running_count
 
     def running_attempts(self) -> list[Attempt]:
+        """A snapshot of the attempts in flight."""
         return self._worker._running_attempts()
 
     def abandon(self, attempt: Attempt) -> None:
+        """Give up on a stuck attempt's thread and start a fresh slot."""
         self._worker._abandon(attempt)
 
     def publish_info(self) -> None:
+        """Publish this worker's record to the store."""
         self._worker._publish_info()
 
 
