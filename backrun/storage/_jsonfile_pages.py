@@ -17,9 +17,8 @@ from backrun.jobs import FINISHED_STATES, Job, JobState
 
 from . import fs
 from ._jsonfile_base import to_ns, wraps_os_errors
-from ._jsonfile_layout import FINISHED_DIRS, parse_ready
+from ._jsonfile_layout import FINISHED_DIRS
 from ._jsonfile_queries import QueryMixin
-from .base import READY_STATES
 
 __all__ = ["PagesMixin"]
 
@@ -38,31 +37,7 @@ class PagesMixin(QueryMixin):
         limit: int = 50,
     ) -> list[Job]:
         """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
-        loaded: dict[str, Job] = {}
-        paths: dict[str, tuple[str, frozenset[JobState]]] = {}
-        if state is None or state is JobState.RUNNING:
-            for _, running in self._running_jobs():
-                if queue is None or running.queue == queue:
-                    loaded[running.id] = running
-        for qenc in self.queues_for(None if queue is None else [queue]):
-            if state is None or state in READY_STATES:
-                with self.mutex:
-                    cache = self.cache(qenc)
-                    cache.refresh(0, force=True)
-                    ready = list(cache.live.values())
-                for parsed in ready:
-                    if state is None or parsed.state is state:
-                        paths[parsed.job_id] = (os.path.join(cache.path, parsed.name), READY_STATES)
-                for directory, name in self._later_names(qenc):
-                    later = parse_ready(name)
-                    if later is not None and (state is None or later.state is state):
-                        paths[later.job_id] = (os.path.join(directory, name), READY_STATES)
-            for done, sub in FINISHED_DIRS.items():
-                if state is None or state is done:
-                    directory = self.qdir(qenc, sub)
-                    for name in self.names_in(directory):
-                        if len(name) == 37 and name.endswith(".json"):
-                            paths[name[:32]] = (os.path.join(directory, name), frozenset({done}))
+        loaded, paths = self._candidates(state, queue)
         page: list[Job] = []
         skipped = 0
         for job_id in sorted(loaded.keys() | paths.keys(), reverse=True):

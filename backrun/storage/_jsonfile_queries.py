@@ -195,11 +195,14 @@ class QueryMixin(StoreBase):
             if job is not None:
                 yield rn, job
 
-    @wraps_os_errors("find")
-    def find(
-        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+    def _candidates(
+        self, state: JobState | None, queue: str | None
+    ) -> tuple[dict[str, Job], dict[str, tuple[str, Collection[JobState]]]]:
+        """The jobs ``find`` may return: running ones read, the others as (path, states).
+
+        Names alone pick the candidates; only running jobs (whose record the
+        claim names carry anyway) are loaded here.
+        """
         loaded: dict[str, Job] = {}
         paths: dict[str, tuple[str, Collection[JobState]]] = {}
         if state is None or state is JobState.RUNNING:
@@ -225,6 +228,14 @@ class QueryMixin(StoreBase):
                     for name in self.names_in(directory):
                         if len(name) == 37 and name.endswith(".json"):
                             paths[name[:32]] = (os.path.join(directory, name), (done,))
+        return loaded, paths
+
+    @wraps_os_errors("find")
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+        loaded, paths = self._candidates(state, queue)
         result: list[Job] = []
         for job_id in sorted(loaded.keys() | paths.keys()):
             if len(result) >= limit:
