@@ -34,14 +34,20 @@ def app_env(store: Path) -> dict[str, str]:
 @pytest.fixture
 def cliapp(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The test app, imported in this process on the test's store (to enqueue and inspect)."""
+    module = load_app("cliapp", store, monkeypatch)
+    yield module
+    module.engine.close()
+
+
+def load_app(name: str, store: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import ``tests/cli/apps/<name>.py`` afresh in this process, on the test's store."""
     monkeypatch.setenv("CLI_TEST_STORE", str(store))
-    spec = importlib.util.spec_from_file_location(f"cliapp_{next(_names)}", APPS / "cliapp.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_{next(_names)}", APPS / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
-    module.engine.close()
+    return module
 
 
 def state_of(module: ModuleType, job_id: str) -> str:

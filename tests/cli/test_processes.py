@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
-import itertools
 import re
 import signal
 import sys
@@ -16,23 +14,16 @@ import pytest
 
 from backrun.engine import Engine
 from backrun.jobs import WORKER_CRASHED, WORKER_CRASHED_UNCHARGED, JobState
-from tests.cli.conftest import APPS, one_error_line
+from tests.cli.conftest import APPS, load_app, one_error_line
 from tests.cli.procs import Proc
 from tests.cli.procs import backrun as run_backrun
 from tests.helpers import wait_until
-
-_names = itertools.count()
 
 
 @pytest.fixture
 def procapp(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The --processes test app, imported here on the test's store (to enqueue and inspect)."""
-    monkeypatch.setenv("CLI_TEST_STORE", str(store))
-    spec = importlib.util.spec_from_file_location(f"procapp_{next(_names)}", APPS / "procapp.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_app("procapp", store, monkeypatch)
     yield module
     module.engine.close()
 
