@@ -61,9 +61,15 @@ class System:
 
 
 FOUR_PRODUCERS = ("--enqueue-threads", "4")
+EIGHT_PRODUCERS = ("--more-enqueue-threads", "8")
 SYSTEMS = [
     System("backrun memory", "backrun_trial.py", "memory"),
-    System("backrun JSON fsync", "backrun_trial.py", "json-fsync", extra=FOUR_PRODUCERS),
+    System(
+        "backrun JSON fsync",
+        "backrun_trial.py",
+        "json-fsync",
+        extra=FOUR_PRODUCERS + EIGHT_PRODUCERS,
+    ),
     System("backrun JSON no-fsync", "backrun_trial.py", "json-nofsync"),
     System(
         "backrun PostgreSQL",
@@ -73,7 +79,7 @@ SYSTEMS = [
         extra=FOUR_PRODUCERS,
     ),
     System("Huey MemoryHuey", "huey_trial.py", "memory", peers=True),
-    System("Huey SqliteHuey", "huey_trial.py", "sqlite", peers=True),
+    System("Huey SqliteHuey", "huey_trial.py", "sqlite", peers=True, extra=EIGHT_PRODUCERS),
     System("Huey FileHuey", "huey_trial.py", "file", peers=True),
     System("Dramatiq StubBroker", "dramatiq_trial.py", "stub", peers=True),
     System("Dramatiq Redis", "dramatiq_trial.py", "redis", peers=True, needs="redis"),
@@ -91,12 +97,17 @@ LIMITS = {
 # -- environment ----------------------------------------------------------------
 
 
+_PEER_PYTHON: list[Path] = []  # set by --peers-python
+
+
 def peer_python() -> Path:
-    return VENV / "bin" / "python"
+    return _PEER_PYTHON[0] if _PEER_PYTHON else VENV / "bin" / "python"
 
 
 def ensure_peer_venv() -> None:
     """Create or update benchmarks/.venv-peers from _peers/requirements.txt."""
+    if _PEER_PYTHON:
+        return
     requirements = PEERS / "requirements.txt"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     marker = VENV / ".requirements.sha256"
@@ -205,6 +216,9 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=None)
     parser.add_argument("--rss-jobs", type=int, default=None, help="default 100000")
     parser.add_argument(
+        "--backlog-jobs", type=int, default=100_000, help="waiting jobs for the RSS backlog row"
+    )
+    parser.add_argument(
         "--scaling", action="store_true", help="add the scaling run and the pre-filled RSS run"
     )
     parser.add_argument("--quick", action="store_true", help="small phases and scaling (smoke)")
@@ -218,8 +232,16 @@ def main() -> None:
         help="default benchmarks/results (with --quick: a temp dir)",
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--peers-python",
+        type=Path,
+        default=None,
+        help="an interpreter that has the peers installed (instead of benchmarks/.venv-peers)",
+    )
     args = parser.parse_args()
     quick = args.quick
+    if args.peers_python is not None:
+        _PEER_PYTHON.append(args.peers_python)
     if args.out is None:  # a smoke run must not overwrite the day's measured results
         args.out = Path(tempfile.gettempdir()) / "backrun-bench-quick" if quick else RESULTS
     cap = args.cap if args.cap is not None else (1.0 if quick else 4.0)
@@ -273,7 +295,7 @@ def main() -> None:
                 )
                 samples.setdefault(name, []).append(result)
         with_scaling = args.scaling or quick
-        rss = _rss_run(workdir, rss_jobs, prefilled=with_scaling)
+        rss = _rss_run(workdir, rss_jobs, prefilled=with_scaling, backlog=args.backlog_jobs)
         scaling = _scaling_run(workdir, quick) if with_scaling else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -325,9 +347,9 @@ def main() -> None:
     print(f"total {results['runtime_seconds']} s")
 
 
-def _rss_run(workdir: str, jobs: int, prefilled: bool) -> dict[str, Any]:
+def _rss_run(workdir: str, jobs: int, prefilled: bool, backlog: int) -> dict[str, Any]:
     """A worker's RSS over ``jobs`` jobs fed steadily (and over a queue pre-filled with all)."""
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"backlog": _backlog_run(workdir, backlog)}
     script = str(PEERS / "backrun_rss.py")
     for mode in ("steady", "prefilled") if prefilled else ("steady",):
         path = os.path.join(workdir, f"rss-{mode}")
@@ -353,6 +375,30 @@ def _rss_run(workdir: str, jobs: int, prefilled: bool) -> dict[str, Any]:
         print(result.get("error") or f"{result['growth_mb']:+.1f} MB", flush=True)
         results[mode] = result
     return results
+
+
+def _backlog_run(workdir: str, jobs: int) -> dict[str, Any]:
+    """A worker's peak RSS with ``jobs`` waiting, against the same worker on an empty store."""
+    print(f"worker RSS with {jobs:,} jobs waiting vs empty (JSON store) ...", end=" ", flush=True)
+    full, empty = os.path.join(workdir, "rss-backlog"), os.path.join(workdir, "rss-empty")
+    result = run_script(sys.executable, "backrun_rss.py", ["fill", full, "--jobs", str(jobs)], 1800)
+    if "error" in result:
+        print(result["error"], flush=True)
+        return result
+    from backrun.storage.jsonfile import JsonFileStorage
+
+    JsonFileStorage(empty).close()
+    runs = {}
+    for name, path in (("empty", empty), ("full", full)):
+        runs[name] = run_script(sys.executable, "backrun_rss.py", ["backlog", path], 300)
+        if "error" in runs[name]:
+            print(runs[name]["error"], flush=True)
+            return runs[name]
+    shutil.rmtree(full, ignore_errors=True)
+    shutil.rmtree(empty, ignore_errors=True)
+    extra = runs["full"]["peak_mb"] - runs["empty"]["peak_mb"]
+    print(f"{extra:+.1f} MB", flush=True)
+    return {"jobs": jobs, "empty": runs["empty"], "full": runs["full"], "extra_mb": extra}
 
 
 def _scaling_run(workdir: str, quick: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from backrun.jobs import Job
 from backrun.serialization import load_job
 
 from . import fs
+from ._jsonfile_sync import group_sync
 
 __all__ = ["SUBDIRS", "Files", "prepare_root"]
 
@@ -116,9 +117,14 @@ class Files:
             fs.unlink(path)
 
     def sync_dir(self, path: str) -> None:
-        """Make a directory's entries durable (when this store syncs)."""
+        """Make a directory's entries durable (when this store syncs).
+
+        Concurrent callers share syncs (group commit, see
+        :mod:`backrun.storage._jsonfile_sync`): each returns once a sync that
+        started after its call has ended.
+        """
         if self.fsync:
-            fs.fsync_dir(path)
+            group_sync.sync(path)
 
     def read(self, path: str) -> Job | None:
         """Read a job file; ``None`` if it is gone or was quarantined as unreadable."""

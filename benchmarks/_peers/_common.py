@@ -189,6 +189,7 @@ def run_trial(
     cap: float,
     timeout: float,
     enqueue_threads: int = 0,
+    more_enqueue_threads: int = 0,
 ) -> dict[str, Any]:
     """Run the phases on one system and return its figures (rates in jobs/s, times in ms).
 
@@ -201,7 +202,8 @@ def run_trial(
        ``interval`` s, slower if the system's end-to-end rate needs it, so it
        stays under 40% busy) while the workers idle; enqueue call to handler start;
     5. optionally, enqueue from ``enqueue_threads`` producer threads at once
-       (workers stopped), for comparison with the machine's multi-thread fsync rate.
+       (workers stopped), for comparison with the machine's multi-thread fsync rate,
+       and again from ``more_enqueue_threads``.
 
     A phase of a slow system stops after ``cap`` seconds and is measured on the
     jobs done by then (``*_jobs`` in the result say how many).
@@ -250,27 +252,33 @@ def run_trial(
     result["rss_mb"] = driver.worker_rss_kb() / 1024
     driver.stop_workers()
 
-    if enqueue_threads:
-        per_thread = jobs // enqueue_threads
-        deadline = time.perf_counter() + cap
-        counts = [0] * enqueue_threads
-
-        def produce(index: int) -> None:
-            for n in range(per_thread):
-                driver.enqueue(0.0)
-                if not n % 16 and time.perf_counter() > deadline:
-                    counts[index] = n + 1
-                    return
-            counts[index] = per_thread
-
-        threads = [threading.Thread(target=produce, args=(i,)) for i in range(enqueue_threads)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        result[f"enqueue_{enqueue_threads}t"] = sum(counts) / (time.perf_counter() - started)
+    for threads in (enqueue_threads, more_enqueue_threads):
+        if threads:
+            result[f"enqueue_{threads}t"] = threaded_enqueue(driver, jobs, threads, cap)
     return result
+
+
+def threaded_enqueue(driver: Driver, jobs: int, threads: int, cap: float) -> float:
+    """Enqueue about ``jobs`` jobs from ``threads`` producer threads at once; jobs/s."""
+    per_thread = jobs // threads
+    deadline = time.perf_counter() + cap
+    counts = [0] * threads
+
+    def produce(index: int) -> None:
+        for n in range(per_thread):
+            driver.enqueue(0.0)
+            if not n % 16 and time.perf_counter() > deadline:
+                counts[index] = n + 1
+                return
+        counts[index] = per_thread
+
+    producers = [threading.Thread(target=produce, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join()
+    return sum(counts) / (time.perf_counter() - started)
 
 
 def trial_arguments(variants: Sequence[str]) -> argparse.ArgumentParser:
@@ -284,6 +292,7 @@ def trial_arguments(variants: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--enqueue-threads", type=int, default=0)
+    parser.add_argument("--more-enqueue-threads", type=int, default=0)
     return parser
 
 
@@ -332,6 +341,7 @@ def main_for(
             cap=args.cap,
             timeout=args.timeout,
             enqueue_threads=args.enqueue_threads,
+            more_enqueue_threads=args.more_enqueue_threads,
         )
         if extra is not None:
             result.update(extra(driver, args))

@@ -8,6 +8,10 @@ from ``feed PATH --jobs N`` running beside it (another process keeping about
 ``--depth`` jobs waiting: a steady stream, the leak test) or from
 ``fill PATH --jobs N`` beforehand (all N waiting at once: memory that grows
 with the depth of the queue shows here).
+
+``backlog PATH --seconds S`` runs a worker for S seconds on a store (filled by
+``fill`` or empty) and reports its peak RSS: the pair gives the memory a
+worker pays for a backlog of waiting jobs.
 """
 
 from __future__ import annotations
@@ -89,19 +93,36 @@ def drain(path: str, jobs: int, timeout: float) -> dict[str, object]:
     }
 
 
+def backlog(path: str, seconds: float) -> dict[str, object]:
+    """A worker's peak RSS after ``seconds`` on the store at ``path`` (full or empty)."""
+    store = backrun.JsonFileStorage(path)
+    waiting = sum(n for (_, state), n in store.counts().items() if state in WAITING)
+    engine = backrun.Engine(store, threads=4)
+    engine.add_handler(noop, name="noop")
+    with engine.running() as worker:
+        time.sleep(seconds)
+        processed = worker.processed
+        peak = peak_rss_kb() / 1024
+    engine.close()
+    return {"waiting": waiting, "processed": processed, "peak_mb": peak}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("fill", "feed", "drain"))
+    parser.add_argument("what", choices=("fill", "feed", "drain", "backlog"))
     parser.add_argument("path")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--depth", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
     if args.what == "fill":
         fill(args.path, args.jobs)
         emit({"filled": args.jobs})
     elif args.what == "feed":
         feed(args.path, args.jobs, args.depth)
+    elif args.what == "backlog":
+        emit(backlog(args.path, args.seconds))
     else:
         emit(drain(args.path, args.jobs, args.timeout))
 
