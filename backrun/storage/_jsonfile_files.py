@@ -32,8 +32,17 @@ def prepare_root(root: str) -> None:
 
     Raises:
         StorageError: the path is a symlink, not a directory, not ours, or
-            writable by group or others.
+            writable by group or others, or the file system refused a call.
     """
+    try:
+        _prepare_root(root)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot prepare the job store {root}: {exc}") from exc
+
+
+def _prepare_root(root: str) -> None:
     try:
         st = fs.lstat(root)
     except FileNotFoundError:

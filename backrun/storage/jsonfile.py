@@ -36,6 +36,7 @@ from . import fs
 from ._jsonfile_base import storage_errors, to_ns
 from ._jsonfile_changes import ChangesMixin
 from ._jsonfile_files import SUBDIRS, prepare_root
+from ._jsonfile_format import ensure_format
 from ._jsonfile_layout import (
     FINISHED_DIRS,
     RunningName,
@@ -94,6 +95,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
         if not create:
             check_is_store(root)
         prepare_root(root)
+        ensure_format(root)
         super().__init__(root, fsync=fsync)
         self.path = root
         self.fsync = fsync
