@@ -6,7 +6,8 @@ Measures, in one run and interleaved so machine drift hits all alike:
   function N times (submit + run + wait);
 * backrun, ``threads=4``, MemoryStorage, with the middleware stack
   off, with the default stack (tracing + metrics, no OpenTelemetry SDK), and
-  with the default stack plus an OpenTelemetry SDK and a batch exporter;
+  with the default stack plus an OpenTelemetry SDK and a batch exporter, and
+  with each layer of the default stack alone (its own cost per job);
   enqueue rate from one thread, then the drain rate of the filled store.
 
 Usage: python benchmarks/engine_overhead.py [--jobs 100000] [--repeat 3] [--json PATH]
@@ -91,6 +92,15 @@ def _default() -> list[backrun.Middleware]:
     return list(default_middleware())
 
 
+def _one_layer(index: int) -> Callable[[], list[backrun.Middleware]]:
+    """The default stack's layer at ``index``, alone."""
+
+    def build() -> list[backrun.Middleware]:
+        return [_default()[index]]
+
+    return build
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -104,6 +114,11 @@ def main() -> None:
         "backrun, default middleware": lambda: through_engine(args.jobs, _default),
         "backrun, default + OTel SDK": lambda: through_engine(args.jobs, _sdk_middleware),
     }
+    for index, layer in enumerate(_default()):
+        build = _one_layer(index)
+        systems[f"backrun, {type(layer).__name__} alone"] = (
+            lambda build=build: through_engine(args.jobs, build)  # type: ignore[misc]
+        )
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in systems}
     for _ in range(args.repeat):
         for name, run in systems.items():
