@@ -125,6 +125,7 @@ class StoreBase:
         self.mutex = threading.RLock()
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
+        self.ready_window: int | None = None  # None: _jsonfile_cache.WINDOW
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
@@ -195,6 +196,7 @@ class StoreBase:
                 lambda name: self.files.quarantine(
                     os.path.join(directory, name), "not a job file name in ready/"
                 ),
+                window=self.ready_window,
             )
         return cache
 

@@ -1,4 +1,4 @@
-"""One ready directory's names, kept in memory and re-listed only when the directory changed.
+"""One ready directory's names: a bounded window in memory, re-listed only when it must be.
 
 Choosing a job to claim reads names only. A listing is trusted until the
 directory's mtime moves; since the kernel stamps mtimes with a coarse clock,
@@ -7,53 +7,96 @@ re-checked next time (as git does for its index). While due jobs remain in
 memory, re-listing after another process's change is rate-limited, so a busy
 directory costs a bounded share of the claims; this store's own changes go
 straight into memory.
+
+**The window.** Only the ``window`` names that will be claimed first are
+kept parsed: ranked by "due when listed" first, then by name (priority,
+run_at, id), which is the claim order. For every other name the cache keeps
+its id (an ``int``, for exact duplicate checks), the counts per state and the
+earliest run key, so a backlog of a million jobs costs a few bytes a job
+instead of a parsed record. The window is refilled by a streaming re-list
+when it holds no due job while hidden ones are due, and (rate-limited) when a
+hidden job that was not due when listed has become due, since it may sort
+before the window's jobs. Hidden names that were due when listed sort after
+every name in the window, so claim order is exact between re-lists.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from backrun.jobs import JobState
 
 from . import fs
 from ._jsonfile_layout import GRAB_SUFFIX, ReadyName, parse_ready
 
-__all__ = ["RACY_NS", "RECHECK_S", "RELIST_COST_FACTOR", "RELIST_MIN_S", "ReadyCache"]
+__all__ = [
+    "RACY_NS",
+    "RECHECK_S",
+    "RELIST_COST_FACTOR",
+    "RELIST_MIN_S",
+    "WINDOW",
+    "ReadyCache",
+]
 
 RACY_NS = 20_000_000
 """A listing taken this soon (ns) after the directory's last change is not trusted."""
 RELIST_MIN_S = 0.005
 RELIST_COST_FACTOR = 10.0
+"""While due jobs remain, re-list at most every max(RELIST_MIN_S, factor x listing cost)."""
 RECHECK_S = 0.05
 """The claim path re-checks q/ and later/ (queues, far-future buckets) at most this often."""
-"""While due jobs remain, re-list at most every max(RELIST_MIN_S, factor x listing cost)."""
+WINDOW = 4096
+"""Default number of ready names per queue kept parsed in memory."""
+_FORGET_AFTER = 64
+"""A window grown this many times its size by this store's adds, unlisted, starts over."""
+_NO_KEY = 1 << 80  # later than any run key
 
 
 class ReadyCache:
     """The waiting jobs of one queue's ready directory. Not thread-safe: the store locks."""
 
-    def __init__(self, path: str, on_stranger: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_stranger: Callable[[str], None] | None = None,
+        *,
+        window: int | None = None,
+    ) -> None:
         self.path = path
+        self.window = max(1, window if window is not None else WINDOW)
         self._on_stranger = on_stranger
         self._strangers: set[str] = set()  # names not of a job, reported once each
         self.mtime_ns = -1
         self.racy = True
         self.listed_at = float("-inf")
         self.list_cost = 0.0
-        self.live: dict[str, ReadyName] = {}
-        self.by_id: dict[str, str] = {}
+        self.live: dict[str, ReadyName] = {}  # the window
+        self.by_id: dict[str, str] = {}  # the window's ids
         self._due: list[str] = []
         self._pending: list[tuple[int, str]] = []
+        self._ids: set[int] = set()  # every known name's id, in the window or not
+        self._counts = {JobState.SCHEDULED: 0, JobState.QUEUED: 0}
+        self._ranked_at = 0  # the "now" the window was ranked with
+        self._hidden = 0  # names outside the window
+        self._hidden_min = 0  # earliest run key among them (may be stale-low)
+        self._hidden_soon = 0  # earliest run key among them not due at _ranked_at (a bound)
+
+    # -- listing -----------------------------------------------------------------
 
     def refresh(self, now_key: int, *, force: bool = False, watched: bool = False) -> None:
         """Re-list the directory if it changed (and, while jobs are due, not too often).
 
         ``watched``: a watcher will wake the caller when the directory changes,
         so a listing younger than :data:`RELIST_MIN_S` is trusted as it is.
+        A window that holds no due job while hidden ones may be due is refilled
+        whatever the directory's mtime says.
         """
         since = time.monotonic() - self.listed_at
-        if not force:
-            pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
+        pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
+        refill = self._must_refill(now_key, settled=since >= pause)
+        if not force and not refill:
             if since < pause and self.has_due(now_key):
                 return
             if watched and since < RELIST_MIN_S:
@@ -61,36 +104,75 @@ class ReadyCache:
         try:
             st = fs.stat(self.path)
         except FileNotFoundError:
-            self._load([], -1, racy=False)
+            self._load(iter(()), -1, now_key, racy=False)
             return
-        if st.st_mtime_ns == self.mtime_ns and not self.racy:
+        if st.st_mtime_ns == self.mtime_ns and not self.racy and not refill:
             return
         started = time.monotonic()
-        names = fs.listdir(self.path)
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS
-        self._load(names, st.st_mtime_ns, racy=racy)
+        self._load(fs.iter_names(self.path), st.st_mtime_ns, now_key, racy=racy)
         self.listed_at = time.monotonic()
         self.list_cost = self.listed_at - started
 
-    def _load(self, names: list[str], mtime_ns: int, *, racy: bool) -> None:
+    def _must_refill(self, now_key: int, *, settled: bool) -> bool:
+        """True if a hidden name may now be claimable before the window's best."""
+        if not self._hidden or self._hidden_min > now_key:
+            return False
+        best = self.best_due(now_key)
+        if best is None:
+            return True  # the window is spent and a hidden job may be due
+        # One not due when ranked may be due now and sort first.
+        return settled and self._hidden_soon <= now_key
+
+    def _load(self, names: Iterator[str], mtime_ns: int, now_key: int, *, racy: bool) -> None:
+        rank_now = max(now_key, self._ranked_at)
+        ids: set[int] = set()
+        counts = {JobState.SCHEDULED: 0, JobState.QUEUED: 0}
+        strangers: list[str] = []
+        lowest = [_NO_KEY, _NO_KEY]  # earliest run key of all names, of those not due
+
+        def ranked() -> Iterator[tuple[bool, str, ReadyName]]:
+            for name in names:
+                if name.endswith(GRAB_SUFFIX):
+                    continue
+                parsed = parse_ready(name)
+                if parsed is None:
+                    if name not in self._strangers:
+                        strangers.append(name)
+                    continue
+                ids.add(int(parsed.job_id, 16))
+                counts[parsed.state] += 1
+                key = parsed.run_key
+                later = key > rank_now
+                if key < lowest[0]:
+                    lowest[0] = key
+                if later and key < lowest[1]:
+                    lowest[1] = key
+                yield later, name, parsed
+
+        window = heapq.nsmallest(self.window, ranked())
         self.mtime_ns = mtime_ns
         self.racy = racy
-        self.live = {}
-        self.by_id = {}
-        for name in names:
-            if name.endswith(GRAB_SUFFIX):
-                continue
-            parsed = parse_ready(name)
-            if parsed is not None:
-                self.live[name] = parsed
-                self.by_id[parsed.job_id] = name
-            elif name not in self._strangers:
-                self._strangers.add(name)
-                if self._on_stranger is not None:
-                    self._on_stranger(name)
+        self._ranked_at = rank_now
+        self.live = {name: parsed for _, name, parsed in window}
+        self.by_id = {parsed.job_id: name for _, name, parsed in window}
+        self._ids = ids
+        self._counts = counts
+        self._hidden = len(ids) - len(window)
+        # Bounds, not exact values (hidden keys are not kept): when the
+        # window's worst is not due, every hidden name is not due either.
+        worst_later = bool(window) and window[-1][0]
+        self._hidden_min = lowest[1] if worst_later else lowest[0]
+        self._hidden_soon = lowest[1]
         self._due = []
         self._pending = [(p.run_key, p.name) for p in self.live.values()]
         heapq.heapify(self._pending)
+        for name in strangers:
+            self._strangers.add(name)
+            if self._on_stranger is not None:
+                self._on_stranger(name)
+
+    # -- this store's own changes ----------------------------------------------------
 
     def add(self, parsed: ReadyName) -> None:
         """Record a file this store has just written."""
@@ -99,15 +181,46 @@ class ReadyCache:
         old = self.by_id.get(parsed.job_id)
         if old is not None:
             self.discard(old)
+        key = int(parsed.job_id, 16)
+        if key in self._ids:  # under a hidden name we do not know: re-list to count it
+            self.racy = True
+        else:
+            self._ids.add(key)
+            self._counts[parsed.state] += 1
+        # Always into the window, whatever its size: it stays a superset of
+        # the names to claim first, so claim order stays exact; the next
+        # listing trims it.
         self.live[parsed.name] = parsed
         self.by_id[parsed.job_id] = parsed.name
         heapq.heappush(self._pending, (parsed.run_key, parsed.name))
+        if len(self.live) > _FORGET_AFTER * self.window:
+            self._forget()  # a producer that never lists: keep its memory bounded
+
+    def _forget(self) -> None:
+        """Drop everything known; the next :meth:`refresh` lists the directory."""
+        self._load(iter(()), -1, self._ranked_at, racy=True)
+        self.listed_at = float("-inf")
 
     def discard(self, name: str) -> None:
         """Forget a file that was claimed, moved or found gone."""
         parsed = self.live.pop(name, None)
-        if parsed is not None and self.by_id.get(parsed.job_id) == name:
+        hidden = parsed is None
+        if parsed is None:
+            parsed = parse_ready(name)
+            if parsed is None:
+                return
+        if self.by_id.get(parsed.job_id) == name:
             del self.by_id[parsed.job_id]
+        elif parsed.job_id in self.by_id:
+            return  # an old name of a job the window holds under its new one
+        key = int(parsed.job_id, 16)
+        if key in self._ids:
+            self._ids.discard(key)
+            self._counts[parsed.state] = max(0, self._counts[parsed.state] - 1)
+            if hidden:
+                self._hidden = max(0, self._hidden - 1)
+
+    # -- questions ---------------------------------------------------------------------
 
     def _promote(self, now_key: int) -> None:
         pending = self._pending
@@ -133,13 +246,17 @@ class ReadyCache:
                 return name
         return None
 
+    def spent(self, now_key: int) -> bool:
+        """True if the window holds no due job while a hidden one may be due."""
+        return self._hidden > 0 and self._hidden_min <= now_key and not self.has_due(now_key)
+
     def has_due(self, now_key: int) -> bool:
-        """True if some remembered job is due at ``now_key``."""
+        """True if some job in the window is due at ``now_key``."""
         return self.best_due(now_key) is not None
 
     def earliest(self) -> int | None:
-        """The earliest run key among the remembered jobs, or ``None``."""
-        best: int | None = None
+        """The earliest run key among the known jobs (hidden ones bound it), or ``None``."""
+        best: int | None = self._hidden_min if self._hidden else None
         for name in self._due:
             parsed = self.live.get(name)
             if parsed is not None and (best is None or parsed.run_key < best):
@@ -150,3 +267,38 @@ class ReadyCache:
         if pending and (best is None or pending[0][0] < best):
             best = pending[0][0]
         return best
+
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state in the directory as last listed, with this store's changes."""
+        return dict(self._counts)
+
+    def holds(self, job_id: str) -> bool:
+        """True if a ready name of ``job_id`` is known, in the window or not."""
+        return int(job_id, 16) in self._ids
+
+    @property
+    def complete(self) -> bool:
+        """True if every known name is in the window."""
+        return self._hidden == 0
+
+    def every_name(self) -> list[ReadyName]:
+        """Every ready job of the directory: the window when complete, else a fresh listing."""
+        if self.complete:
+            return list(self.live.values())
+        found: list[ReadyName] = []
+        for name in fs.iter_names(self.path):
+            parsed = parse_ready(name)
+            if parsed is not None:
+                found.append(parsed)
+        return found
+
+    def name_of(self, job_id: str) -> str | None:
+        """The ready name of ``job_id``: from the window, else by scanning the directory."""
+        name = self.by_id.get(job_id)
+        if name is not None or self.complete or not self.holds(job_id):
+            return name
+        marker = f"~{job_id}~"
+        for candidate in fs.iter_names(self.path):
+            if marker in candidate and not candidate.endswith(GRAB_SUFFIX):
+                return candidate
+        return None

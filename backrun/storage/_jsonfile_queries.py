@@ -153,7 +153,7 @@ class QueryMixin(StoreBase):
         with self.mutex:
             cache = self.cache(qenc)
             cache.refresh(0, force=True)
-            name = cache.by_id.get(job_id)
+            name = cache.name_of(job_id)
         if name is not None:
             path = os.path.join(cache.path, name)
             job = self.read_checked(path, job_id, READY_STATES)
@@ -214,7 +214,7 @@ class QueryMixin(StoreBase):
                 with self.mutex:
                     cache = self.cache(qenc)
                     cache.refresh(0, force=True)
-                    ready = list(cache.live.values())
+                    ready = cache.every_name()
                 for parsed in ready:
                     if state is None or parsed.state is state:
                         paths[parsed.job_id] = (os.path.join(cache.path, parsed.name), READY_STATES)
@@ -257,8 +257,9 @@ class QueryMixin(StoreBase):
             with self.mutex:
                 cache = self.cache(qenc)
                 cache.refresh(0, force=True)
-                for parsed in cache.live.values():
-                    counts[(queue, parsed.state)] += 1
+                for ready_state, total in cache.counts().items():
+                    if total:
+                        counts[(queue, ready_state)] += total
             for _, name in self._later_names(qenc):
                 later = parse_ready(name)
                 if later is not None:
@@ -311,9 +312,9 @@ class QueryMixin(StoreBase):
                 self.promote(qenc, now_key)
                 cache = self.cache(qenc)
                 cache.refresh(0, force=True)
-                keys = [p.run_key for p in cache.live.values() if p.run_key <= now_key]
-            if keys:
-                oldest[decode_queue(qenc)] = from_key(min(keys))
+                key = cache.earliest()
+            if key is not None and key <= now_key:
+                oldest[decode_queue(qenc)] = from_key(key)
         return oldest
 
     @wraps_os_errors("orphans")

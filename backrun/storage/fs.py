@@ -25,6 +25,7 @@ __all__ = [
     "fsync",
     "fsync_dir",
     "fsync_path",
+    "iter_names",
     "link",
     "listdir",
     "lock_exclusive",
@@ -171,6 +172,14 @@ def listdir(path: str) -> list[str]:
     """Return the names in directory ``path``."""
     _report("listdir", path)
     return os.listdir(path)
+
+
+def iter_names(path: str) -> Iterator[str]:
+    """Yield the names in directory ``path`` one at a time (no list of them all is built)."""
+    _report("listdir", path)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            yield entry.name
 
 
 def stat(path: str) -> os.stat_result:

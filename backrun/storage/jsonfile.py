@@ -74,6 +74,9 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
         create: ``False`` opens only an existing store and creates nothing
             (inspection: a typo or a wrong directory is refused, not turned
             into a store).
+        ready_window: how many waiting jobs per queue are kept parsed in
+            memory (default 4096); the rest cost only their id, so a backlog
+            of any size costs a worker a bounded amount of memory.
 
     Raises:
         StorageError: the directory is unsafe or cannot be created, or
@@ -90,13 +93,19 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
         tmp_grace: timedelta = timedelta(minutes=10),
         watch_interval: float = 0.01,
         create: bool = True,
+        ready_window: int | None = None,
     ) -> None:
         root = os.path.abspath(os.fspath(path))
         if not create:
             check_is_store(root)
         prepare_root(root)
         ensure_format(root)
+        if ready_window is not None and (
+            isinstance(ready_window, bool) or not isinstance(ready_window, int) or ready_window < 1
+        ):
+            raise ValueError(f"ready_window must be a positive int, not {ready_window!r}")
         super().__init__(root, fsync=fsync)
+        self.ready_window = ready_window
         self.path = root
         self.fsync = fsync
         self.retention = retention
@@ -176,7 +185,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
             return True
         with self.mutex:
             for cache in self.caches.values():
-                if job_id in cache.by_id:
+                if cache.holds(job_id):
                     return True
         for qenc in self.made:
             for sub in FINISHED_DIRS.values():
@@ -245,6 +254,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
                 for qenc in qencs:
                     self.promote(qenc, now_key, fresh=not busy)
                     self.cache(qenc).refresh(now_key, watched=self._watcher.active)
+            refills = 0
             while len(claimed) < limit:
                 with self.mutex:
                     best: tuple[str, str] | None = None
@@ -253,7 +263,14 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
                         if name is not None and (best is None or name < best[1]):
                             best = (qenc, name)
                     if best is None:
-                        break
+                        # A window spent mid-batch: refill it from the directory.
+                        spent = [q for q in qencs if self.cache(q).spent(now_key)]
+                        if not spent or refills >= limit:
+                            break
+                        refills += 1
+                        for qenc in spent:
+                            self.cache(qenc).refresh(now_key)
+                        continue
                     qenc, name = best
                     cache = self.cache(qenc)
                     cache.discard(name)  # taken out under the lock: no other thread tries it
