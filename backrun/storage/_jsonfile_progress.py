@@ -1,4 +1,6 @@
-"""Where the JSON store keeps a running job's progress: one small file per claim.
+"""Where the JSON store keeps progress files and follow-up intent files.
+
+Progress: one small file per claim.
 
 ``progress/<job id>~<claim token>.json`` holds the latest ``ctx.progress``
 of that claim, replaced by a rename. The running file itself is never
@@ -19,7 +21,12 @@ from backrun.serialization import progress_from_dict
 
 from . import fs
 
-__all__ = ["progress_dir", "progress_path", "read_progress"]
+__all__ = ["followups_dir", "progress_dir", "progress_path", "read_progress"]
+
+
+def followups_dir(root: str) -> str:
+    """The directory of follow-up intent files (see ``_jsonfile_results``)."""
+    return os.path.join(root, "followups")
 
 
 def progress_dir(root: str) -> str:

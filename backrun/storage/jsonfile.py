@@ -355,6 +355,8 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage)
                 self.ungrab(grabbed)
                 raise
         self._replace_grabbed(tmp, dest, grabbed, job)
+        if job.state is JobState.SUCCEEDED and job.followups:
+            self.forget_followups(job.id)
         if job.state is not JobState.RUNNING:
             self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
             if job.progress is not None:
