@@ -114,7 +114,7 @@ def test_a_followup_is_validated_at_the_parents_enqueue(engine: backrun.Engine) 
         engine.enqueue(Parent, {}, then=[backrun.Next("nobody", {})])
     with pytest.raises(ValueError, match="queue"):
         engine.enqueue(Parent, {}, then=[backrun.Next(Notify, {"to": "a"}, queue="")])
-    with pytest.raises(TypeError, match="backrun.Next"):
+    with pytest.raises(TypeError, match=r"backrun\.Next"):
         engine.enqueue(Parent, {}, then=[(Notify, {"to": "a"})])  # type: ignore[list-item]
     assert engine.jobs(limit=10) == []
 

@@ -216,7 +216,7 @@ def test_an_unstorable_result_fails_the_attempt(engine: backrun.Engine) -> None:
 def test_wait_times_out_cleanly(engine: backrun.Engine) -> None:
     job = engine.enqueue(Count, {"width": 1, "height": 1})
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match="still queued after 0.2 s"):
+    with pytest.raises(TimeoutError, match=r"still queued after 0\.2 s"):
         engine.wait(job.id, timeout=0.2)
     assert 0.2 <= time.monotonic() - started < 3
     with pytest.raises(TimeoutError):
