@@ -74,6 +74,9 @@ class JobContext:
         deadline: when the attempt times out (aware UTC), or ``None``.
         engine: the engine running the attempt (to enqueue follow-up jobs);
             typed as the narrow :class:`EngineHandle`.
+        returned: what the handler returned (set by the worker; stored as the
+            job's result on success).
+        latest_progress: the last :meth:`progress` reported, or ``None``.
 
     Tests that call a handler's ``execute`` directly may build one, passing
     their own ``cancelled`` event or letting it be created on first use.

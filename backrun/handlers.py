@@ -133,6 +133,8 @@ class HandlerSpec:
                 (results share the payload limit) or nests too deep.
             ValueError: the result does not serialize as its return type says.
         """
+        if value is None:
+            return None  # most handlers return nothing: no serializer, no size check
         try:
             dumped = self.result_adapter.dump_python(value, mode="json")
         except PydanticSerializationError as exc:

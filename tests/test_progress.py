@@ -152,3 +152,21 @@ def test_progress_is_an_event_on_the_attempts_span() -> None:
         ),
         ("progress", {"backrun.progress.done": 2, "backrun.progress.total": 2}),
     ]
+
+
+def test_the_dashboard_shows_progress_and_result() -> None:
+    from backrun.web import Dashboard
+    from tests.web.client import Client
+
+    engine = backrun.Engine(MemoryStorage(), middleware=[])
+
+    @engine.handler(name="steps")
+    def steps(payload: Tiles, ctx: backrun.JobContext) -> dict[str, int]:
+        ctx.progress(payload.count, total=payload.count, message="tiles")
+        return {"tiles": payload.count}
+
+    job = engine.enqueue("steps", {"count": 4})
+    engine.run_until_idle()
+    html = Client(Dashboard(engine)).get(f"/jobs/{job.id}").text  # type: ignore[arg-type]
+    assert "<dt>Progress</dt><dd>4 of 4 · tiles</dd>" in html
+    assert "&#34;tiles&#34;: 4" in html or "&quot;tiles&quot;: 4" in html
