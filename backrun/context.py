@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ class EngineHandle(Protocol):
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
+        then: Sequence[Any] = (),
     ) -> Job:
         """Enqueue a follow-up job; see :meth:`backrun.Engine.enqueue`."""
         ...
