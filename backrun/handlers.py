@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
 import pkgutil
 import sys
@@ -34,6 +35,8 @@ __all__ = [
 
 P = TypeVar("P")
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("backrun.handlers")
 
 _MARK = "__backrun_handler__"
 _ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
@@ -363,7 +366,16 @@ def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
     """The ``TypeAdapter`` of ``fn``'s return annotation (``Any`` when it has none)."""
     if inspect.signature(fn).return_annotation is inspect.Signature.empty:
         return _ANY_ADAPTER
-    hint = _resolve_hints(fn).get("return", Any)
+    try:
+        hint = _resolve_hints(fn).get("return", Any)
+    except TypeError:
+        # Another annotation (a ctx type imported under TYPE_CHECKING) cannot be
+        # resolved: that must not refuse the handler; its return value is stored as is.
+        log.warning(
+            "%s: cannot resolve its annotations; its return value is stored untyped",
+            fn.__qualname__,
+        )
+        return _ANY_ADAPTER
     return _ANY_ADAPTER if hint is Any else TypeAdapter(hint)
 
 

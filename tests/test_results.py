@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -293,3 +294,21 @@ def test_the_result_is_stored_in_the_write_that_records_success() -> None:
     engine.run_until_idle()
     mine = [w for w in writes if w.id == job.id]
     assert [(w.state, w.result) for w in mine] == [(JobState.SUCCEEDED, 6)]
+
+
+def test_an_unresolvable_ctx_annotation_does_not_refuse_the_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Loose(backrun.Handler[Empty]):
+        name = "loose"
+
+        def execute(self, payload: Empty, ctx: OnlyForTypeCheckers) -> int:  # type: ignore[name-defined]  # noqa: F821
+            return 7
+
+    engine = backrun.Engine(MemoryStorage(), middleware=[])
+    with caplog.at_level(logging.WARNING, logger="backrun.handlers"):
+        engine.add_handler(Loose)
+    assert "stored untyped" in caplog.text
+    job = engine.enqueue(Loose)
+    engine.run_until_idle()
+    assert engine.result(job.id, timeout=5) == 7
