@@ -155,18 +155,17 @@ class AttemptRecorder:
             deadline=None if timeout is None else started + timeout,
             engine=self.engine,
         )
-        storage = self.storage
-
-        def write_progress(progress: Progress) -> None:
-            try:
-                storage.record_progress(job, progress)
-            except LeaseLost:
-                pass  # the attempt's end is recorded (or refused) elsewhere
-            except Exception as exc:
-                log.warning("job %s: could not record its progress: %s", job.id, exc)
-
-        ctx.on_progress(write_progress)
+        ctx.progress_sink = self._write_progress
         return Attempt(job, ctx, slot)
+
+    def _write_progress(self, ctx: JobContext, progress: Progress) -> None:
+        """Store an attempt's progress report (``ctx.progress``, already throttled)."""
+        try:
+            self.storage.record_progress(ctx.job, progress)
+        except LeaseLost:
+            pass  # the attempt's end is recorded (or refused) elsewhere
+        except Exception as exc:
+            log.warning("job %s: could not record its progress: %s", ctx.job.id, exc)
 
     def invoke(self, ctx: JobContext) -> None:
         """The innermost link of the chain: run the handler itself."""

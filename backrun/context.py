@@ -78,6 +78,8 @@ class JobContext:
         returned: what the handler returned (set by the worker; stored as the
             job's result on success).
         latest_progress: the last :meth:`progress` reported, or ``None``.
+        progress_sink: where written progress reports go (the worker stores
+            them); ``None`` outside a worker.
 
     Tests that call a handler's ``execute`` directly may build one, passing
     their own ``cancelled`` event or letting it be created on first use.
@@ -93,6 +95,7 @@ class JobContext:
         "engine",
         "job",
         "latest_progress",
+        "progress_sink",
         "returned",
         "worker_id",
     )
@@ -117,6 +120,7 @@ class JobContext:
         self.latest_progress: Progress | None = None
         self._progress_at = -math.inf
         self._progress_listeners: list[Callable[[Progress], None]] = []
+        self.progress_sink: Callable[[JobContext, Progress], None] | None = None
 
     def __repr__(self) -> str:
         return f"<JobContext job={self.job.id} handler={self.job.handler} attempt={self.attempt}>"
@@ -176,6 +180,9 @@ class JobContext:
         if now - self._progress_at < PROGRESS_INTERVAL and not finished:
             return
         self._progress_at = now
+        sink = self.progress_sink
+        if sink is not None:
+            sink(self, current)
         for listener in self._progress_listeners:
             listener(current)
 
