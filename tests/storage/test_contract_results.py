@@ -144,3 +144,19 @@ def test_progress_is_an_owner_write_that_changes_nothing_else(storage: Storage) 
     final = storage.get(job.id)
     assert final is not None
     assert final.progress == Progress(4, 4)
+
+
+def test_a_record_written_before_these_fields_still_loads() -> None:
+    from backrun.serialization import job_from_dict, job_to_dict
+
+    job = make_job(result=[1], progress=Progress(1, 2, "x"), version=3, followups=(followup(),))
+    old = job_to_dict(job)
+    for key in ("result", "progress", "version", "followups"):
+        del old[key]
+    loaded = job_from_dict(old)
+    assert (loaded.result, loaded.progress, loaded.version, loaded.followups) == (None, None, 1, ())
+    assert job_from_dict(job_to_dict(job)) == job
+    with pytest.raises(ValueError, match="followups"):
+        job_from_dict({**job_to_dict(job), "followups": "nope"})
+    with pytest.raises(ValueError, match="progress"):
+        job_from_dict({**job_to_dict(job), "progress": [1, 2]})
