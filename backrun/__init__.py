@@ -21,9 +21,11 @@ from .errors import (
     StorageError,
     UnknownHandler,
 )
+from .followups import Next
 from .handlers import Handler, handler
-from .jobs import Job, JobError, JobState
+from .jobs import Job, JobError, JobState, Progress
 from .middleware import Middleware
+from .results import JobFailed
 from .retries import RetryPolicy
 from .schedules import Schedule
 from .storage.base import Storage
@@ -46,6 +48,7 @@ __all__ = [
     "Job",
     "JobContext",
     "JobError",
+    "JobFailed",
     "JobNotFound",
     "JobState",
     "JobTimeout",
@@ -53,8 +56,10 @@ __all__ = [
     "LeaseLost",
     "MemoryStorage",
     "Middleware",
+    "Next",
     "PayloadTooLarge",
     "PostgresStorage",
+    "Progress",
     "RetryPolicy",
     "Schedule",
     "Storage",

@@ -21,10 +21,13 @@ from .clock import Clock
 from .context import EngineHandle, JobContext, _current
 from .errors import DoNotRetry, LeaseLost, UnknownHandler
 from .handlers import HandlerSpec
-from .jobs import Job, JobError, JobState
+from .jobs import Job, JobError, JobState, Progress
 from .middleware import Middleware, overrides
+from .results import announce
 from .retries import RetryPolicy
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from .storage.base import Storage
+from .versions import NewerVersion, defer_newer, newer_version
 
 __all__ = ["Attempt", "AttemptRecorder", "HandlerLookup", "Slot", "describe_error"]
 
@@ -106,6 +109,7 @@ class AttemptRecorder:
         worker_id: stamped on each attempt's context.
         middleware: whose ``attempt_finished``/``orphan_recovered`` hooks hear outcomes.
         forced: true once the worker is forced to stop (a write then gives up).
+        max_result_bytes: the largest encoded return value stored with a success.
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class AttemptRecorder:
         worker_id: str,
         middleware: Sequence[Middleware],
         forced: Callable[[], bool],
+        max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.engine = engine
+        self._max_result_bytes = max_result_bytes
         self.storage = storage
         self.clock = clock
         self._registry = handlers
@@ -129,6 +135,7 @@ class AttemptRecorder:
         self._forced = forced
         self._finished_hooks = [m for m in middleware if overrides(m, "attempt_finished")]
         self._orphan_hooks = [m for m in middleware if overrides(m, "orphan_recovered")]
+        self._deferred_hooks = [m for m in middleware if overrides(m, "job_deferred")]
 
     def policy_for(self, job: Job) -> RetryPolicy:
         """The retry policy that governs ``job``: its handler's, else the engine's."""
@@ -148,7 +155,17 @@ class AttemptRecorder:
             deadline=None if timeout is None else started + timeout,
             engine=self.engine,
         )
+        ctx.progress_sink = self._write_progress
         return Attempt(job, ctx, slot)
+
+    def _write_progress(self, ctx: JobContext, progress: Progress) -> None:
+        """Store an attempt's progress report (``ctx.progress``, already throttled)."""
+        try:
+            self.storage.record_progress(ctx.job, progress)
+        except LeaseLost:
+            pass  # the attempt's end is recorded (or refused) elsewhere
+        except Exception as exc:
+            log.warning("job %s: could not record its progress: %s", ctx.job.id, exc)
 
     def invoke(self, ctx: JobContext) -> None:
         """The innermost link of the chain: run the handler itself."""
@@ -157,7 +174,7 @@ class AttemptRecorder:
             raise UnknownHandler(
                 f"no handler named {ctx.job.handler!r} is registered in this worker"
             )
-        spec.invoke(ctx.job.payload, ctx)
+        ctx.returned = spec.invoke(ctx.job.payload, ctx)
 
     def execute(
         self, attempt: Attempt, chain: Callable[[JobContext], None]
@@ -168,6 +185,9 @@ class AttemptRecorder:
         they never stop the worker.
         """
         ctx = attempt.ctx
+        newer = newer_version(ctx.job, self._registry.get(ctx.job.handler))
+        if newer is not None:
+            return newer  # not run: no middleware, no span; finish() defers it
         token = _current.set(ctx)
         try:
             chain(ctx)
@@ -177,7 +197,9 @@ class AttemptRecorder:
             _current.reset(token)
         return None
 
-    def outcome(self, attempt: Attempt, error: BaseException | None, now: datetime) -> Job:
+    def outcome(
+        self, attempt: Attempt, error: BaseException | None, now: datetime, result: Any = None
+    ) -> Job:
         """The record that ends ``attempt``: success, retry, DEAD or CANCELLED.
 
         A job whose cancel was requested during the attempt ends CANCELLED
@@ -187,6 +209,8 @@ class AttemptRecorder:
         ``ctx.cancelled``; those are recorded as a timeout or a release.)
         """
         job = attempt.job
+        if attempt.ctx.latest_progress is not None:
+            job = job.replace(progress=attempt.ctx.latest_progress)
         if attempt.stop_requested:
             errors = job.errors
             if error is not None:
@@ -195,7 +219,10 @@ class AttemptRecorder:
                 state=JobState.CANCELLED, errors=errors, finished_at=now, lease_expires_at=None
             )
         if error is None:
-            return job.replace(state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None)
+            # The result rides in the one write that records the success.
+            return job.replace(
+                state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None, result=result
+            )
         errors = (*job.errors, describe_error(error, job.attempts, now))
         policy = self.policy_for(job)
         retryable = not isinstance(error, UnknownHandler | DoNotRetry)
@@ -221,13 +248,41 @@ class AttemptRecorder:
         Returns:
             False if the store still refused the write when patience ran out.
         """
+        if isinstance(error, NewerVersion):
+            return self._defer(attempt, error, patience)
         if error is not None and not isinstance(error, Exception):
             log.warning("job %s raised %s; recorded as a failure", attempt.job.id, type(error))
-        recorded = self._persist(self.outcome(attempt, error, self.clock.now()), patience)
+        result = None
+        if error is None and not attempt.stop_requested:
+            result, error = self._stored_result(attempt)
+        recorded = self._persist(self.outcome(attempt, error, self.clock.now(), result), patience)
         if recorded is _GAVE_UP:
             return False
         if recorded is not None:
             self._announce(attempt, recorded, error)
+        return True
+
+    def _stored_result(self, attempt: Attempt) -> tuple[Any, BaseException | None]:
+        """The JSON form of what the handler returned, or the error that fails the attempt."""
+        spec = self._registry.get(attempt.job.handler)
+        value = attempt.ctx.returned
+        if spec is None:
+            return None, None
+        try:
+            return spec.dump_result(value, self._max_result_bytes), None
+        except Exception as exc:
+            return None, exc
+
+    def _defer(self, attempt: Attempt, newer: NewerVersion, patience: float | None) -> bool:
+        """Give a job of a newer payload version back, uncharged, for a newer worker."""
+        deferred = defer_newer(attempt.job, self.clock.now())
+        recorded = self._persist(deferred, patience)
+        if recorded is _GAVE_UP:
+            return False
+        if recorded is not None:
+            log.warning("%s; left for a newer worker until %s", newer, deferred.run_at)
+            for layer in self._deferred_hooks:
+                _safely(layer.job_deferred, recorded, "newer_version")
         return True
 
     def release(self, attempt: Attempt) -> None:
@@ -244,6 +299,8 @@ class AttemptRecorder:
                 started_at=None,
                 lease_expires_at=None,
             )
+        if attempt.ctx.latest_progress is not None:
+            new = new.replace(progress=attempt.ctx.latest_progress)
         recorded = self._persist(new, patience=5.0)
         if isinstance(recorded, Job):
             log.info("released job %s back to %s", job.id, recorded.state.value)
@@ -304,6 +361,7 @@ class AttemptRecorder:
                 continue
             if failing:
                 log.warning("job %s: store is writable again; attempt recorded", job.id)
+            announce(job)
             return job
 
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextvars
+import logging
+import math
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from .clock import Clock
-from .jobs import Job
+from .jobs import Job, Progress
 
-__all__ = ["EngineHandle", "JobContext", "current_job"]
+__all__ = ["PROGRESS_INTERVAL", "EngineHandle", "JobContext", "current_job"]
+
+log = logging.getLogger("backrun.worker")
+
+PROGRESS_INTERVAL = 1.0
+"""Seconds between two progress writes of one attempt (``ctx.progress`` throttling)."""
 
 
 class EngineHandle(Protocol):
@@ -38,6 +46,7 @@ class EngineHandle(Protocol):
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
+        then: Sequence[Any] = (),
     ) -> Job:
         """Enqueue a follow-up job; see :meth:`backrun.Engine.enqueue`."""
         ...
@@ -66,12 +75,30 @@ class JobContext:
         deadline: when the attempt times out (aware UTC), or ``None``.
         engine: the engine running the attempt (to enqueue follow-up jobs);
             typed as the narrow :class:`EngineHandle`.
+        returned: what the handler returned (set by the worker; stored as the
+            job's result on success).
+        latest_progress: the last :meth:`progress` reported, or ``None``.
+        progress_sink: where written progress reports go (the worker stores
+            them); ``None`` outside a worker.
 
     Tests that call a handler's ``execute`` directly may build one, passing
     their own ``cancelled`` event or letting it be created on first use.
     """
 
-    __slots__ = ("_cancel_requested", "_event", "attempt", "deadline", "engine", "job", "worker_id")
+    __slots__ = (
+        "_cancel_requested",
+        "_event",
+        "_progress_at",
+        "_progress_listeners",
+        "attempt",
+        "deadline",
+        "engine",
+        "job",
+        "latest_progress",
+        "progress_sink",
+        "returned",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -89,6 +116,11 @@ class JobContext:
         self.engine = engine
         self._event = cancelled
         self._cancel_requested = False
+        self.returned: Any = None
+        self.latest_progress: Progress | None = None
+        self._progress_at = -math.inf
+        self._progress_listeners: list[Callable[[Progress], None]] = []
+        self.progress_sink: Callable[[JobContext, Progress], None] | None = None
 
     def __repr__(self) -> str:
         return f"<JobContext job={self.job.id} handler={self.job.handler} attempt={self.attempt}>"
@@ -120,6 +152,48 @@ class JobContext:
                     self._event = event
         return event
 
+    def progress(
+        self, done: float, *, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Say how far the job is: ``done`` of ``total`` (units of your choosing).
+
+        The latest value is visible in ``engine.get(job_id).progress``, the CLI
+        and the dashboard, and on the attempt's span as an event. Writes are
+        throttled to one per second per job (a call in between only updates
+        the value that the next write, or the job's outcome, stores), so a
+        tight loop may call this freely.
+
+        Raises:
+            ValueError: ``done`` or ``total`` is not a finite number.
+        """
+        for value in (done, total):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"progress numbers must be finite numbers, not {value!r}")
+        current = Progress(done, total, None if message is None else str(message))
+        self.latest_progress = current
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if now - self._progress_at < PROGRESS_INTERVAL and not finished:
+            return
+        self._progress_at = now
+        sink = self.progress_sink
+        if sink is not None:
+            sink(self, current)
+        for listener in self._progress_listeners:
+            listener(current)
+
+    def on_progress(self, listener: Callable[[Progress], None]) -> None:
+        """Call ``listener`` with each progress report that is written (for middleware).
+
+        Listeners run in the handler's thread, at most once a second; one
+        that raises is logged and skipped.
+        """
+        self._progress_listeners.append(_guarded(listener))
+
     def cancel(self) -> None:
         """Set :attr:`cancelled` (the worker calls this; handlers need not)."""
         with _lazy:
@@ -127,6 +201,16 @@ class JobContext:
             event = self._event
         if event is not None:
             event.set()
+
+
+def _guarded(listener: Callable[[Progress], None]) -> Callable[[Progress], None]:
+    def call(progress: Progress) -> None:
+        try:
+            listener(progress)
+        except Exception:
+            log.exception("progress listener %r failed", listener)
+
+    return call
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
 from .enqueueing import build_job, check_queue
+from .followups import Next, build_followups
 from .handlers import Handler, HandlerRegistry, HandlerSpec
 from .jobs import Job, JobState
 from .middleware import Middleware, compose_enqueue
 from .periodic import PeriodicJobs
+from .results import JobResults, announce
 from .retries import RetryPolicy
 from .schedules import Schedule
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH
@@ -64,7 +66,7 @@ def _default_middleware() -> list[Middleware]:
     return default_middleware()
 
 
-class Engine(PeriodicJobs):
+class Engine(PeriodicJobs, JobResults):
     """A job engine: register handlers, enqueue jobs, run workers.
 
     Args:
@@ -270,6 +272,18 @@ class Engine(PeriodicJobs):
             max_payload_depth=self.max_payload_depth,
         )
 
+    def _build_followup(
+        self,
+        handler: object,
+        payload: object,
+        *,
+        delay: timedelta | float | None,
+        queue: str | None,
+        priority: int,
+        headers: Mapping[str, str] | None,
+    ) -> Job:
+        return self._build(handler, payload, delay, None, queue, priority, headers)
+
     def _persist(self, job: Job) -> Job:
         self.storage.add(job)
         return job
@@ -285,6 +299,7 @@ class Engine(PeriodicJobs):
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
+        then: Sequence[Next] = (),
     ) -> Job:
         """Validate a payload and store a new job; return it once it is durable.
 
@@ -303,6 +318,9 @@ class Engine(PeriodicJobs):
                 transaction the job joins: it exists exactly when that
                 transaction commits. Needs a store that supports it
                 (:class:`PostgresStorage`).
+            then: follow-up jobs (:class:`backrun.Next`), validated now, stored
+                with this job and enqueued by the store in the step that records
+                its success (never if it ends DEAD or CANCELLED).
 
         Raises:
             UnknownHandler: the handler is not registered.
@@ -316,6 +334,8 @@ class Engine(PeriodicJobs):
             StorageError: the store could not write; nothing was stored.
         """
         job = self._build(handler, payload, delay, at, queue, priority, headers)
+        if then:
+            job = job.replace(followups=build_followups(then, self._build_followup))
         if connection is None:
             job = self._enqueue_chain(job)
         else:
@@ -427,6 +447,7 @@ class Engine(PeriodicJobs):
             JobNotFound: no job has this id.
         """
         job = self.storage.cancel(job_id, now=self.clock.now())
+        announce(job)
         if job.state is JobState.RUNNING:
             with self._workers_lock:
                 workers = list(self._workers)

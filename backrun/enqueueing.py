@@ -99,4 +99,5 @@ def build_job(
         run_at=run_at,
         created_at=now,
         headers=dict(headers) if headers else {},
+        version=spec.version,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
 import pkgutil
 import sys
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .context import JobContext
 from .errors import DoNotRetry, PayloadTooLarge, UnknownHandler
 from .retries import RetryPolicy
-from .serialization import DEFAULT_MAX_PAYLOAD_DEPTH
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH, check_payload
 
 __all__ = [
     "Handler",
@@ -34,7 +36,10 @@ __all__ = [
 P = TypeVar("P")
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger("backrun.handlers")
+
 _MARK = "__backrun_handler__"
+_ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class Handler(Generic[P]):
@@ -45,6 +50,13 @@ class Handler(Generic[P]):
             Set it explicitly before you rename or move the class.
         retry: a :class:`RetryPolicy` for this handler, overriding the engine's.
         queue: the queue its jobs go to unless ``enqueue`` says otherwise.
+        version: the payload schema version (default 1), stored with each job.
+            Raise it when the payload model changes incompatibly, and teach
+            :meth:`upcast` to turn older payloads into the new shape.
+
+    The return annotation of ``execute`` types its result: the value returned
+    is stored (in its JSON form) with the job's success and read back with
+    ``engine.result(job_id)``.
 
     A handler instance is built per job by its factory (default: the class
     called with no arguments), so instances need not be thread-safe.
@@ -53,15 +65,26 @@ class Handler(Generic[P]):
     name: ClassVar[str]
     retry: ClassVar[RetryPolicy | None] = None
     queue: ClassVar[str | None] = None
+    version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = f"{cls.__module__}.{cls.__qualname__}"
 
-    def execute(self, payload: P, ctx: JobContext) -> None:
+    def execute(self, payload: P, ctx: JobContext) -> Any:
         """Do the job. May leave out ``ctx``. Raise to fail the attempt."""
         raise NotImplementedError
+
+    @classmethod
+    def upcast(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Turn a stored payload of an older ``version`` into this version's shape.
+
+        Called before validation for each job stored with a version below
+        :attr:`version`; the default returns ``data`` unchanged. An exception
+        here is final: the job goes DEAD with it (retrying cannot help).
+        """
+        return data
 
 
 def handler(
@@ -91,14 +114,50 @@ class HandlerSpec:
         invoke: runs the handler on a stored (JSON-ready) payload.
         retry: the handler's own policy, or ``None`` for the engine's.
         queue: the handler's default queue, or ``None``.
+        result_adapter: dumps and validates return values (from the return
+            annotation; ``Any`` when there is none).
+        version: the payload schema version new jobs are stored with.
     """
 
     name: str
     target: object
     adapter: TypeAdapter[Any]
-    invoke: Callable[[dict[str, Any], JobContext], None]
+    invoke: Callable[[dict[str, Any], JobContext], Any]
     retry: RetryPolicy | None
     queue: str | None
+    result_adapter: TypeAdapter[Any] = _ANY_ADAPTER
+    version: int = 1
+
+    def dump_result(self, value: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
+        """Return the JSON form of a handler's return value, as stored with its success.
+
+        Raises:
+            PayloadTooLarge: the result encodes to more than ``max_bytes``
+                (results share the payload limit) or nests too deep.
+            ValueError: the result does not serialize as its return type says.
+        """
+        if value is None:
+            return None  # most handlers return nothing: no serializer, no size check
+        try:
+            dumped = self.result_adapter.dump_python(value, mode="json")
+        except PydanticSerializationError as exc:
+            raise ValueError(
+                f"handler {self.name!r} returned a value its return type cannot store: {exc}"
+            ) from exc
+        try:
+            check_payload(dumped, max_bytes=max_bytes)
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(
+                f"handler {self.name!r} returned a result too large to store ({exc}); "
+                "store big results elsewhere and return a reference"
+            ) from None
+        except TypeError as exc:
+            raise ValueError(f"handler {self.name!r} returned an unstorable value: {exc}") from None
+        return dumped
+
+    def load_result(self, stored: Any) -> Any:
+        """Validate a stored result back into the handler's return type."""
+        return self.result_adapter.validate_python(stored)
 
     def dump(self, payload: object, max_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH) -> dict[str, Any]:
         """Validate ``payload`` (a model or a plain mapping) and return its JSON form.
@@ -181,15 +240,30 @@ def _path(entry: tuple[Any, int, object, Any]) -> str:
     return "$" + "".join(reversed(parts))
 
 
-def _stored_payload_validator(name: str, adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
+def _stored_payload_validator(
+    name: str,
+    adapter: TypeAdapter[Any],
+    version: int = 1,
+    upcast: Callable[[dict[str, Any], int], dict[str, Any]] | None = None,
+) -> Callable[[Any, int], Any]:
     """Validate a stored payload at run time; a misfit is final (``DoNotRetry``).
 
-    The same bytes fail the same way on every attempt, so the job goes DEAD at
-    once with pydantic's message (the ``ValidationError`` is kept as the cause).
+    A payload stored with an older version than ``version`` goes through
+    ``upcast`` first. The same bytes fail the same way on every attempt, so the
+    job goes DEAD at once with pydantic's message (the ``ValidationError`` is
+    kept as the cause), or with what ``upcast`` raised.
     """
     validate = adapter.validate_python
 
-    def validated(payload: Any) -> Any:
+    def validated(payload: Any, stored_version: int = version) -> Any:
+        if upcast is not None and stored_version < version:
+            try:
+                payload = upcast(payload, stored_version)
+            except Exception as exc:
+                raise DoNotRetry(
+                    f"handler {name!r} could not upcast a version {stored_version} payload "
+                    f"to version {version} (not retried): {exc!r}"
+                ) from exc
         try:
             return validate(payload)
         except ValidationError as exc:
@@ -267,21 +341,42 @@ def _spec_for_class(
                 f"add_handler({cls.__name__}, factory=...)"
             )
         factory = cls
+    version = cls.version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TypeError(f"{cls.__qualname__}.version must be an int >= 1, not {version!r}")
     adapter: TypeAdapter[Any] = TypeAdapter(_payload_type(cls))
-    validate = _stored_payload_validator(cls.name, adapter)
+    validate = _stored_payload_validator(cls.name, adapter, version, cls.upcast)
     make = factory
     takes_ctx = _positional_count(cls.execute) >= 3
 
     if takes_ctx:
 
-        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
-            make().execute(validate(payload), ctx)
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> Any:
+            return make().execute(validate(payload, ctx.job.version), ctx)
     else:
 
-        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
-            make().execute(validate(payload))  # type: ignore[call-arg]
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> Any:
+            return make().execute(validate(payload, ctx.job.version))  # type: ignore[call-arg]
 
-    return HandlerSpec(cls.name, cls, adapter, invoke, cls.retry, cls.queue)
+    result = _result_adapter(cls.execute)
+    return HandlerSpec(cls.name, cls, adapter, invoke, cls.retry, cls.queue, result, version)
+
+
+def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
+    """The ``TypeAdapter`` of ``fn``'s return annotation (``Any`` when it has none)."""
+    if inspect.signature(fn).return_annotation is inspect.Signature.empty:
+        return _ANY_ADAPTER
+    try:
+        hint = _resolve_hints(fn).get("return", Any)
+    except TypeError:
+        # Another annotation (a ctx type imported under TYPE_CHECKING) cannot be
+        # resolved: that must not refuse the handler; its return value is stored as is.
+        log.warning(
+            "%s: cannot resolve its annotations; its return value is stored untyped",
+            fn.__qualname__,
+        )
+        return _ANY_ADAPTER
+    return _ANY_ADAPTER if hint is Any else TypeAdapter(hint)
 
 
 def _spec_for_function(
@@ -296,14 +391,15 @@ def _spec_for_function(
 
     if count == 2:
 
-        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
-            fn(validate(payload), ctx)
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> Any:
+            return fn(validate(payload, ctx.job.version), ctx)
     else:
 
-        def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
-            fn(validate(payload))
+        def invoke(payload: dict[str, Any], ctx: JobContext) -> Any:
+            return fn(validate(payload, ctx.job.version))
 
-    return HandlerSpec(resolved, fn, adapter, invoke, retry, queue)
+    result = _result_adapter(fn)
+    return HandlerSpec(resolved, fn, adapter, invoke, retry, queue, result)
 
 
 class HandlerRegistry:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FINISHED_STATES",
@@ -25,6 +25,7 @@ __all__ = [
     "JobError",
     "JobState",
     "Outcome",
+    "Progress",
     "check_job_id",
     "new_claim_token",
     "new_job_id",
@@ -191,6 +192,14 @@ class JobError:
     at: datetime
 
 
+class Progress(NamedTuple):
+    """How far a running job says it is (``ctx.progress``): ``done`` of ``total``."""
+
+    done: float
+    total: float | None = None
+    message: str | None = None
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored: an immutable record. Change it with ``dataclasses.replace``.
@@ -221,6 +230,15 @@ class Job:
     run_alone: bool = False
     errors: tuple[JobError, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    result: Any = None
+    """The JSON form of the handler's return value, stored with SUCCEEDED (else ``None``)."""
+    progress: Progress | None = None
+    """The latest ``ctx.progress`` the job reported, or ``None``."""
+    version: int = 1
+    """The payload schema version of the handler that enqueued it (``Handler.version``)."""
+    followups: tuple[Mapping[str, Any], ...] = ()
+    """``then=`` follow-ups, as stored: the store enqueues them when this job succeeds
+    (see :mod:`backrun.followups`)."""
 
     @property
     def last_error(self) -> JobError | None:

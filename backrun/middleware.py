@@ -91,6 +91,13 @@ class Middleware:
     def orphan_recovered(self, job: Job) -> None:
         """Hear that a dead worker's job was rescued (``job`` as now stored)."""
 
+    def job_deferred(self, job: Job, reason: str) -> None:
+        """Hear that a claimed job was given back unrun and uncharged, and why.
+
+        ``reason`` is ``"newer_version"``: its payload version is newer than
+        this worker's handler knows (a rolling deploy); a newer worker runs it.
+        """
+
     def worker_started(self, worker: WorkerHandle) -> None:
         """Called once when a worker starts, before it claims anything."""
 

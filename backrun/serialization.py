@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from .errors import PayloadTooLarge
-from .jobs import Job, JobError, JobState, check_job_id
+from .jobs import Job, JobError, JobState, Progress, check_job_id
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -24,6 +24,8 @@ __all__ = [
     "job_from_dict",
     "job_to_dict",
     "load_job",
+    "progress_from_dict",
+    "progress_to_dict",
 ]
 
 FORMAT_VERSION = 1
@@ -121,7 +123,32 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         ],
         "headers": dict(job.headers),
         "payload": job.payload,
+        "result": job.result,
+        "progress": None if job.progress is None else progress_to_dict(job.progress),
+        "version": job.version,
+        "followups": [dict(f) for f in job.followups],
     }
+
+
+def progress_to_dict(progress: Progress) -> dict[str, Any]:
+    """The stored (JSON) form of a job's progress."""
+    return {"done": progress.done, "total": progress.total, "message": progress.message}
+
+
+def progress_from_dict(data: Any) -> Progress | None:
+    """Rebuild a job's progress from its stored form (``None`` stays ``None``).
+
+    Raises:
+        ValueError: the stored form is not a progress record.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise ValueError("malformed job record: progress is not an object")
+    done, total, message = data.get("done"), data.get("total"), data.get("message")
+    if not isinstance(done, int | float) or not (total is None or isinstance(total, int | float)):
+        raise ValueError("malformed job record: progress numbers")
+    return Progress(done, total, None if message is None else str(message))
 
 
 def job_from_dict(data: Mapping[str, Any]) -> Job:
@@ -167,9 +194,20 @@ def job_from_dict(data: Mapping[str, Any]) -> Job:
                 for e in data["errors"]
             ),
             headers={str(k): str(v) for k, v in headers.items()},
+            # The four below are absent from records written before they existed.
+            result=data.get("result"),
+            progress=progress_from_dict(data.get("progress")),
+            version=int(data.get("version", 1)),
+            followups=tuple(_followups(data.get("followups", ()))),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed job record: {exc!r}") from None
+
+
+def _followups(items: Any) -> list[dict[str, Any]]:
+    if not isinstance(items, list | tuple) or not all(isinstance(i, dict) for i in items):
+        raise ValueError("malformed job record: followups must be a list of objects")
+    return list(items)
 
 
 def _missing(name: str) -> datetime:

@@ -31,6 +31,7 @@ from .isolation import AloneGate
 from .jobs import Job, JobState
 from .middleware import compose_process, overrides
 from .scheduler import ScheduleHost, Scheduler
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from .supervisor import Supervisor
 from .workerinfo import WorkerInfo
 
@@ -154,6 +155,8 @@ class Worker:
             worker_id=self.id,
             middleware=self._middleware,
             forced=lambda: self._forced,
+            # Results share the payload limit; a host without one gets the default.
+            max_result_bytes=getattr(engine, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES),
         )
         self._chain = compose_process(self._middleware, self._recorder.invoke)
         self._supervisor = Supervisor(

@@ -19,9 +19,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("records", ("errors", "clock", "jobs", "workerinfo")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
-    ("policies", ("retries", "handlers", "enqueueing", "settings", "schedules")),
+    (
+        "policies",
+        ("retries", "handlers", "enqueueing", "settings", "schedules", "followups", "versions"),
+    ),
     ("storage", ("storage.",)),
-    ("execution", ("isolation", "scheduler", "attempts", "supervisor", "worker", "signals")),
+    (
+        "execution",
+        ("isolation", "scheduler", "results", "attempts", "supervisor", "worker", "signals"),
+    ),
     ("observability", ("observability.",)),
     ("composition", ("periodic", "engine", "__init__")),
     ("integrations", ("testing", "logformat", "joblog", "web.", "cli.", "__main__")),

@@ -143,6 +143,7 @@ def cmd_show(engine: Engine, ns: argparse.Namespace, out: IO[str]) -> int:
         ("worker", job.worker_id or "-"),
         ("payload", json.dumps(job.payload, default=str)),
     ]
+    fields.extend(_result_fields(job))
     if job.cancel_requested and not job.finished:
         fields.append(("cancel", "requested"))
     for key, value in fields:
@@ -159,6 +160,23 @@ def cmd_show(engine: Engine, ns: argparse.Namespace, out: IO[str]) -> int:
             for line in trim_traceback(error.traceback):
                 out.write(f"      {line}\n")
     return EXIT_OK
+
+
+def _result_fields(job: Job) -> list[tuple[str, str]]:
+    """The progress, result, payload version and follow-ups lines of ``jobs show``."""
+    fields: list[tuple[str, str]] = []
+    if job.version != 1:
+        fields.append(("version", str(job.version)))
+    if job.progress is not None:
+        done, total, message = job.progress
+        text = f"{done:g}" if total is None else f"{done:g}/{total:g}"
+        fields.append(("progress", text if message is None else f"{text} {message}"))
+    if job.state is JobState.SUCCEEDED:
+        fields.append(("result", json.dumps(job.result, default=str)))
+    if job.followups:
+        then = ", ".join(f"{f.get('handler')} {f.get('id')}" for f in job.followups)
+        fields.append(("then", then))
+    return fields
 
 
 _BACKRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

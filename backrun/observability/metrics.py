@@ -160,6 +160,13 @@ class _Metrics:
             _LABELS,
             registry=registry,
         )
+        self.deferred = Counter(
+            "backrun_jobs_deferred",
+            "Claimed jobs given back unrun and uncharged, by reason (newer_version: "
+            "stored by a newer deploy than this worker's).",
+            (*_LABELS, "reason"),
+            registry=registry,
+        )
         self.stuck = Gauge(
             "backrun_stuck_threads",
             "Threads whose attempt timed out but whose handler has not returned yet.",
@@ -266,6 +273,10 @@ class MetricsMiddleware(Middleware):
         children = self._metrics.children(job.queue, job.handler)
         children.orphans.inc()
         children.count(job.state)
+
+    def job_deferred(self, job: Job, reason: str) -> None:
+        """Count a job given back for a newer worker."""
+        self._metrics.deferred.labels(job.queue, job.handler, reason).inc()
 
     def worker_stopping(self, worker: object) -> None:
         """Forget attempts whose outcome was never recorded (their claim was lost)."""

@@ -15,7 +15,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
-from backrun.jobs import Job, JobState, Outcome
+from backrun.jobs import Job, JobState, Outcome, Progress
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 
 from ._common import error_type, library_version, messaging_attributes
@@ -135,6 +135,7 @@ class TracingMiddleware(Middleware):
             links=links,
         )
         entry = self._inflight.begin(ctx, span)
+        ctx.on_progress(lambda progress: span.add_event("progress", _progress_attributes(progress)))
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             call_next(ctx)
@@ -164,6 +165,15 @@ class TracingMiddleware(Middleware):
         """End spans whose handler returned long ago but whose outcome was never recorded."""
         for entry in self._inflight.drain(min_age=_UNRECORDED_AFTER):
             _end_dropped(entry)
+
+
+def _progress_attributes(progress: Progress) -> dict[str, float | str]:
+    attributes: dict[str, float | str] = {"backrun.progress.done": progress.done}
+    if progress.total is not None:
+        attributes["backrun.progress.total"] = progress.total
+    if progress.message is not None:
+        attributes["backrun.progress.message"] = progress.message
+    return attributes
 
 
 def _fail(span: Span, error: BaseException) -> None:

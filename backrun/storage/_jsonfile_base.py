@@ -52,6 +52,7 @@ from ._jsonfile_layout import (
     to_key,
 )
 from ._jsonfile_locks import LockHolder
+from ._jsonfile_progress import read_progress
 
 __all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
 
@@ -351,6 +352,12 @@ class StoreBase:
                 claim_token=rn.token,
             )
         cancel = job.cancel_requested or (lease_ns is None and self.has_marker(rn.job_id, rn.token))
+        if lease_ns is None:  # not a fresh claim: the owner may have reported progress
+            progress = read_progress(self.root, rn.job_id, rn.token)
+            if progress is not None:
+                return job.replace(
+                    lease_expires_at=lease, cancel_requested=cancel, progress=progress
+                )
         return job.replace(lease_expires_at=lease, cancel_requested=cancel)
 
     def new_running_name(self, job: Job, old: RunningName) -> str:

@@ -88,6 +88,9 @@ class UpkeepMixin(BatchMixin):
             finally:
                 self.locks.release(path, unlink=True)
 
+    def clean_progress(self, claims: set[tuple[str, str]]) -> None:
+        """Remove progress files of claims not in ``claims`` (see ``_jsonfile_results``)."""
+
     def _clean_markers_and_locks(self) -> None:
         running = [parse_running(n) for n in self.running_entries()]
         claims = {(rn.job_id, rn.token) for rn in running if rn is not None}
@@ -95,6 +98,7 @@ class UpkeepMixin(BatchMixin):
         for name in fs.listdir(self.cancels_dir):
             if tuple(name.split("~", 1)) not in claims:
                 self.files.discard(os.path.join(self.cancels_dir, name))
+        self.clean_progress(claims)
         for name in fs.listdir(self.workers_dir):
             path = os.path.join(self.workers_dir, name)
             if name[:-5] not in workers and not self.locks.holds(path):

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from backrun.jobs import Job, JobError, JobState
+from backrun.serialization import progress_from_dict, progress_to_dict
 
 __all__ = [
     "COLUMNS",
@@ -136,6 +137,15 @@ CREATE TABLE {schema}.paused_queues (
 );
 """,
     ),
+    # Version 5: stored results, progress, payload versions and then= follow-ups.
+    (
+        5,
+        """
+ALTER TABLE {schema}.jobs ADD COLUMN result json, ADD COLUMN progress json,
+    ADD COLUMN version integer NOT NULL DEFAULT 1,
+    ADD COLUMN followups json NOT NULL DEFAULT '[]';
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -158,8 +168,12 @@ _COLUMN_NAMES = (
     "headers",
     "payload",
     "run_alone",
+    "result",
+    "progress",
+    "version",
+    "followups",
 )
-_JSON_COLUMNS = frozenset({"errors", "headers", "payload"})
+_JSON_COLUMNS = frozenset({"errors", "headers", "payload", "result", "progress", "followups"})
 _ARRAY_TYPES = {
     "priority": "int[]",
     "attempts": "int[]",
@@ -169,6 +183,10 @@ _ARRAY_TYPES = {
     "errors": "json[]",
     "headers": "json[]",
     "payload": "json[]",
+    "result": "json[]",
+    "progress": "json[]",
+    "version": "int[]",
+    "followups": "json[]",
     **{c: "timestamptz[]" for c in _COLUMN_NAMES if c.endswith("_at")},
 }
 
@@ -216,6 +234,14 @@ class Statements:
             f"SELECT * FROM unnest({arrays}) RETURNING queue) "
             "SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS d"
         )
+        # Follow-ups land with their parent's success; an id taken already is skipped.
+        self.insert_missing = self.insert.replace(
+            " RETURNING queue)", " ON CONFLICT (id) DO NOTHING RETURNING queue)"
+        )
+        self.record_progress = (
+            f"UPDATE {jobs} SET progress = %s::json "
+            "WHERE id = %s AND state = 'running' AND claim_token = %s"
+        )
         self.get = f"SELECT {COLUMNS} FROM {jobs} WHERE id = %s"
         self.claim_head = (
             f"WITH picked AS (SELECT id FROM {jobs} WHERE state IN {READY} AND run_at <= %(now)s"
@@ -238,7 +264,9 @@ class Statements:
             "cancel_requested = CASE WHEN %(state)s = 'running' "
             "THEN cancel_requested OR %(cancel_requested)s ELSE %(cancel_requested)s END, "
             "errors = %(errors)s::json, headers = %(headers)s::json, "
-            "payload = %(payload)s::json, run_alone = %(run_alone)s, renewed_at = now() "
+            "payload = %(payload)s::json, run_alone = %(run_alone)s, "
+            "result = %(result)s::json, progress = %(progress)s::json, "
+            "version = %(version)s, followups = %(followups)s::json, renewed_at = now() "
             "WHERE id = %(id)s AND state = 'running' AND claim_token = %(claim_token)s "
             "RETURNING queue, state) "
             f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}) FROM u"
@@ -369,6 +397,10 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         orjson.dumps(dict(job.headers)).decode(),
         orjson.dumps(job.payload).decode(),
         job.run_alone,
+        None if job.result is None else orjson.dumps(job.result).decode(),
+        None if job.progress is None else orjson.dumps(progress_to_dict(job.progress)).decode(),
+        job.version,
+        orjson.dumps([dict(f) for f in job.followups]).decode(),
     )
 
 
@@ -427,4 +459,8 @@ def row_to_job(row: Sequence[Any]) -> Job:
         headers=orjson.loads(row[16]),
         payload=orjson.loads(row[17]),
         run_alone=row[18],
+        result=None if row[19] is None else orjson.loads(row[19]),
+        progress=None if row[20] is None else progress_from_dict(orjson.loads(row[20])),
+        version=row[21],
+        followups=tuple(orjson.loads(row[22])),
     )

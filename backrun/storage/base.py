@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
+from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id
 from backrun.workerinfo import WorkerInfo
 
 __all__ = ["READY_STATES", "Capabilities", "Storage"]
@@ -177,9 +177,29 @@ class Storage(ABC):
         ``job``; the new record may be in any state (a finish, a reschedule, a
         release back to QUEUED, or a still-RUNNING job with a new lease).
 
+        A SUCCEEDED record carries the job's ``result``, and its ``followups``
+        (``then=``) are enqueued in the same atomic step: the jobs of
+        :func:`backrun.followups.followup_jobs` (``now`` = ``finished_at``) exist
+        exactly when the success is visible. A follow-up whose id exists already
+        (created by an earlier attempt of a store that creates them before it
+        publishes the success) is not added again. Other states add none.
+
         Raises:
             LeaseLost: the stored job is not RUNNING under this claim; nothing
                 was written.
+            StorageError: the store could not write.
+        """
+
+    def record_progress(self, job: Job, progress: Progress) -> None:  # noqa: B027
+        """Store a running job's ``progress``, as the owner of its claim (``job.claim_token``).
+
+        Only the progress changes: nothing else of the stored record, not its
+        lease. Callers throttle (a worker writes at most once a second per
+        job). The default stores nothing; the job's last progress is then
+        stored with its outcome.
+
+        Raises:
+            LeaseLost: the stored job is not RUNNING under this claim.
             StorageError: the store could not write.
         """
 

@@ -49,6 +49,7 @@ from ._jsonfile_layout import (
 )
 from ._jsonfile_ops import OpsMixin
 from ._jsonfile_pages import PagesMixin
+from ._jsonfile_results import ResultsMixin
 from ._jsonfile_ticks import has_marker, mark, tick_lock
 from ._jsonfile_watch import Watcher
 from .base import READY_STATES, Storage
@@ -58,7 +59,7 @@ __all__ = ["JsonFileStorage"]
 logger = logging.getLogger("backrun.storage.jsonfile")
 
 
-class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
+class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:
@@ -365,9 +366,20 @@ class JsonFileStorage(OpsMixin, PagesMixin, ChangesMixin, Storage):
         except Exception:
             self.files.discard(tmp)
             raise
+        if job.state is JobState.SUCCEEDED and job.followups:
+            try:  # created while we hold the grab, before the success is visible
+                self.add_followups(job)
+            except Exception:
+                self.files.discard(tmp)
+                self.ungrab(grabbed)
+                raise
         self._replace_grabbed(tmp, dest, grabbed, job)
+        if job.state is JobState.SUCCEEDED and job.followups:
+            self.forget_followups(job.id)
         if job.state is not JobState.RUNNING:
             self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
+            if job.progress is not None:
+                self.forget_progress(job.id, token)
         elif dest != src:
             with self.mutex:
                 if self.forget_claim(job.id, token) or job.id not in self.mine:

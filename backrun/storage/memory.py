@@ -13,8 +13,10 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from backrun.clock import utcnow as now
 from backrun.errors import JobNotFound, LeaseLost
-from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id, new_claim_token
+from backrun.followups import followup_jobs
+from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
 from backrun.workerinfo import WorkerInfo
 
 from .base import READY_STATES, Storage
@@ -163,9 +165,31 @@ class MemoryStorage(Storage):
                 raise LeaseLost(f"job {job.id} is no longer held under this claim")
             if job.state is JobState.RUNNING and stored.cancel_requested:
                 job = job.replace(cancel_requested=True)
+            children: list[Job] = []
+            if job.state is JobState.SUCCEEDED and job.followups:
+                children = [
+                    child
+                    for child in followup_jobs(job, job.finished_at or stored.started_at or now())
+                    if child.id not in self._jobs
+                ]
             self._jobs[job.id] = job
             if job.state in READY_STATES:
                 self._index(job)
+            for child in children:  # under the same lock: visible with the success
+                self._jobs[child.id] = child
+                self._index(child)
+
+    def record_progress(self, job: Job, progress: Progress) -> None:
+        """Store a running job's progress; see :meth:`Storage.record_progress`."""
+        with self._lock:
+            stored = self._jobs.get(job.id)
+            if (
+                stored is None
+                or stored.state is not JobState.RUNNING
+                or stored.claim_token != job.claim_token
+            ):
+                raise LeaseLost(f"job {job.id} is no longer held under this claim")
+            self._jobs[job.id] = stored.replace(progress=progress)
 
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime

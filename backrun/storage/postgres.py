@@ -66,6 +66,7 @@ from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 from ._postgres_listen import Listener
 from ._postgres_ops import PostgresOpsMixin
 from ._postgres_pool import RETRY, Connections
+from ._postgres_results import PostgresResultsMixin
 from ._postgres_session import SessionLock, session_key
 from ._postgres_sql import Statements, insert_params, row_to_job, update_params
 from .base import READY_STATES, Capabilities, Storage
@@ -78,7 +79,7 @@ _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate()
 _COUNTS_LOCK = 0x6261636B72756E01  # one compaction of job_counts at a time
 
 
-class PostgresStorage(PostgresOpsMixin, Storage):
+class PostgresStorage(PostgresOpsMixin, PostgresResultsMixin, Storage):
     """A store in a PostgreSQL schema, for workers and producers on many machines.
 
     Args:
@@ -344,9 +345,7 @@ class PostgresStorage(PostgresOpsMixin, Storage):
                 return RETRY
             raise lost
 
-        if not self._db.uncertain(
-            lambda conn: conn.execute(self._sql.update, params).fetchone() is not None, landed
-        ):
+        if not self._db.uncertain(lambda conn: self._write_update(conn, job, params), landed):
             raise lost
 
     def heartbeat(

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from backrun.engine import Engine
-from backrun.jobs import FINISHED_STATES, JobState, check_job_id
+from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
 from ._format import chart, pretty_json, trace_id
 
@@ -136,14 +136,21 @@ def job_page(engine: Engine, job_id: str) -> dict[str, Any] | None:
         "headers": dict(job.headers),
         "trace_id": trace_id(job.headers),
         "errors": list(reversed(job.errors)),
-        # Stores that record them (newer versions) show these; others have none.
-        "result": getattr(job, "result", None),
-        "progress": getattr(job, "progress", None),
+        "result": None if job.result is None else pretty_json(job.result),
+        "progress": _progress_text(job),
         "can_retry": job.state in (JobState.DEAD, JobState.CANCELLED),
         "can_cancel": job.state in (JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING)
         and not job.cancel_requested,
         "finished": job.state in FINISHED_STATES,
     }
+
+
+def _progress_text(job: Job) -> str | None:
+    if job.progress is None:
+        return None
+    done, total, message = job.progress
+    text = f"{done:g}" if total is None else f"{done:g} of {total:g}"
+    return text if message is None else f"{text} · {message}"
 
 
 def workers_page(engine: Engine) -> dict[str, Any]:

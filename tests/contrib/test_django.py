@@ -221,6 +221,8 @@ def test_tasks_backend_enqueue_get_result_and_signals(site: SimpleNamespace) -> 
     done = count_accounts.get_result(ok.id)
     assert str(done.status) == "SUCCESSFUL"
     assert done.return_value == 0
+    assert engine.get(ok.id).result == 0  # type: ignore[union-attr]  # the store, no cache
+    assert backend.supports_get_result
     assert done.attempts == 1
     failed = backend.get_result(bad.id)
     assert str(failed.status) == "FAILED"

@@ -13,9 +13,11 @@ carries its (JSON) arguments; ``run_after`` becomes the job's ``at``,
 
 Honest capabilities: deferred runs, priorities, async task functions (run
 with ``async_to_sync``) and ``get_result`` from any process. Return values
-are kept only when ``OPTIONS["RESULT_CACHE"]`` names a cache alias shared by
-the web and worker processes (database, Redis, file); otherwise
-``result.return_value`` is ``None``. A task is tried once unless
+(JSON, as Django requires) are stored with the job's success, in the same
+write, so ``get_result(id).return_value`` works from any process on the
+store and lives as long as the job; no cache is needed (``RESULT_CACHE`` and
+``RESULT_TTL`` are ignored). A return value larger than the engine's
+``max_payload_bytes`` fails the task. A task is tried once unless
 ``OPTIONS["MAX_RETRIES"]`` allows retries (``task_finished`` then fires once,
 after the last attempt). Signals: ``task_enqueued`` in the caller,
 ``task_started`` and ``task_finished`` in the worker.
@@ -40,7 +42,6 @@ from backrun.retries import RetryPolicy
 __all__ = ["TASK_HANDLER", "BackrunBackend", "TaskCall", "run_task", "task_retry_policy"]
 
 TASK_HANDLER = "django.task"
-_RESULT_KEY = "backrun:task-result:{}"
 
 
 def _tasks_module(name: str) -> ModuleType:
@@ -106,8 +107,9 @@ def _error_path(type_name: str) -> str:
 class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
     """Run Django tasks as backrun jobs on the project's engine (``get_engine()``).
 
-    ``OPTIONS``: ``RESULT_CACHE`` (a cache alias for return values),
-    ``RESULT_TTL`` (seconds, default a day), ``MAX_RETRIES`` (default 0).
+    ``OPTIONS``: ``MAX_RETRIES`` (default 0). Return values are read from
+    the store (``Job.result``); the old ``RESULT_CACHE`` and ``RESULT_TTL``
+    options are accepted and ignored.
     """
 
     supports_defer = True
@@ -117,8 +119,6 @@ class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.result_cache: str | None = self.options.get("RESULT_CACHE")
-        self.result_ttl = int(self.options.get("RESULT_TTL", 86400))
         self.max_retries = int(self.options.get("MAX_RETRIES", 0))
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
@@ -203,18 +203,9 @@ class BackrunBackend(_backends.BaseTaskBackend):  # type: ignore[misc]
             ],
             worker_ids=[job.worker_id or "unknown"] * job.attempts,
         )
-        if state == "SUCCESSFUL" and self.result_cache:
-            from django.core.cache import caches
-
-            value = caches[self.result_cache].get(_RESULT_KEY.format(job.id))
-            object.__setattr__(result, "_return_value", value)
+        if state == "SUCCESSFUL":
+            object.__setattr__(result, "_return_value", job.result)
         return result
-
-    def _store_return(self, job_id: str, value: Any) -> None:
-        if self.result_cache:
-            from django.core.cache import caches
-
-            caches[self.result_cache].set(_RESULT_KEY.format(job_id), value, self.result_ttl)
 
 
 def task_retry_policy() -> RetryPolicy:
@@ -246,8 +237,12 @@ def _finished(result: Any, status: str, finished: datetime) -> None:
     object.__setattr__(result, "finished_at", finished)
 
 
-def run_task(payload: TaskCall, ctx: JobContext) -> None:
-    """The backrun handler behind every Django task: import it, call it, signal."""
+def run_task(payload: TaskCall, ctx: JobContext) -> Any:
+    """The backrun handler behind every Django task: import it, call it, signal.
+
+    Returns the task's return value (as JSON), which backrun stores with the
+    job's success: ``get_result(...).return_value`` reads it from there.
+    """
     backend = _root.task_backends[payload.backend]
     task = _import_task(payload.task)
     job = ctx.job
@@ -275,7 +270,7 @@ def run_task(payload: TaskCall, ctx: JobContext) -> None:
             _finished(result, "FAILED", ctx.engine.clock.now())
             _signals.task_finished.send(sender, task_result=result)
         raise
-    backend._store_return(job.id, value)
     object.__setattr__(result, "_return_value", value)
     _finished(result, "SUCCESSFUL", ctx.engine.clock.now())
     _signals.task_finished.send(sender, task_result=result)
+    return value

@@ -75,14 +75,8 @@ BACKRUN = {
 TASKS = {
     "default": {
         "BACKEND": "backrun.contrib.django.tasks.BackrunBackend",
-        "OPTIONS": {"RESULT_CACHE": "task_results"},
     }
 }
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    # Shared by the web and worker processes, so results cross between them.
-    "task_results": {
-        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": VAR / "task-results",
-    },
 }
