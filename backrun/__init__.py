@@ -23,6 +23,7 @@ from .errors import (
 )
 from .handlers import Handler, handler
 from .jobs import Job, JobError, JobState
+from .limits import RateLimit
 from .middleware import Middleware
 from .retries import RetryPolicy
 from .schedules import Schedule
@@ -55,6 +56,7 @@ __all__ = [
     "Middleware",
     "PayloadTooLarge",
     "PostgresStorage",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
     "Storage",

@@ -19,6 +19,7 @@ from .clock import Clock, SystemClock
 from .enqueueing import build_job, check_queue
 from .handlers import Handler, HandlerRegistry, HandlerSpec
 from .jobs import Job, JobState
+from .limits import RateLimit
 from .middleware import Middleware, compose_enqueue
 from .periodic import PeriodicJobs
 from .retries import RetryPolicy
@@ -28,6 +29,7 @@ from .settings import find as find_setting
 from .settings import warn_deprecated
 from .signals import stop_on_signals
 from .storage.base import Storage
+from .uniqueness import add_unique, stamp
 from .worker import Worker
 from .workerinfo import WorkerInfo
 
@@ -173,25 +175,36 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[[Any], str] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> HandlerSpec:
         """Register a Handler subclass (built per job by ``factory``) or a function.
 
-        ``name``, ``retry`` and ``queue`` apply to function handlers; a class
-        sets them as class attributes.
+        ``name``, ``retry``, ``queue`` and the limits (``max_concurrency``,
+        ``concurrency_key``, ``rate_limit``; see README "Limits") apply to
+        function handlers; a class sets them as class attributes.
 
         Raises:
             ValueError: a handler with the same name is registered already.
             TypeError: ``handler`` is neither, or a class needs a factory.
         """
+        limits: dict[str, Any] = {
+            "max_concurrency": max_concurrency,
+            "concurrency_key": concurrency_key,
+            "rate_limit": rate_limit,
+        }
         if isinstance(handler, type):
-            if name is not None or retry is not None or queue is not None:
-                raise TypeError("set name, retry and queue as class attributes of a Handler")
+            if name is not None or retry is not None or queue is not None or any(limits.values()):
+                raise TypeError(
+                    "set name, retry, queue and limits as class attributes of a Handler"
+                )
             return self.registry.add_class(handler, factory)
         if factory is not None:
             raise TypeError("factory= is for Handler classes")
         if queue is not None:
             check_queue(queue)
-        return self.registry.add_function(handler, name=name, retry=retry, queue=queue)
+        return self.registry.add_function(handler, name=name, retry=retry, queue=queue, **limits)
 
     @overload
     def handler(self, fn: F, /) -> F: ...
@@ -204,6 +217,9 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[[Any], str] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]: ...
     def handler(
         self,
@@ -213,6 +229,9 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[[Any], str] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> F | Callable[[F], F]:
         """Register a function handler: ``@engine.handler`` or ``@engine.handler(name=...)``.
 
@@ -221,7 +240,15 @@ class Engine(PeriodicJobs):
         """
 
         def register(target: F) -> F:
-            self.add_handler(target, name=name, retry=retry, queue=queue)
+            self.add_handler(
+                target,
+                name=name,
+                retry=retry,
+                queue=queue,
+                max_concurrency=max_concurrency,
+                concurrency_key=concurrency_key,
+                rate_limit=rate_limit,
+            )
             return target
 
         return register(fn) if fn is not None else register
@@ -255,9 +282,12 @@ class Engine(PeriodicJobs):
         queue: str | None,
         priority: int,
         headers: Mapping[str, str] | None,
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Job:
-        return build_job(
-            self.registry.resolve(handler),
+        spec = self.registry.resolve(handler)
+        job = build_job(
+            spec,
             payload,
             now=self.clock.now(),
             delay=delay,
@@ -269,8 +299,11 @@ class Engine(PeriodicJobs):
             max_payload_bytes=self.max_payload_bytes,
             max_payload_depth=self.max_payload_depth,
         )
+        return stamp(job, spec, unique_key=unique_key, unique_for=unique_for)
 
     def _persist(self, job: Job) -> Job:
+        if job.unique_key is not None:
+            return add_unique(self.storage, [job], now=self.clock.now())[0]
         self.storage.add(job)
         return job
 
@@ -285,6 +318,8 @@ class Engine(PeriodicJobs):
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Job:
         """Validate a payload and store a new job; return it once it is durable.
 
@@ -303,6 +338,12 @@ class Engine(PeriodicJobs):
                 transaction the job joins: it exists exactly when that
                 transaction commits. Needs a store that supports it
                 (:class:`PostgresStorage`).
+            unique_key: while a job of this handler with this key is
+                SCHEDULED, QUEUED or RUNNING, return that job and store
+                nothing (atomic across threads and processes; README "Unique jobs").
+            unique_for: also return any job of this handler with this key
+                created less than this long ago (timedelta or seconds),
+                finished or not.
 
         Raises:
             UnknownHandler: the handler is not registered.
@@ -315,11 +356,15 @@ class Engine(PeriodicJobs):
             TypeError: ``delay``, ``at``, ``priority`` or ``headers`` of the wrong type.
             StorageError: the store could not write; nothing was stored.
         """
-        job = self._build(handler, payload, delay, at, queue, priority, headers)
+        job = self._build(
+            handler, payload, delay, at, queue, priority, headers, unique_key, unique_for
+        )
         if connection is None:
             job = self._enqueue_chain(job)
         else:
             self._check_transactional()
+            if unique_key is not None:
+                raise TypeError("unique_key= cannot be combined with connection= (yet)")
 
             def persist_in_transaction(job: Job) -> Job:
                 self.storage.add_in_transaction([job], connection=connection)
@@ -349,6 +394,8 @@ class Engine(PeriodicJobs):
         queue: str | None = None,
         priority: int = 0,
         connection: Any = None,
+        unique_key: Callable[[Any], str | None] | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> list[Job]:
         """Enqueue many jobs of one handler in one store write (all or none).
 
@@ -357,10 +404,31 @@ class Engine(PeriodicJobs):
         middleware sees each job before the store receives them as one batch
         (so its spans and counts cover building the batch, not the write).
         ``connection`` joins the caller's transaction, as in :meth:`enqueue`.
+
+        ``unique_key`` is a function called with each payload as given,
+        returning its key (or ``None``); ``unique_for`` applies to every keyed
+        job. A job whose key is taken, by a stored job or by an earlier job of
+        the batch, is not stored: its place in the returned list holds the job
+        that has the key (so the list always matches ``payloads``).
         """
         if connection is not None:
             self._check_transactional()
-        built = [self._build(handler, p, delay, at, queue, priority, None) for p in payloads]
+            if unique_key is not None:
+                raise TypeError("unique_key= cannot be combined with connection= (yet)")
+        built = [
+            self._build(
+                handler,
+                p,
+                delay,
+                at,
+                queue,
+                priority,
+                None,
+                None if unique_key is None else unique_key(p),
+                unique_for,
+            )
+            for p in payloads
+        ]
         collected: list[Job] = []
 
         def collect(job: Job) -> Job:
@@ -370,7 +438,9 @@ class Engine(PeriodicJobs):
         chain = compose_enqueue(self.middleware, collect)
         for job in built:
             chain(job)
-        if connection is None:
+        if any(job.unique_key is not None for job in collected):
+            collected = add_unique(self.storage, collected, now=self.clock.now())
+        elif connection is None:
             self.storage.add_many(collected)
         else:
             self.storage.add_in_transaction(collected, connection=connection)

@@ -7,6 +7,7 @@ takes a context. Running a job is then a validate, a construct and a call.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -21,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .context import JobContext
 from .errors import DoNotRetry, PayloadTooLarge, UnknownHandler
+from .limits import HandlerLimits, RateLimit, handler_limits
 from .retries import RetryPolicy
 from .serialization import DEFAULT_MAX_PAYLOAD_DEPTH
 
@@ -45,6 +47,12 @@ class Handler(Generic[P]):
             Set it explicitly before you rename or move the class.
         retry: a :class:`RetryPolicy` for this handler, overriding the engine's.
         queue: the queue its jobs go to unless ``enqueue`` says otherwise.
+        max_concurrency: at most this many of its jobs run at once, over every
+            worker process on the store (per ``concurrency_key`` value if set).
+        concurrency_key: ``staticmethod(lambda payload: ...)`` returning a str:
+            ``max_concurrency`` then applies per key (e.g. per tenant).
+        rate_limit: a :class:`~backrun.RateLimit`: at most ``n`` starts per
+            ``per``, over every worker process on the store.
 
     A handler instance is built per job by its factory (default: the class
     called with no arguments), so instances need not be thread-safe.
@@ -53,6 +61,9 @@ class Handler(Generic[P]):
     name: ClassVar[str]
     retry: ClassVar[RetryPolicy | None] = None
     queue: ClassVar[str | None] = None
+    max_concurrency: ClassVar[int | None] = None
+    concurrency_key: ClassVar[Callable[[Any], str] | None] = None
+    rate_limit: ClassVar[RateLimit | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,16 +76,23 @@ class Handler(Generic[P]):
 
 
 def handler(
-    name: str | None = None, *, retry: RetryPolicy | None = None, queue: str | None = None
+    name: str | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    **limits: Any,
 ) -> Callable[[F], F]:
     """Mark a function as a handler for :meth:`Engine.add_handlers_from_package`.
 
     The payload type is the first parameter's annotation; the function may
     take ``(payload)`` or ``(payload, ctx)``. The function is returned as is.
+    ``limits`` are ``max_concurrency``, ``concurrency_key`` and ``rate_limit``,
+    as for :meth:`Engine.handler`.
     """
+    handler_limits(**limits)  # refuse bad limits where they are written
 
     def mark(fn: F) -> F:
-        setattr(fn, _MARK, {"name": name, "retry": retry, "queue": queue})
+        setattr(fn, _MARK, {"name": name, "retry": retry, "queue": queue, **limits})
         return fn
 
     return mark
@@ -99,6 +117,10 @@ class HandlerSpec:
     invoke: Callable[[dict[str, Any], JobContext], None]
     retry: RetryPolicy | None
     queue: str | None
+    limits: HandlerLimits | None = None
+    """Its concurrency and rate limits, or ``None``."""
+    concurrency_key: Callable[[Any], str] | None = None
+    """Maps a validated payload to the key ``max_concurrency`` applies per."""
 
     def dump(self, payload: object, max_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH) -> dict[str, Any]:
         """Validate ``payload`` (a model or a plain mapping) and return its JSON form.
@@ -281,7 +303,14 @@ def _spec_for_class(
         def invoke(payload: dict[str, Any], ctx: JobContext) -> None:
             make().execute(validate(payload))  # type: ignore[call-arg]
 
-    return HandlerSpec(cls.name, cls, adapter, invoke, cls.retry, cls.queue)
+    limits = handler_limits(
+        max_concurrency=cls.max_concurrency,
+        concurrency_key=cls.concurrency_key,
+        rate_limit=cls.rate_limit,
+    )
+    return HandlerSpec(
+        cls.name, cls, adapter, invoke, cls.retry, cls.queue, limits, cls.concurrency_key
+    )
 
 
 def _spec_for_function(
@@ -338,11 +367,18 @@ class HandlerRegistry:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        max_concurrency: int | None = None,
+        concurrency_key: Callable[[Any], str] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> HandlerSpec:
         """Register a function handler."""
         if not callable(fn) or isinstance(fn, type):
             raise TypeError(f"{fn!r} is not a function")
-        return self._add(_spec_for_function(fn, name, retry, queue))
+        limits = handler_limits(
+            max_concurrency=max_concurrency, concurrency_key=concurrency_key, rate_limit=rate_limit
+        )
+        spec = _spec_for_function(fn, name, retry, queue)
+        return self._add(dataclasses.replace(spec, limits=limits, concurrency_key=concurrency_key))
 
     def add_package(self, package: str) -> list[HandlerSpec]:
         """Import every module of ``package`` and register the handlers defined there.

@@ -121,7 +121,20 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         ],
         "headers": dict(job.headers),
         "payload": job.payload,
+        **_limit_fields(job),
     }
+
+
+def _limit_fields(job: Job) -> dict[str, Any]:
+    # Written only when set, so records of unlimited jobs stay as they were.
+    fields: dict[str, Any] = {}
+    if job.unique_key is not None:
+        fields["unique_key"] = job.unique_key
+        fields["unique_until"] = _time(job.unique_until)
+    if job.limited:
+        fields["limited"] = True
+        fields["concurrency_key"] = job.concurrency_key
+    return fields
 
 
 def job_from_dict(data: Mapping[str, Any]) -> Job:
@@ -167,9 +180,17 @@ def job_from_dict(data: Mapping[str, Any]) -> Job:
                 for e in data["errors"]
             ),
             headers={str(k): str(v) for k, v in headers.items()},
+            unique_key=_opt_str(data.get("unique_key")),
+            unique_until=_parse_time(data.get("unique_until")),
+            limited=bool(data.get("limited", False)),
+            concurrency_key=_opt_str(data.get("concurrency_key")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed job record: {exc!r}") from None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _missing(name: str) -> datetime:

@@ -16,12 +16,24 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backrun"
 # Lowest first; a module may import its own layer or any lower one. Each entry
 # is a dotted module name relative to ``backrun`` or a package prefix ending in ".".
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("records", ("errors", "clock", "jobs", "workerinfo")),
+    ("records", ("errors", "clock", "jobs", "workerinfo", "limits")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
     ("policies", ("retries", "handlers", "enqueueing", "settings", "schedules")),
     ("storage", ("storage.",)),
-    ("execution", ("isolation", "scheduler", "attempts", "supervisor", "worker", "signals")),
+    (
+        "execution",
+        (
+            "isolation",
+            "scheduler",
+            "attempts",
+            "supervisor",
+            "worker",
+            "signals",
+            "claims",
+            "uniqueness",
+        ),
+    ),
     ("observability", ("observability.",)),
     ("composition", ("periodic", "engine", "__init__")),
     ("integrations", ("testing", "logformat", "joblog", "web.", "cli.", "__main__")),

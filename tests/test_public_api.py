@@ -26,6 +26,7 @@ EXPECTED = [
     "Middleware",
     "PayloadTooLarge",
     "PostgresStorage",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
     "Storage",
