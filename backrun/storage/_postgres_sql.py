@@ -136,6 +136,25 @@ CREATE TABLE {schema}.paused_queues (
 );
 """,
     ),
+    # Version 5: unique jobs (a key table written under an advisory lock per
+    # key) and handler limits (running limited jobs per group; recent starts).
+    (
+        5,
+        """
+ALTER TABLE {schema}.jobs ADD COLUMN unique_key text, ADD COLUMN unique_until timestamptz,
+    ADD COLUMN limited boolean NOT NULL DEFAULT false, ADD COLUMN concurrency_key text;
+CREATE INDEX jobs_running_limited ON {schema}.jobs (handler, concurrency_key)
+    WHERE state = 'running' AND limited;
+CREATE TABLE {schema}.unique_keys (
+    handler text NOT NULL,
+    key text NOT NULL,
+    job_id text NOT NULL,
+    PRIMARY KEY (handler, key)
+);
+CREATE TABLE {schema}.limit_starts (handler text NOT NULL, started_at timestamptz NOT NULL);
+CREATE INDEX limit_starts_by_handler ON {schema}.limit_starts (handler, started_at);
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -158,6 +177,10 @@ _COLUMN_NAMES = (
     "headers",
     "payload",
     "run_alone",
+    "unique_key",
+    "unique_until",
+    "limited",
+    "concurrency_key",
 )
 _JSON_COLUMNS = frozenset({"errors", "headers", "payload"})
 _ARRAY_TYPES = {
@@ -166,6 +189,8 @@ _ARRAY_TYPES = {
     "max_attempts": "int[]",
     "cancel_requested": "bool[]",
     "run_alone": "bool[]",
+    "limited": "bool[]",
+    "unique_until": "timestamptz[]",
     "errors": "json[]",
     "headers": "json[]",
     "payload": "json[]",
@@ -240,8 +265,11 @@ class Statements:
             "errors = %(errors)s::json, headers = %(headers)s::json, "
             "payload = %(payload)s::json, run_alone = %(run_alone)s, renewed_at = now() "
             "WHERE id = %(id)s AND state = 'running' AND claim_token = %(claim_token)s "
-            "RETURNING queue, state) "
-            f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}) FROM u"
+            "RETURNING queue, state, limited) "
+            f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}), "
+            # A limited job's slot frees: wake the workers its limit holds back.
+            "(SELECT pg_notify(%(channel)s, 'limit') WHERE u.limited AND u.state <> 'running') "
+            "FROM u"
         )
         self.heartbeat = (
             f"WITH w AS (INSERT INTO {workers} (id, heartbeat_at, expires_at, ttl) "
@@ -369,6 +397,10 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         orjson.dumps(dict(job.headers)).decode(),
         orjson.dumps(job.payload).decode(),
         job.run_alone,
+        job.unique_key,
+        job.unique_until,
+        job.limited,
+        job.concurrency_key,
     )
 
 
@@ -427,4 +459,8 @@ def row_to_job(row: Sequence[Any]) -> Job:
         headers=orjson.loads(row[16]),
         payload=orjson.loads(row[17]),
         run_alone=row[18],
+        unique_key=row[19],
+        unique_until=_utc(row[20]),
+        limited=row[21],
+        concurrency_key=row[22],
     )

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
+from ._postgres_limits import PostgresLimits
 from ._postgres_listen import Listener
 from ._postgres_ops import PostgresOpsMixin
 from ._postgres_pool import RETRY, Connections
@@ -78,7 +79,7 @@ _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate()
 _COUNTS_LOCK = 0x6261636B72756E01  # one compaction of job_counts at a time
 
 
-class PostgresStorage(PostgresOpsMixin, Storage):
+class PostgresStorage(PostgresLimits, PostgresOpsMixin, Storage):
     """A store in a PostgreSQL schema, for workers and producers on many machines.
 
     Args:
@@ -103,7 +104,7 @@ class PostgresStorage(PostgresOpsMixin, Storage):
             recovery after a crash takes about this plus ``recovery_interval``.
     """
 
-    capabilities = Capabilities(transactional_enqueue=True)
+    capabilities = Capabilities(transactional_enqueue=True, unique_jobs=True, limits=True)
 
     def __init__(
         self,
