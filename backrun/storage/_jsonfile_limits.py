@@ -195,7 +195,10 @@ class LimitsMixin(UniqueMixin):
                 rate = rules.rate_limit
                 starts_path = self._limits_path("starts", handler_hash + ".json")
                 per_ns = rate.per // timedelta(microseconds=1) * 1000
-                starts = [s for s in self._read_starts(starts_path) if s > to_ns(now) - per_ns]
+                # Every start after now - per counts, later ones (another
+                # claimer's clock) included: no window of length per holds more than n.
+                since = to_ns(now) - per_ns
+                starts = sorted(s for s in self._read_starts(starts_path) if s > since)
                 if len(starts) >= rate.n:
                     held[(job.handler, None)] = RATE
                     result.waiting.append((job.id, job.handler, RATE))
@@ -203,7 +206,7 @@ class LimitsMixin(UniqueMixin):
                     if result.retry_at is None or opens < result.retry_at:
                         result.retry_at = opens
                     return None
-                self._write_starts(starts_path, [*starts, to_ns(now)])
+                self._write_starts(starts_path, sorted([*starts, to_ns(now)]))
             token = secrets.token_hex(8)
             if rules.max_concurrency is not None:
                 slot = os.path.join(slots, f"{job.id}~{token}")

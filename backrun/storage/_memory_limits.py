@@ -12,7 +12,7 @@ starts, oldest first.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from bisect import bisect_right, insort
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ class MemoryLimits:
     def _init_limits(self) -> None:
         self._keys: dict[tuple[str, str], str] = {}
         self._running_groups: dict[Group, set[str]] = {}
-        self._starts: dict[str, deque[datetime]] = {}
+        self._starts: dict[str, list[datetime]] = {}
 
     if TYPE_CHECKING:
 
@@ -134,7 +134,8 @@ class MemoryLimits:
                         job.id
                     )
                     if rules.rate_limit is not None:
-                        self._starts.setdefault(job.handler, deque()).append(now)
+                        # Sorted: a claimer's "now" may be older than another's.
+                        insort(self._starts.setdefault(job.handler, []), now)
                 claimed.append(job)
             for job in skipped:
                 self._index(job)  # back where it was: same run_at and priority
@@ -152,8 +153,9 @@ class MemoryLimits:
         if rate is not None:
             starts = self._starts.get(job.handler)
             if starts is not None:
-                while starts and starts[0] <= now - rate.per:
-                    starts.popleft()
+                # Every start after now - per counts, later ones included: any
+                # window of length per then holds at most n starts.
+                del starts[: bisect_right(starts, now - rate.per)]
                 if len(starts) >= rate.n:
                     return RATE, starts[-rate.n] + rate.per
         return None, None

@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from backrun.errors import StorageError
 from backrun.jobs import Job, check_job_id
 from backrun.limits import CONCURRENCY, RATE, HandlerLimits, LimitedClaim, group_int
 
@@ -141,7 +142,12 @@ def add_unique(
         row = conn.execute(sql.count_ids, ([job.id for job in jobs],)).fetchone()
         return list(decided) if row and row[0] and decided else RETRY
 
-    result: list[Job] = db.uncertain(write, landed)
+    try:
+        result: list[Job] = db.uncertain(write, landed)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+            raise ValueError("a job with one of these ids exists already") from None
+        raise
     return result
 
 
