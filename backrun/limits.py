@@ -32,6 +32,7 @@ __all__ = [
     "RateLimit",
     "Wait",
     "check_unique_key",
+    "forget_before",
     "group_hash",
     "handler_limits",
     "note_wait",
@@ -116,7 +117,9 @@ class LimitedClaim:
     Attributes:
         jobs: the claimed jobs (as :meth:`Storage.claim` returns them).
         waiting: ``(job id, handler, limit)`` of due jobs skipped because a
-            limit held them (``limit`` is :data:`CONCURRENCY` or :data:`RATE`).
+            limit held them (``limit`` is :data:`CONCURRENCY` or :data:`RATE`):
+            at least the first of each held group; a store may leave out the
+            rest of a group it stopped looking at.
         retry_at: the earliest time a rate window lets a skipped job start,
             or ``None``; concurrency waits end with a store notification.
     """
@@ -145,6 +148,22 @@ def handler_limits(
         raise ValueError("concurrency_key needs max_concurrency (the limit applied per key)")
     limits = HandlerLimits(max_concurrency=max_concurrency, rate_limit=rate_limit)
     return limits if limits.active else None
+
+
+FORGET_AFTER = timedelta(seconds=10)
+"""How long past its window a start is kept (at least ``per`` more).
+
+A claimer reads its ``now`` before it waits for the handler's lock, so the
+starts are not recorded in time order; one with an older ``now`` must still
+see every start that counts for it. Pruning starts older than
+``now - per - max(per, FORGET_AFTER)`` keeps the guarantee for any claimer
+that waited less than that for the lock.
+"""
+
+
+def forget_before(now: datetime, rate: RateLimit) -> datetime:
+    """Starts at or before this may be deleted (see :data:`FORGET_AFTER`)."""
+    return now - rate.per - max(rate.per, FORGET_AFTER)
 
 
 def limits_for(job: Job, limits: Mapping[str, HandlerLimits]) -> HandlerLimits | None:

@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING
 import orjson
 
 from backrun.jobs import Job, JobState
-from backrun.limits import CONCURRENCY, RATE, HandlerLimits, LimitedClaim, group_hash, limits_for
+from backrun.limits import (
+    CONCURRENCY,
+    RATE,
+    HandlerLimits,
+    LimitedClaim,
+    forget_before,
+    group_hash,
+    limits_for,
+)
 
 from . import fs
 from ._jsonfile_base import from_ns, storage_errors, to_ns
@@ -198,11 +206,13 @@ class LimitsMixin(UniqueMixin):
                 # Every start after now - per counts, later ones (another
                 # claimer's clock) included: no window of length per holds more than n.
                 since = to_ns(now) - per_ns
-                starts = sorted(s for s in self._read_starts(starts_path) if s > since)
-                if len(starts) >= rate.n:
+                keep = to_ns(forget_before(now, rate))
+                starts = sorted(s for s in self._read_starts(starts_path) if s > keep)
+                counted = [s for s in starts if s > since]
+                if len(counted) >= rate.n:
                     held[(job.handler, None)] = RATE
                     result.waiting.append((job.id, job.handler, RATE))
-                    opens = from_ns(starts[-rate.n] + per_ns)
+                    opens = from_ns(counted[-rate.n] + per_ns)
                     if result.retry_at is None or opens < result.retry_at:
                         result.retry_at = opens
                     return None

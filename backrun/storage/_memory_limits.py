@@ -18,7 +18,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from backrun.jobs import Job, JobState, check_job_id, new_claim_token
-from backrun.limits import CONCURRENCY, RATE, HandlerLimits, LimitedClaim, limits_for
+from backrun.limits import (
+    CONCURRENCY,
+    RATE,
+    HandlerLimits,
+    LimitedClaim,
+    forget_before,
+    limits_for,
+)
 
 from .base import READY_STATES
 
@@ -155,8 +162,9 @@ class MemoryLimits:
             if starts is not None:
                 # Every start after now - per counts, later ones included: any
                 # window of length per then holds at most n starts.
-                del starts[: bisect_right(starts, now - rate.per)]
-                if len(starts) >= rate.n:
+                del starts[: bisect_right(starts, forget_before(now, rate))]
+                counted = len(starts) - bisect_right(starts, now - rate.per)
+                if counted >= rate.n:
                     return RATE, starts[-rate.n] + rate.per
         return None, None
 

@@ -31,7 +31,14 @@ import psycopg
 
 from backrun.errors import StorageError
 from backrun.jobs import Job, check_job_id
-from backrun.limits import CONCURRENCY, RATE, HandlerLimits, LimitedClaim, group_int
+from backrun.limits import (
+    CONCURRENCY,
+    RATE,
+    HandlerLimits,
+    LimitedClaim,
+    forget_before,
+    group_int,
+)
 
 from ._memory_limits import holds_key
 from ._postgres_pool import RETRY, Connections
@@ -269,7 +276,7 @@ def _held(
     rate = rules.rate_limit
     if rate is not None:
         since = now - rate.per
-        conn.execute(lim.forget_starts, (handler, since))
+        conn.execute(lim.forget_starts, (handler, forget_before(now, rate)))
         starts = [r[0] for r in conn.execute(lim.starts, (handler, since)).fetchall()]
         if len(starts) >= rate.n:
             return RATE, starts[-rate.n] + rate.per
