@@ -205,6 +205,7 @@ class Worker:
     def start(self) -> None:
         """Register with the store, then start the slot and supervisor threads."""
         self.started_at = self.clock.now()
+        self._claimer.limits()  # a store that cannot enforce them is refused here, at once
         self.storage.register_worker(self.id, now=self.started_at)
         for layer in self._middleware:
             if overrides(layer, "worker_started"):
