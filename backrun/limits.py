@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .jobs import Job
+from .jobs import Job, JobState
 
 __all__ = [
     "CONCURRENCY",
@@ -35,6 +35,7 @@ __all__ = [
     "forget_before",
     "group_hash",
     "handler_limits",
+    "holds_key",
     "note_wait",
     "took_wait",
 ]
@@ -45,6 +46,9 @@ RATE = "rate"
 """The ``limit`` label of a wait for the rate window to allow another start."""
 
 MAX_KEY_LENGTH = 1000
+
+ACTIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+"""A job in these states holds its unique key whatever its ``unique_until``."""
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -172,6 +176,13 @@ def limits_for(job: Job, limits: Mapping[str, HandlerLimits]) -> HandlerLimits |
         return None
     found = limits.get(job.handler)
     return found if found is not None and found.active else None
+
+
+def holds_key(job: Job, now: datetime) -> bool:
+    """True if ``job`` (the key's last taker) still keeps its unique key at ``now``."""
+    if job.state in ACTIVE_STATES:
+        return True
+    return job.unique_until is not None and now < job.unique_until
 
 
 def check_unique_key(key: object) -> str:

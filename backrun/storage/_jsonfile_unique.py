@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING
 import orjson
 
 from backrun.jobs import Job, check_job_id
-from backrun.limits import group_hash
+from backrun.limits import group_hash, holds_key
 
 from . import fs
 from ._jsonfile_base import from_ns, storage_errors, to_ns
 from ._jsonfile_changes import ChangesMixin
-from ._memory_limits import holds_key
 from .base import READY_STATES
 
 __all__ = ["UniqueMixin", "exclusive"]

@@ -24,25 +24,15 @@ from backrun.limits import (
     HandlerLimits,
     LimitedClaim,
     forget_before,
+    holds_key,
     limits_for,
 )
 
 from .base import READY_STATES
 
-__all__ = ["MemoryLimits", "holds_key"]
-
-_ACTIVE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+__all__ = ["MemoryLimits"]
 
 Group = tuple[str, str | None]
-
-
-def holds_key(job: Job | None, now: datetime) -> bool:
-    """True if ``job`` (the key's last taker) still keeps its unique key at ``now``."""
-    if job is None:
-        return False
-    if job.state in _ACTIVE:
-        return True
-    return job.unique_until is not None and now < job.unique_until
 
 
 class MemoryLimits:
@@ -167,6 +157,12 @@ class MemoryLimits:
                 if counted >= rate.n:
                     return RATE, starts[-rate.n] + rate.per
         return None, None
+
+    def _forget_keys(self, purged: set[str]) -> None:
+        """Drop the keys of purged jobs (lock held): they hold nothing any more."""
+        if purged:
+            for key in [k for k, job_id in self._keys.items() if job_id in purged]:
+                del self._keys[key]
 
     def _left_running(self, stored: Job, new: Job) -> bool:
         """Free ``stored``'s slot if ``new`` leaves RUNNING (lock held); True if it had one."""

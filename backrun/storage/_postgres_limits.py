@@ -38,9 +38,9 @@ from backrun.limits import (
     LimitedClaim,
     forget_before,
     group_int,
+    holds_key,
 )
 
-from ._memory_limits import holds_key
 from ._postgres_pool import RETRY, Connections
 from ._postgres_sql import COLUMNS, READY, Statements, check_schema, insert_params, row_to_job
 from .base import READY_STATES

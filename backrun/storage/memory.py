@@ -339,6 +339,7 @@ class MemoryStorage(MemoryLimits, Storage):
             ]
             for job_id in doomed:
                 del self._jobs[job_id]
+            self._forget_keys(set(doomed))
         return len(doomed)
 
     def register_worker(self, worker_id: str, *, now: datetime) -> None:
