@@ -178,11 +178,23 @@ def limits_for(job: Job, limits: Mapping[str, HandlerLimits]) -> HandlerLimits |
     return found if found is not None and found.active else None
 
 
-def holds_key(job: Job, now: datetime) -> bool:
-    """True if ``job`` (the key's last taker) still keeps its unique key at ``now``."""
-    if job.state in ACTIVE_STATES:
+def holds_key(holder: Job, now: datetime, newcomer: Job | None = None) -> bool:
+    """True if ``holder`` (the key's last taker) keeps the key from ``newcomer`` at ``now``.
+
+    It does while it waits or runs, before its own ``unique_until``, and while
+    it is younger than the newcomer's ``unique_for`` (``enqueue(unique_for=)``
+    dedupes against any job of the key created within that span).
+    """
+    if holder.state in ACTIVE_STATES:
         return True
-    return job.unique_until is not None and now < job.unique_until
+    if holder.unique_until is not None and now < holder.unique_until:
+        return True
+    if newcomer is None:
+        return False
+    until, created = newcomer.unique_until, newcomer.created_at
+    if until is None or created is None or holder.created_at is None:
+        return False
+    return now < holder.created_at + (until - created)
 
 
 def check_unique_key(key: object) -> str:

@@ -106,7 +106,7 @@ class UniqueMixin(ChangesMixin):
                         continue
                     key = (job.handler, job.unique_key)
                     if key not in taken:
-                        holder = self._key_holder(paths[key][1], now)
+                        holder = self._key_holder(paths[key][1], now, job)
                         taken[key] = job if holder is None else holder
                     result.append(taken[key])
                 new = [job for job, got in zip(jobs, result, strict=True) if got is job]
@@ -117,8 +117,12 @@ class UniqueMixin(ChangesMixin):
                     self.add_many(new)
             return result
 
-    def _key_holder(self, path: str, now: datetime) -> Job | None:
-        """The job that holds the key recorded at ``path``, or ``None`` if it is free."""
+    def _key_holder(self, path: str, now: datetime, newcomer: Job | None) -> Job | None:
+        """The job that keeps the key recorded at ``path`` from ``newcomer``; ``None``: free.
+
+        Without a newcomer (the sweep of free keys), only the holder's own state
+        and ``until`` count.
+        """
         try:
             record = orjson.loads(fs.read_file(path))
             job_id = check_job_id(record["job"])
@@ -131,7 +135,11 @@ class UniqueMixin(ChangesMixin):
         if until is not None and now < from_ns(int(until)):
             return self.get(job_id)
         holder = self.get(job_id)
-        return holder if holder is not None and holds_key(holder, now) else None
+        if holder is None or not holds_key(
+            holder, now, newcomer or holder.replace(unique_until=None)
+        ):
+            return None
+        return holder
 
     def _write_key(self, path: str, job: Job) -> None:
         until = None if job.unique_until is None else to_ns(job.unique_until)
@@ -159,7 +167,7 @@ class UniqueMixin(ChangesMixin):
         for name in self.names_in(keys):
             path = os.path.join(keys, name)
             with exclusive([os.path.join(locks, name[:2] + ".lock")]):
-                if self._key_holder(path, now) is None:
+                if self._key_holder(path, now, None) is None:
                     with contextlib.suppress(FileNotFoundError):
                         fs.unlink(path)
                         removed += 1

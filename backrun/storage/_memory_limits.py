@@ -75,7 +75,7 @@ class MemoryLimits:
                 holder = taken.get(key)
                 if holder is None:
                     stored = self._jobs.get(self._keys.get(key, ""))
-                    holder = stored if stored is not None and holds_key(stored, now) else job
+                    holder = stored if stored and holds_key(stored, now, job) else job
                     taken[key] = holder
                 result.append(holder)
             for job, stored in zip(jobs, result, strict=True):

@@ -121,17 +121,18 @@ def add_unique(
             rows = conn.execute(
                 lim.holders, ([h for h, _ in keys], [k for _, k in keys])
             ).fetchall()
+            stored = {(row[0], row[1]): row_to_job(row[2:]) for row in rows}
             taken: dict[tuple[str, str | None], Job] = {}
-            for row in rows:
-                holder = row_to_job(row[2:])
-                if holds_key(holder, now):
-                    taken[(row[0], row[1])] = holder
             result: list[Job] = []
             for job in jobs:
                 if job.unique_key is None:
                     result.append(job)
                     continue
-                result.append(taken.setdefault((job.handler, job.unique_key), job))
+                key = (job.handler, job.unique_key)
+                if key not in taken:
+                    holder = stored.get(key)
+                    taken[key] = holder if holder and holds_key(holder, now, job) else job
+                result.append(taken[key])
             new = [job for job, got in zip(jobs, result, strict=True) if got is job]
             if new:
                 conn.execute(sql.insert, insert_params(new, sql.channel))

@@ -153,9 +153,10 @@ class Storage(ABC):
     def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
         """Add new jobs, some with a ``unique_key``, deduplicating atomically; all or none.
 
-        A job's key ``(handler, unique_key)`` is *taken* by a stored job while
-        that job is SCHEDULED, QUEUED or RUNNING, or while ``now`` is before its
-        ``unique_until``. A job whose key is taken is not stored: the job
+        A job's key ``(handler, unique_key)`` is *taken* by the stored job that
+        last took it while that job is SCHEDULED, QUEUED or RUNNING, while
+        ``now`` is before its ``unique_until``, or while it is younger than the
+        new job's own span (``unique_until - created_at``). A job whose key is taken is not stored: the job
         holding the key is returned in its place. An earlier job of the batch
         with the same key takes it too (in-batch duplicates are deduplicated).
         However many callers, threads or processes add one key at once,

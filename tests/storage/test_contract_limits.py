@@ -92,6 +92,17 @@ def test_unique_until_keeps_the_key_after_the_job_finished(storage: Storage) -> 
     assert storage.add_unique([later], now=T0 + timedelta(hours=1)) == [later]
 
 
+def test_a_newcomers_unique_for_covers_jobs_created_within_it(storage: Storage) -> None:
+    first = keyed("k")  # enqueued without unique_for
+    storage.add_unique([first], now=T0)
+    finish(storage, claim(storage))
+    late = T0 + timedelta(minutes=30)
+    hour = keyed("k", at=late, unique_until=late + timedelta(hours=1))
+    assert storage.add_unique([hour], now=late)[0].id == first.id
+    minute = keyed("k", at=late, unique_until=late + timedelta(minutes=1))
+    assert storage.add_unique([minute], now=late) == [minute]
+
+
 def test_keys_are_per_handler(storage: Storage) -> None:
     a = keyed("k", handler="h.a")
     b = keyed("k", handler="h.b")
