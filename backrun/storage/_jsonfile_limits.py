@@ -221,11 +221,9 @@ class LimitsMixin(UniqueMixin):
             if rules.max_concurrency is not None:
                 slot = os.path.join(slots, f"{job.id}~{token}")
                 self.files.write_new(slot, b"", sync=False)
+            got: Job | None = None
             try:
                 got = self._take(cache, name, token, now, worker_id, lease_ns)
-            except BaseException:
-                got = None
-                raise
             finally:
                 if got is None:  # not claimed: give back the slot and the start
                     if slot is not None:

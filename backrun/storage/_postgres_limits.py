@@ -292,9 +292,16 @@ class PostgresLimits:
     schema: str
     synchronous_claims: bool
 
+    _limit_sql: LimitStatements | None = None
+
+    def _limits_sql(self) -> LimitStatements:
+        if self._limit_sql is None:
+            self._limit_sql = LimitStatements(self.schema)
+        return self._limit_sql
+
     def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
         """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
-        return add_unique(self._db, self._sql, LimitStatements(self.schema), jobs, now)
+        return add_unique(self._db, self._sql, self._limits_sql(), jobs, now)
 
     def claim_limited(
         self,
@@ -309,7 +316,7 @@ class PostgresLimits:
         """Claim, skipping jobs a limit holds back; see :meth:`Storage.claim_limited`."""
         return claim_limited(
             self._db,
-            LimitStatements(self.schema),
+            self._limits_sql(),
             queues=queues,
             limit=limit,
             now=now,

@@ -156,15 +156,14 @@ class Storage(ABC):
         A job's key ``(handler, unique_key)`` is *taken* by the stored job that
         last took it while that job is SCHEDULED, QUEUED or RUNNING, while
         ``now`` is before its ``unique_until``, or while it is younger than the
-        new job's own span (``unique_until - created_at``). A job whose key is taken is not stored: the job
-        holding the key is returned in its place. An earlier job of the batch
-        with the same key takes it too (in-batch duplicates are deduplicated).
-        However many callers, threads or processes add one key at once,
-        exactly one job is stored and every caller gets it: the check and the
-        insert are one atomic step of the store, never a look then an insert.
-        Jobs without a key are added as by :meth:`add_many`. A job that leaves
-        its key behind (finished, cancelled, dead) keeps no claim on it once
-        ``unique_until`` has passed; :meth:`requeue` never looks at keys.
+        new job's own span (``unique_until - created_at``). A job whose key
+        is taken is not stored: the job holding the key is returned in its
+        place. An earlier job of the batch with the same key takes it too
+        (in-batch duplicates are deduplicated). However many callers, threads
+        or processes add one key at once, exactly one job is stored and every
+        caller gets it: the check and the insert are one atomic step of the
+        store, never a look then an insert. Jobs without a key are added as by
+        :meth:`add_many`. :meth:`requeue` never looks at keys.
 
         Only stores whose :attr:`capabilities` declare ``unique_jobs`` implement it.
 
