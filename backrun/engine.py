@@ -13,13 +13,13 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 from .clock import Clock, SystemClock
 from .enqueueing import build_job, check_queue
 from .handlers import Handler, HandlerRegistry, HandlerSpec
 from .jobs import Job, JobState
-from .limits import RateLimit
+from .limits import LimitOptions
 from .middleware import Middleware, compose_enqueue
 from .periodic import PeriodicJobs
 from .retries import RetryPolicy
@@ -175,9 +175,7 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
-        max_concurrency: int | None = None,
-        concurrency_key: Callable[[Any], str] | None = None,
-        rate_limit: RateLimit | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> HandlerSpec:
         """Register a Handler subclass (built per job by ``factory``) or a function.
 
@@ -189,11 +187,6 @@ class Engine(PeriodicJobs):
             ValueError: a handler with the same name is registered already.
             TypeError: ``handler`` is neither, or a class needs a factory.
         """
-        limits: dict[str, Any] = {
-            "max_concurrency": max_concurrency,
-            "concurrency_key": concurrency_key,
-            "rate_limit": rate_limit,
-        }
         if isinstance(handler, type):
             if name is not None or retry is not None or queue is not None or any(limits.values()):
                 raise TypeError(
@@ -217,9 +210,7 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
-        max_concurrency: int | None = None,
-        concurrency_key: Callable[[Any], str] | None = None,
-        rate_limit: RateLimit | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> Callable[[F], F]: ...
     def handler(
         self,
@@ -229,9 +220,7 @@ class Engine(PeriodicJobs):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
-        max_concurrency: int | None = None,
-        concurrency_key: Callable[[Any], str] | None = None,
-        rate_limit: RateLimit | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> F | Callable[[F], F]:
         """Register a function handler: ``@engine.handler`` or ``@engine.handler(name=...)``.
 
@@ -240,15 +229,7 @@ class Engine(PeriodicJobs):
         """
 
         def register(target: F) -> F:
-            self.add_handler(
-                target,
-                name=name,
-                retry=retry,
-                queue=queue,
-                max_concurrency=max_concurrency,
-                concurrency_key=concurrency_key,
-                rate_limit=rate_limit,
-            )
+            self.add_handler(target, name=name, retry=retry, queue=queue, **limits)
             return target
 
         return register(fn) if fn is not None else register

@@ -16,13 +16,13 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Generic, TypeVar, Unpack, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .context import JobContext
 from .errors import DoNotRetry, PayloadTooLarge, UnknownHandler
-from .limits import HandlerLimits, RateLimit, handler_limits
+from .limits import HandlerLimits, LimitOptions, RateLimit, handler_limits
 from .retries import RetryPolicy
 from .serialization import DEFAULT_MAX_PAYLOAD_DEPTH
 
@@ -80,7 +80,7 @@ def handler(
     *,
     retry: RetryPolicy | None = None,
     queue: str | None = None,
-    **limits: Any,
+    **limits: Unpack[LimitOptions],
 ) -> Callable[[F], F]:
     """Mark a function as a handler for :meth:`Engine.add_handlers_from_package`.
 
@@ -367,18 +367,15 @@ class HandlerRegistry:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
-        max_concurrency: int | None = None,
-        concurrency_key: Callable[[Any], str] | None = None,
-        rate_limit: RateLimit | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> HandlerSpec:
         """Register a function handler."""
         if not callable(fn) or isinstance(fn, type):
             raise TypeError(f"{fn!r} is not a function")
-        limits = handler_limits(
-            max_concurrency=max_concurrency, concurrency_key=concurrency_key, rate_limit=rate_limit
-        )
+        checked = handler_limits(**limits)
         spec = _spec_for_function(fn, name, retry, queue)
-        return self._add(dataclasses.replace(spec, limits=limits, concurrency_key=concurrency_key))
+        key = limits.get("concurrency_key")
+        return self._add(dataclasses.replace(spec, limits=checked, concurrency_key=key))
 
     def add_package(self, package: str) -> list[HandlerSpec]:
         """Import every module of ``package`` and register the handlers defined there.

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from .jobs import Job, JobState
 
@@ -28,6 +28,7 @@ __all__ = [
     "CONCURRENCY",
     "RATE",
     "HandlerLimits",
+    "LimitOptions",
     "LimitedClaim",
     "RateLimit",
     "Wait",
@@ -84,6 +85,17 @@ class RateLimit:
             raise ValueError("RateLimit(n, per=...): per must be positive")
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "per", per)
+
+
+class LimitOptions(TypedDict, total=False):
+    """The limit keywords of ``Engine.handler``, ``Engine.add_handler`` and ``backrun.handler``."""
+
+    max_concurrency: int | None
+    """At most this many of the handler's jobs RUNNING at once, over every process."""
+    concurrency_key: Callable[[Any], str] | None
+    """Maps a validated payload to the key ``max_concurrency`` applies per."""
+    rate_limit: RateLimit | None
+    """At most ``n`` starts per ``per``, over every process."""
 
 
 @dataclass(frozen=True, slots=True)
