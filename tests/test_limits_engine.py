@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,23 +17,14 @@ from pydantic import BaseModel
 
 import backrun
 from backrun.jobs import JobState
+from backrun.scheduler import Scheduler
 from backrun.storage.base import Capabilities
+from backrun.testing import FakeClock
 
 
 class Invoice(BaseModel):
     number: int
     tenant: str = "acme"
-
-
-class FakeClock(backrun.Clock):
-    def __init__(self) -> None:
-        self.at = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.at
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        return lambda: None
 
 
 def make_engine(**options: Any) -> backrun.Engine:
@@ -66,9 +57,9 @@ def test_the_key_is_free_once_the_job_finished_unless_unique_for_covers_it() -> 
     engine.run_until_idle(timeout=10)
     held = engine.enqueue("invoice", {"number": 1}, unique_key="h", unique_for=timedelta(hours=1))
     engine.run_until_idle(timeout=10)
-    clock.at += timedelta(minutes=59)
+    clock.advance(timedelta(minutes=59))
     assert engine.enqueue("invoice", {"number": 1}, unique_key="h", unique_for=3600).id == held.id
-    clock.at += timedelta(minutes=1)
+    clock.advance(timedelta(minutes=1))
     assert engine.enqueue("invoice", {"number": 1}, unique_key="h").id != held.id
 
 
@@ -239,3 +230,15 @@ def test_a_rate_limit_in_one_process_spreads_the_starts() -> None:
     for first, fourth in zip(starts, starts[3:], strict=False):
         assert fourth - first >= timedelta(seconds=0.3)  # type: ignore[operator]
     assert starts[-1] - starts[0] >= timedelta(seconds=0.6)  # type: ignore[operator]
+
+
+def test_a_schedules_ticks_of_a_limited_handler_are_limited() -> None:
+    clock = FakeClock()
+    engine = backrun.Engine(backrun.MemoryStorage(), clock=clock, middleware=[])
+    engine.add_handler(CallPartner)
+    engine.schedule(CallPartner, {"number": 1, "tenant": "t9"}, every=60, name="partner")
+    clock.advance(60)
+    Scheduler(engine, "test").run_once()
+    (tick,) = engine.jobs()
+    assert tick.limited
+    assert tick.concurrency_key == "t9"
