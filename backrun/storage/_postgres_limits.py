@@ -45,7 +45,13 @@ from ._postgres_pool import RETRY, Connections
 from ._postgres_sql import COLUMNS, READY, Statements, check_schema, insert_params, row_to_job
 from .base import READY_STATES
 
-__all__ = ["LimitStatements", "PostgresLimits", "add_unique", "claim_limited"]
+__all__ = [
+    "LimitStatements",
+    "PostgresLimits",
+    "add_unique",
+    "claim_limited",
+    "forget_purged_keys",
+]
 
 _MAX_PICKS = 200
 
@@ -93,6 +99,16 @@ class LimitStatements:
             "worker_id = %(worker)s, started_at = %(now)s, lease_expires_at = %(until)s, "
             "claim_token = %(batch)s || left(replace(gen_random_uuid()::text, '-', ''), 16), "
             f"renewed_at = now() WHERE id = %(id)s RETURNING {COLUMNS}"
+        )
+
+        self.orphan_keys = (
+            f"SELECT k.handler, k.key FROM {q}.unique_keys AS k "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = k.job_id) LIMIT %s"
+        )
+        self.forget_keys = (
+            f"DELETE FROM {q}.unique_keys AS k "
+            "WHERE (k.handler, k.key) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+            f"AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.id = k.job_id)"
         )
 
     def lock_key(self, kind: str, handler: str, key: str | None) -> int:
@@ -157,6 +173,28 @@ def add_unique(
             raise ValueError("a job with one of these ids exists already") from None
         raise
     return result
+
+
+def forget_purged_keys(db: Connections, lim: LimitStatements, *, batch: int = 1000) -> int:
+    """Delete key rows whose job was purged (they take no key), under each key's lock.
+
+    The lock, taken before the delete reads, makes the delete see every
+    enqueue of those keys that committed, and keeps new ones out until it ends,
+    so a key row just pointed at a new job is never deleted.
+    """
+
+    def forget(conn: psycopg.Connection[Any]) -> int:
+        with conn.transaction():
+            rows = conn.execute(lim.orphan_keys, (batch,)).fetchall()
+            if not rows:
+                return 0
+            for lock in sorted({lim.lock_key("unique", h, k) for h, k in rows}):
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            done = conn.execute(lim.forget_keys, ([r[0] for r in rows], [r[1] for r in rows]))
+            return done.rowcount
+
+    removed: int = db.retrying(forget)
+    return removed
 
 
 def claim_limited(
@@ -302,6 +340,10 @@ class PostgresLimits:
     def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
         """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
         return add_unique(self._db, self._sql, self._limits_sql(), jobs, now)
+
+    def forget_purged_keys(self) -> int:
+        """Delete the key rows of purged jobs (``maintain`` calls it); return how many."""
+        return forget_purged_keys(self._db, self._limits_sql())
 
     def claim_limited(
         self,

@@ -483,6 +483,7 @@ class PostgresStorage(PostgresLimits, PostgresOpsMixin, Storage):
             lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),))
         )
         self._db.retrying(self._compact_counts)
+        self.forget_purged_keys()
 
     def _compact_counts(self, conn: psycopg.Connection[Any]) -> None:
         """Fold the finished-count deltas into one row per (queue, state); one caller at a time."""
