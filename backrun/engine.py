@@ -344,10 +344,11 @@ class Engine(PeriodicJobs):
             job = self._enqueue_chain(job)
         else:
             self._check_transactional()
-            if unique_key is not None:
-                raise TypeError("unique_key= cannot be combined with connection= (yet)")
 
             def persist_in_transaction(job: Job) -> Job:
+                if job.unique_key is not None:
+                    now = self.clock.now()
+                    return add_unique(self.storage, [job], now=now, connection=connection)[0]
                 self.storage.add_in_transaction([job], connection=connection)
                 return job
 
@@ -394,8 +395,6 @@ class Engine(PeriodicJobs):
         """
         if connection is not None:
             self._check_transactional()
-            if unique_key is not None:
-                raise TypeError("unique_key= cannot be combined with connection= (yet)")
         built = [
             self._build(
                 handler,
@@ -420,7 +419,8 @@ class Engine(PeriodicJobs):
         for job in built:
             chain(job)
         if any(job.unique_key is not None for job in collected):
-            collected = add_unique(self.storage, collected, now=self.clock.now())
+            now = self.clock.now()
+            collected = add_unique(self.storage, collected, now=now, connection=connection)
         elif connection is None:
             self.storage.add_many(collected)
         else:

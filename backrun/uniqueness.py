@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from .handlers import HandlerSpec
 from .jobs import Job
@@ -64,7 +65,9 @@ def stamp(
     return job.replace(**changes) if changes else job
 
 
-def add_unique(storage: Storage, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
+def add_unique(
+    storage: Storage, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+) -> list[Job]:
     """Store ``jobs`` through :meth:`Storage.add_unique`, if the store can.
 
     Raises:
@@ -72,4 +75,6 @@ def add_unique(storage: Storage, jobs: Sequence[Job], *, now: datetime) -> list[
     """
     if not storage.capabilities.unique_jobs:
         raise TypeError(f"{type(storage).__name__} cannot store unique jobs (unique_key=)")
-    return storage.add_unique(jobs, now=now)
+    if connection is None:
+        return storage.add_unique(jobs, now=now)
+    return storage.add_unique(jobs, now=now, connection=connection)

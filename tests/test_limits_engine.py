@@ -115,7 +115,7 @@ def test_bad_unique_arguments_are_refused(options: dict[str, Any], error: type) 
     assert engine.jobs() == []
 
 
-def test_unique_key_with_connection_is_refused() -> None:
+def test_unique_key_with_connection_needs_a_store_that_joins_transactions() -> None:
     engine = make_engine()
     with pytest.raises(TypeError):
         engine.enqueue("invoice", Invoice(number=1), unique_key="k", connection=object())

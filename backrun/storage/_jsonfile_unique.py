@@ -26,7 +26,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -85,8 +85,12 @@ class UniqueMixin(ChangesMixin):
             os.path.join(_ensure(os.path.join(base, "keys")), digest + ".json"),
         )
 
-    def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
         """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
+        if connection is not None:
+            raise TypeError(f"{type(self).__name__} cannot join your transaction (connection=)")
         for job in jobs:
             check_job_id(job.id)
             if job.state not in READY_STATES or job.run_at is None:

@@ -54,8 +54,12 @@ class MemoryLimits:
         def _promote_all(self, queues: Collection[str] | None, now: datetime) -> list[Any]: ...
         def _pop_best(self, candidates: list[Any]) -> str | None: ...
 
-    def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
         """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
+        if connection is not None:
+            raise TypeError(f"{type(self).__name__} cannot join your transaction (connection=)")
         for job in jobs:
             check_job_id(job.id)
             if job.state not in READY_STATES or job.run_at is None:

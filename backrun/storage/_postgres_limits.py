@@ -117,49 +117,39 @@ class LimitStatements:
 
 
 def add_unique(
-    db: Connections, sql: Statements, lim: LimitStatements, jobs: Sequence[Job], now: datetime
+    db: Connections,
+    sql: Statements,
+    lim: LimitStatements,
+    jobs: Sequence[Job],
+    now: datetime,
+    connection: Any = None,
 ) -> list[Job]:
-    """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
+    """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`.
+
+    With ``connection`` (a caller's DB-API connection) everything runs in the
+    caller's transaction: the jobs and their keys commit with it, and racers
+    for the same keys wait on the key locks until it ends.
+    """
     for job in jobs:
         check_job_id(job.id)
         if job.state not in READY_STATES or job.run_at is None:
             raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
     if len({job.id for job in jobs}) != len(jobs):
         raise ValueError("duplicate job ids in batch")
-    keys = sorted({(job.handler, job.unique_key) for job in jobs if job.unique_key is not None})
-    locks = sorted({lim.lock_key("unique", h, k) for h, k in keys})
     decided: list[Job] = []
+    if connection is not None:
+        try:
+            with connection.cursor() as cur:
+                return _decide_and_add(cur, sql, lim, jobs, now)
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise ValueError("a job with one of these ids exists already") from exc
+            raise
 
     def write(conn: psycopg.Connection[Any]) -> list[Job]:
-        with conn.transaction():
-            for lock in locks:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-            rows = conn.execute(
-                lim.holders, ([h for h, _ in keys], [k for _, k in keys])
-            ).fetchall()
-            stored = {(row[0], row[1]): row_to_job(row[2:]) for row in rows}
-            taken: dict[tuple[str, str | None], Job] = {}
-            result: list[Job] = []
-            for job in jobs:
-                if job.unique_key is None:
-                    result.append(job)
-                    continue
-                key = (job.handler, job.unique_key)
-                if key not in taken:
-                    holder = stored.get(key)
-                    taken[key] = holder if holder and holds_key(holder, now, job) else job
-                result.append(taken[key])
-            new = [job for job, got in zip(jobs, result, strict=True) if got is job]
-            if new:
-                conn.execute(sql.insert, insert_params(new, sql.channel))
-            mine = [job for job in new if job.unique_key is not None]
-            if mine:
-                conn.execute(
-                    lim.point_keys,
-                    ([j.handler for j in mine], [j.unique_key for j in mine], [j.id for j in mine]),
-                )
-            decided[:] = result
-        return result
+        with conn.transaction(), conn.cursor() as cur:
+            decided[:] = _decide_and_add(cur, sql, lim, jobs, now)
+        return decided
 
     def landed(conn: psycopg.Connection[Any]) -> Any:
         # The reply was lost: if any new job exists, the transaction committed.
@@ -173,6 +163,47 @@ def add_unique(
             raise ValueError("a job with one of these ids exists already") from None
         raise
     return result
+
+
+def _decide_and_add(
+    cur: Any, sql: Statements, lim: LimitStatements, jobs: Sequence[Job], now: datetime
+) -> list[Job]:
+    """Lock the keys, read their holders, add the jobs whose keys are free (one transaction)."""
+    keys = sorted({(job.handler, job.unique_key) for job in jobs if job.unique_key is not None})
+    for lock in sorted({lim.lock_key("unique", h, k) for h, k in keys}):
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+    cur.execute(lim.holders, ([h for h, _ in keys], [k for _, k in keys]))
+    stored = {(row[0], row[1]): row_to_job(row[2:]) for row in cur.fetchall()}
+    taken: dict[tuple[str, str | None], Job] = {}
+    result: list[Job] = []
+    for job in jobs:
+        if job.unique_key is None:
+            result.append(job)
+            continue
+        key = (job.handler, job.unique_key)
+        if key not in taken:
+            holder = stored.get(key)
+            taken[key] = holder if holder and holds_key(holder, now, job) else job
+        result.append(taken[key])
+    new = [job for job, got in zip(jobs, result, strict=True) if got is job]
+    if new:
+        cur.execute(sql.insert, insert_params(new, sql.channel))
+    mine = [job for job in new if job.unique_key is not None]
+    if mine:
+        cur.execute(
+            lim.point_keys,
+            ([j.handler for j in mine], [j.unique_key for j in mine], [j.id for j in mine]),
+        )
+    return result
+
+
+def _is_unique_violation(exc: BaseException) -> bool:
+    """True for a psycopg 3, psycopg2 or Django-wrapped unique violation (SQLSTATE 23505)."""
+    for candidate in (exc, exc.__cause__):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code == "23505":
+            return True
+    return False
 
 
 def forget_purged_keys(db: Connections, lim: LimitStatements, *, batch: int = 1000) -> int:
@@ -337,9 +368,11 @@ class PostgresLimits:
             self._limit_sql = LimitStatements(self.schema)
         return self._limit_sql
 
-    def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
         """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
-        return add_unique(self._db, self._sql, self._limits_sql(), jobs, now)
+        return add_unique(self._db, self._sql, self._limits_sql(), jobs, now, connection)
 
     def forget_purged_keys(self) -> int:
         """Delete the key rows of purged jobs (``maintain`` calls it); return how many."""

@@ -150,7 +150,9 @@ class Storage(ABC):
             return False
         return True
 
-    def add_unique(self, jobs: Sequence[Job], *, now: datetime) -> list[Job]:
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
         """Add new jobs, some with a ``unique_key``, deduplicating atomically; all or none.
 
         A job's key ``(handler, unique_key)`` is *taken* by the stored job that
@@ -166,6 +168,9 @@ class Storage(ABC):
         :meth:`add_many`. :meth:`requeue` never looks at keys.
 
         Only stores whose :attr:`capabilities` declare ``unique_jobs`` implement it.
+        ``connection`` (stores that also declare ``transactional_enqueue``): a
+        caller's open DB-API connection; the jobs and their keys then commit or
+        roll back with the caller's transaction, as :meth:`add_in_transaction`.
 
         Returns:
             One job per given job, in order: the job itself if it was stored,
@@ -173,6 +178,7 @@ class Storage(ABC):
 
         Raises:
             ValueError: as :meth:`add_many`.
+            TypeError: ``connection`` given to a store that cannot join it.
             StorageError: the store could not write; nothing new is visible.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot store unique jobs")
