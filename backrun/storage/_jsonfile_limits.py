@@ -46,7 +46,14 @@ from backrun.limits import (
 from . import fs
 from ._jsonfile_base import from_ns, storage_errors, to_ns
 from ._jsonfile_cache import ReadyCache
-from ._jsonfile_layout import GRAB_SUFFIX, check_worker_id, parse_ready, running_name, to_key
+from ._jsonfile_layout import (
+    GRAB_SUFFIX,
+    ReadyName,
+    check_worker_id,
+    parse_ready,
+    running_name,
+    to_key,
+)
 from ._jsonfile_unique import UniqueMixin, exclusive
 
 __all__ = ["LimitsMixin"]
@@ -66,6 +73,7 @@ class LimitsMixin(UniqueMixin):
     """:meth:`claim_limited` for :class:`~backrun.storage.jsonfile.JsonFileStorage`."""
 
     _facts: dict[str, Job]
+    _busy: bool
 
     if TYPE_CHECKING:
 
@@ -101,33 +109,68 @@ class LimitsMixin(UniqueMixin):
         lease_ns = to_ns(now + lease)
         result = _Claiming()
         held: dict[tuple[str, str | None], str] = {}
+        # Names a limit holds back are taken out of the caches while this claim
+        # looks further, so each step is the caches' own "best due" (cheap when
+        # nothing is held), and put back at the end.
+        set_aside: list[tuple[ReadyCache, ReadyName]] = []
         with storage_errors("claim"):
-            qencs = self.claimable(self.queues_for(queues))
+            busy = self._busy
+            qencs = self.claimable(self.queues_for(queues, fresh=not busy))
             with self.mutex:
-                due: list[tuple[str, str]] = []
                 for qenc in qencs:
-                    self.promote(qenc, now_key)
-                    cache = self.cache(qenc)
-                    cache.refresh(now_key, watched=self.watched())
-                    due.extend((n, qenc) for n, p in cache.live.items() if p.run_key <= now_key)
-            due.sort()
-            for name, qenc in due:
-                if len(result.jobs) >= limit:
-                    break
-                cache = self.cache(qenc)
-                job = self._ready_facts(cache, name)
-                if job is None:
-                    continue
-                rules = limits_for(job, limits)
-                if rules is None:
-                    got = self._take(cache, name, secrets.token_hex(8), now, worker_id, lease_ns)
-                else:
-                    got = self._take_limited(
-                        result, held, cache, name, job, rules, now, worker_id, lease_ns
+                    self.promote(qenc, now_key, fresh=not busy)
+                    self.cache(qenc).refresh(now_key, watched=self.watched())
+            try:
+                while len(result.jobs) < limit:
+                    with self.mutex:
+                        best: tuple[str, str] | None = None
+                        for qenc in qencs:
+                            name = self.cache(qenc).best_due(now_key)
+                            if name is not None and (best is None or name < best[1]):
+                                best = (qenc, name)
+                    if best is None:
+                        break
+                    cache = self.cache(best[0])
+                    got = self._consider(
+                        result, held, set_aside, cache, best[1], now, worker_id, lease_ns, limits
                     )
-                if got is not None:
-                    result.jobs.append(got)
+                    if got is not None:
+                        result.jobs.append(got)
+            finally:
+                with self.mutex:
+                    for cache, parsed in set_aside:
+                        cache.add(parsed)
+        self._busy = len(result.jobs) >= limit
         return LimitedClaim(result.jobs, result.waiting, result.retry_at)
+
+    def _consider(
+        self,
+        result: _Claiming,
+        held: dict[tuple[str, str | None], str],
+        set_aside: list[tuple[ReadyCache, ReadyName]],
+        cache: ReadyCache,
+        name: str,
+        now: datetime,
+        worker_id: str,
+        lease_ns: int,
+        limits: Mapping[str, HandlerLimits],
+    ) -> Job | None:
+        """Claim the due job ``name`` if its limits allow, else set it aside; the claim or None."""
+        job = self._ready_facts(cache, name)
+        if job is None:
+            return None
+        rules = limits_for(job, limits)
+        if rules is None:
+            return self._take(cache, name, secrets.token_hex(8), now, worker_id, lease_ns)
+        waiting = len(result.waiting)
+        got = self._take_limited(result, held, cache, name, job, rules, now, worker_id, lease_ns)
+        if got is None and len(result.waiting) > waiting:
+            parsed = parse_ready(name)
+            assert parsed is not None
+            with self.mutex:
+                cache.discard(name)
+            set_aside.append((cache, parsed))
+        return got
 
     def _ready_facts(self, cache: ReadyCache, name: str) -> Job | None:
         """The record of a ready job (its handler and limit fields never change), cached."""
