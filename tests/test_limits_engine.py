@@ -242,3 +242,29 @@ def test_a_schedules_ticks_of_a_limited_handler_are_limited() -> None:
     (tick,) = engine.jobs()
     assert tick.limited
     assert tick.concurrency_key == "t9"
+
+
+def test_a_discovered_function_keeps_the_limits_of_its_decorator(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "limited_jobs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "calls.py").write_text(
+        "from datetime import timedelta\n"
+        "from pydantic import BaseModel\n"
+        "import backrun\n\n"
+        "class Ping(BaseModel):\n"
+        "    host: str\n\n"
+        "@backrun.handler(name='ping', max_concurrency=3, concurrency_key=lambda p: p.host,\n"
+        "                 rate_limit=backrun.RateLimit(5, per=timedelta(seconds=60)))\n"
+        "def ping(payload: Ping) -> None:\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    engine = backrun.Engine(backrun.MemoryStorage(), middleware=[])
+    assert engine.add_handlers_from_package("limited_jobs") == ["ping"]
+    spec = engine.registry.get("ping")
+    assert spec is not None
+    assert spec.limits == backrun.limits.HandlerLimits(3, backrun.RateLimit(5, per=60))
+    assert engine.enqueue("ping", {"host": "a"}).concurrency_key == "a"
