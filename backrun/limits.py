@@ -133,9 +133,7 @@ class LimitedClaim:
     Attributes:
         jobs: the claimed jobs (as :meth:`Storage.claim` returns them).
         waiting: ``(job id, handler, limit)`` of due jobs skipped because a
-            limit held them (``limit`` is :data:`CONCURRENCY` or :data:`RATE`):
-            at least the first of each held group; a store may leave out the
-            rest of a group it stopped looking at.
+            limit held them (``limit`` is :data:`CONCURRENCY` or :data:`RATE`).
         retry_at: the earliest time a rate window lets a skipped job start,
             or ``None``; concurrency waits end with a store notification.
     """

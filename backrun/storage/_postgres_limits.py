@@ -84,6 +84,14 @@ class LimitStatements:
             "(SELECT * FROM unnest(%(held_h)s::text[], %(held_k)s::text[]))) "
             "ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
+        # The rest of the held groups' due jobs, to report as waiting too.
+        self.held_due = (
+            f"SELECT id, handler FROM {jobs} WHERE state IN {READY} AND run_at <= %(now)s "
+            "AND limited AND id <> ALL(%(seen)s) "
+            "AND (%(any_queue)s OR queue = ANY(%(queues)s)) "
+            "AND (handler = ANY(%(rate_held)s) OR (handler, coalesce(concurrency_key, '')) IN "
+            "(SELECT * FROM unnest(%(held_h)s::text[], %(held_k)s::text[]))) LIMIT 1000"
+        )
         self.running_in_group = (
             f"SELECT count(*) FROM {jobs} WHERE state = 'running' AND limited "
             "AND handler = %s AND concurrency_key IS NOT DISTINCT FROM %s"
@@ -327,6 +335,17 @@ def _claim_in(
         taken = conn.execute(lim.take, {**base, "id": job_id}).fetchone()
         if taken is not None:
             result.jobs.append(row_to_job(taken))
+    if held or rate_held:
+        params = {
+            **base,
+            "seen": seen,
+            "rate_held": rate_held,
+            "held_h": [h for h, _ in held],
+            "held_k": [k for _, k in held],
+        }
+        kinds = dict.fromkeys(rate_held, RATE)
+        for job_id, handler in conn.execute(lim.held_due, params).fetchall():
+            result.waiting.append((job_id, handler, kinds.get(handler, CONCURRENCY)))
     return LimitedClaim(result.jobs, result.waiting, retry_at)
 
 
