@@ -9,7 +9,8 @@ Usage:
 ``work`` runs a worker until SIGTERM. Each handler appends
 ``start|end <job id> <handler> <concurrency key> <time ns> <pid>`` lines to
 LEDGER (one O_APPEND write each), so a test can measure the concurrency of
-every handler across processes. ``enqueue`` starts 8 threads that wait for the
+every handler across processes; a job held back by a limit adds
+``wait <job id> <handler> <limit> <time ns> <pid>``. ``enqueue`` starts 8 threads that wait for the
 wall-clock time AT (ns), each enqueue ``limits.free`` with ``unique_key=KEY``,
 and prints the ids they got back, one per line.
 """
@@ -96,6 +97,17 @@ def register(engine: backrun.Engine, ledger: str | None = None) -> None:
     engine.add_handler(hold, name="limits.hold", max_concurrency=1)
 
 
+class LedgerWaits(backrun.Middleware):
+    """Writes ``wait <job id> <handler> <limit> <time ns> <pid>`` when a limit holds a job."""
+
+    def __init__(self, ledger: str) -> None:
+        self.fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def job_waited(self, job_id: str, handler: str, limit: str) -> None:
+        line = f"wait {job_id} {handler} {limit} {time.time_ns()} {os.getpid()}\n"
+        os.write(self.fd, line.encode())
+
+
 def work(args: argparse.Namespace) -> None:
     store = open_store(args.store, threads=args.threads)
     engine = backrun.Engine(
@@ -103,7 +115,7 @@ def work(args: argparse.Namespace) -> None:
         threads=args.threads,
         lease=timedelta(seconds=60),
         recovery_interval=args.recovery,
-        middleware=[],
+        middleware=[LedgerWaits(args.ledger)],
         shutdown_timeout=5.0,
     )
     register(engine, args.ledger)
