@@ -24,6 +24,7 @@ from .errors import (
 from .followups import Next
 from .handlers import Handler, handler
 from .jobs import Job, JobError, JobState, Progress
+from .limits import RateLimit
 from .middleware import Middleware
 from .results import JobFailed
 from .retries import RetryPolicy
@@ -60,6 +61,7 @@ __all__ = [
     "PayloadTooLarge",
     "PostgresStorage",
     "Progress",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
     "Storage",

@@ -13,13 +13,14 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, overload
 
 from .clock import Clock, SystemClock
 from .enqueueing import build_job, check_queue
 from .followups import Next, build_followups
 from .handlers import Handler, HandlerRegistry, HandlerSpec
 from .jobs import Job, JobState
+from .limits import LimitOptions
 from .middleware import Middleware, compose_enqueue
 from .periodic import PeriodicJobs
 from .results import JobResults, announce
@@ -30,6 +31,7 @@ from .settings import find as find_setting
 from .settings import warn_deprecated
 from .signals import stop_on_signals
 from .storage.base import Storage
+from .uniqueness import add_unique, stamp
 from .worker import Worker
 from .workerinfo import WorkerInfo
 
@@ -175,25 +177,29 @@ class Engine(PeriodicJobs, JobResults):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> HandlerSpec:
         """Register a Handler subclass (built per job by ``factory``) or a function.
 
-        ``name``, ``retry`` and ``queue`` apply to function handlers; a class
-        sets them as class attributes.
+        ``name``, ``retry``, ``queue`` and the limits (``max_concurrency``,
+        ``concurrency_key``, ``rate_limit``; see README "Limits") apply to
+        function handlers; a class sets them as class attributes.
 
         Raises:
             ValueError: a handler with the same name is registered already.
             TypeError: ``handler`` is neither, or a class needs a factory.
         """
         if isinstance(handler, type):
-            if name is not None or retry is not None or queue is not None:
-                raise TypeError("set name, retry and queue as class attributes of a Handler")
+            if name is not None or retry is not None or queue is not None or any(limits.values()):
+                raise TypeError(
+                    "set name, retry, queue and limits as class attributes of a Handler"
+                )
             return self.registry.add_class(handler, factory)
         if factory is not None:
             raise TypeError("factory= is for Handler classes")
         if queue is not None:
             check_queue(queue)
-        return self.registry.add_function(handler, name=name, retry=retry, queue=queue)
+        return self.registry.add_function(handler, name=name, retry=retry, queue=queue, **limits)
 
     @overload
     def handler(self, fn: F, /) -> F: ...
@@ -206,6 +212,7 @@ class Engine(PeriodicJobs, JobResults):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> Callable[[F], F]: ...
     def handler(
         self,
@@ -215,6 +222,7 @@ class Engine(PeriodicJobs, JobResults):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> F | Callable[[F], F]:
         """Register a function handler: ``@engine.handler`` or ``@engine.handler(name=...)``.
 
@@ -223,7 +231,7 @@ class Engine(PeriodicJobs, JobResults):
         """
 
         def register(target: F) -> F:
-            self.add_handler(target, name=name, retry=retry, queue=queue)
+            self.add_handler(target, name=name, retry=retry, queue=queue, **limits)
             return target
 
         return register(fn) if fn is not None else register
@@ -257,9 +265,12 @@ class Engine(PeriodicJobs, JobResults):
         queue: str | None,
         priority: int,
         headers: Mapping[str, str] | None,
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Job:
-        return build_job(
-            self.registry.resolve(handler),
+        spec = self.registry.resolve(handler)
+        job = build_job(
+            spec,
             payload,
             now=self.clock.now(),
             delay=delay,
@@ -271,6 +282,7 @@ class Engine(PeriodicJobs, JobResults):
             max_payload_bytes=self.max_payload_bytes,
             max_payload_depth=self.max_payload_depth,
         )
+        return stamp(job, spec, unique_key=unique_key, unique_for=unique_for)
 
     def _build_followup(
         self,
@@ -285,6 +297,8 @@ class Engine(PeriodicJobs, JobResults):
         return self._build(handler, payload, delay, None, queue, priority, headers)
 
     def _persist(self, job: Job) -> Job:
+        if job.unique_key is not None:
+            return add_unique(self.storage, [job], now=self.clock.now())[0]
         self.storage.add(job)
         return job
 
@@ -300,6 +314,8 @@ class Engine(PeriodicJobs, JobResults):
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
         then: Sequence[Next] = (),
+        unique_key: str | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> Job:
         """Validate a payload and store a new job; return it once it is durable.
 
@@ -321,6 +337,12 @@ class Engine(PeriodicJobs, JobResults):
             then: follow-up jobs (:class:`backrun.Next`), validated now, stored
                 with this job and enqueued by the store in the step that records
                 its success (never if it ends DEAD or CANCELLED).
+            unique_key: while a job of this handler with this key is
+                SCHEDULED, QUEUED or RUNNING, return that job and store
+                nothing (atomic across threads and processes; README "Unique jobs").
+            unique_for: also return any job of this handler with this key
+                created less than this long ago (timedelta or seconds),
+                finished or not.
 
         Raises:
             UnknownHandler: the handler is not registered.
@@ -333,7 +355,9 @@ class Engine(PeriodicJobs, JobResults):
             TypeError: ``delay``, ``at``, ``priority`` or ``headers`` of the wrong type.
             StorageError: the store could not write; nothing was stored.
         """
-        job = self._build(handler, payload, delay, at, queue, priority, headers)
+        job = self._build(
+            handler, payload, delay, at, queue, priority, headers, unique_key, unique_for
+        )
         if then:
             job = job.replace(followups=build_followups(then, self._build_followup))
         if connection is None:
@@ -342,6 +366,9 @@ class Engine(PeriodicJobs, JobResults):
             self._check_transactional()
 
             def persist_in_transaction(job: Job) -> Job:
+                if job.unique_key is not None:
+                    now = self.clock.now()
+                    return add_unique(self.storage, [job], now=now, connection=connection)[0]
                 self.storage.add_in_transaction([job], connection=connection)
                 return job
 
@@ -369,6 +396,8 @@ class Engine(PeriodicJobs, JobResults):
         queue: str | None = None,
         priority: int = 0,
         connection: Any = None,
+        unique_key: Callable[[Any], str | None] | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> list[Job]:
         """Enqueue many jobs of one handler in one store write (all or none).
 
@@ -377,10 +406,29 @@ class Engine(PeriodicJobs, JobResults):
         middleware sees each job before the store receives them as one batch
         (so its spans and counts cover building the batch, not the write).
         ``connection`` joins the caller's transaction, as in :meth:`enqueue`.
+
+        ``unique_key`` is a function called with each payload as given,
+        returning its key (or ``None``); ``unique_for`` applies to every keyed
+        job. A job whose key is taken, by a stored job or by an earlier job of
+        the batch, is not stored: its place in the returned list holds the job
+        that has the key (so the list always matches ``payloads``).
         """
         if connection is not None:
             self._check_transactional()
-        built = [self._build(handler, p, delay, at, queue, priority, None) for p in payloads]
+        built = [
+            self._build(
+                handler,
+                p,
+                delay,
+                at,
+                queue,
+                priority,
+                None,
+                None if unique_key is None else unique_key(p),
+                unique_for,
+            )
+            for p in payloads
+        ]
         collected: list[Job] = []
 
         def collect(job: Job) -> Job:
@@ -390,7 +438,10 @@ class Engine(PeriodicJobs, JobResults):
         chain = compose_enqueue(self.middleware, collect)
         for job in built:
             chain(job)
-        if connection is None:
+        if any(job.unique_key is not None for job in collected):
+            now = self.clock.now()
+            collected = add_unique(self.storage, collected, now=now, connection=connection)
+        elif connection is None:
             self.storage.add_many(collected)
         else:
             self.storage.add_in_transaction(collected, connection=connection)

@@ -92,6 +92,10 @@ def build_followups(then: Iterable[Next], build: Callable[..., Job]) -> tuple[di
                 "max_attempts": job.max_attempts,
                 "headers": dict(job.headers),
                 "version": job.version,
+                # A limited handler's follow-up is held by its limits like any job.
+                **(
+                    {"limited": True, "concurrency_key": job.concurrency_key} if job.limited else {}
+                ),
             }
         )
     return tuple(stored)
@@ -128,6 +132,10 @@ def _job_of(item: Mapping[str, Any], now: datetime) -> Job:
             created_at=now,
             headers={str(k): str(v) for k, v in dict(item.get("headers") or {}).items()},
             version=int(item.get("version", 1)),
+            limited=bool(item.get("limited", False)),
+            concurrency_key=(
+                None if item.get("concurrency_key") is None else str(item["concurrency_key"])
+            ),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed follow-up in a job record: {exc!r}") from None

@@ -7,6 +7,7 @@ takes a context. Running a job is then a validate, a construct and a call.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -16,13 +17,14 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Generic, TypeVar, Unpack, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .context import JobContext
 from .errors import DoNotRetry, PayloadTooLarge, UnknownHandler
+from .limits import HandlerLimits, LimitOptions, RateLimit, handler_limits
 from .retries import RetryPolicy
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PAYLOAD_DEPTH, check_payload
 
@@ -57,6 +59,12 @@ class Handler(Generic[P]):
     The return annotation of ``execute`` types its result: the value returned
     is stored (in its JSON form) with the job's success and read back with
     ``engine.result(job_id)``.
+        max_concurrency: at most this many of its jobs run at once, over every
+            worker process on the store (per ``concurrency_key`` value if set).
+        concurrency_key: ``staticmethod(lambda payload: ...)`` returning a str:
+            ``max_concurrency`` then applies per key (e.g. per tenant).
+        rate_limit: a :class:`~backrun.RateLimit`: at most ``n`` starts per
+            ``per``, over every worker process on the store.
 
     A handler instance is built per job by its factory (default: the class
     called with no arguments), so instances need not be thread-safe.
@@ -66,6 +74,9 @@ class Handler(Generic[P]):
     retry: ClassVar[RetryPolicy | None] = None
     queue: ClassVar[str | None] = None
     version: ClassVar[int] = 1
+    max_concurrency: ClassVar[int | None] = None
+    concurrency_key: ClassVar[Callable[[Any], str] | None] = None
+    rate_limit: ClassVar[RateLimit | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -88,16 +99,23 @@ class Handler(Generic[P]):
 
 
 def handler(
-    name: str | None = None, *, retry: RetryPolicy | None = None, queue: str | None = None
+    name: str | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    **limits: Unpack[LimitOptions],
 ) -> Callable[[F], F]:
     """Mark a function as a handler for :meth:`Engine.add_handlers_from_package`.
 
     The payload type is the first parameter's annotation; the function may
     take ``(payload)`` or ``(payload, ctx)``. The function is returned as is.
+    ``limits`` are ``max_concurrency``, ``concurrency_key`` and ``rate_limit``,
+    as for :meth:`Engine.handler`.
     """
+    handler_limits(**limits)  # refuse bad limits where they are written
 
     def mark(fn: F) -> F:
-        setattr(fn, _MARK, {"name": name, "retry": retry, "queue": queue})
+        setattr(fn, _MARK, {"name": name, "retry": retry, "queue": queue, **limits})
         return fn
 
     return mark
@@ -158,6 +176,11 @@ class HandlerSpec:
     def load_result(self, stored: Any) -> Any:
         """Validate a stored result back into the handler's return type."""
         return self.result_adapter.validate_python(stored)
+
+    limits: HandlerLimits | None = None
+    """Its concurrency and rate limits, or ``None``."""
+    concurrency_key: Callable[[Any], str] | None = None
+    """Maps a validated payload to the key ``max_concurrency`` applies per."""
 
     def dump(self, payload: object, max_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH) -> dict[str, Any]:
         """Validate ``payload`` (a model or a plain mapping) and return its JSON form.
@@ -359,7 +382,23 @@ def _spec_for_class(
             return make().execute(validate(payload, ctx.job.version))  # type: ignore[call-arg]
 
     result = _result_adapter(cls.execute)
-    return HandlerSpec(cls.name, cls, adapter, invoke, cls.retry, cls.queue, result, version)
+    limits = handler_limits(
+        max_concurrency=cls.max_concurrency,
+        concurrency_key=cls.concurrency_key,
+        rate_limit=cls.rate_limit,
+    )
+    return HandlerSpec(
+        cls.name,
+        cls,
+        adapter,
+        invoke,
+        cls.retry,
+        cls.queue,
+        result,
+        version,
+        limits,
+        cls.concurrency_key,
+    )
 
 
 def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
@@ -434,11 +473,15 @@ class HandlerRegistry:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> HandlerSpec:
         """Register a function handler."""
         if not callable(fn) or isinstance(fn, type):
             raise TypeError(f"{fn!r} is not a function")
-        return self._add(_spec_for_function(fn, name, retry, queue))
+        checked = handler_limits(**limits)
+        spec = _spec_for_function(fn, name, retry, queue)
+        key = limits.get("concurrency_key")
+        return self._add(dataclasses.replace(spec, limits=checked, concurrency_key=key))
 
     def add_package(self, package: str) -> list[HandlerSpec]:
         """Import every module of ``package`` and register the handlers defined there.

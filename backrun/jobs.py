@@ -239,6 +239,15 @@ class Job:
     followups: tuple[Mapping[str, Any], ...] = ()
     """``then=`` follow-ups, as stored: the store enqueues them when this job succeeds
     (see :mod:`backrun.followups`)."""
+    unique_key: str | None = None
+    """Set by ``enqueue(unique_key=)``: no second job of this handler with this
+    key is stored while this one waits or runs, or before ``unique_until``."""
+    unique_until: datetime | None = None
+    """``created_at + unique_for``: the key stays taken until then, whatever the state."""
+    limited: bool = False
+    """The handler had a concurrency or rate limit when the job was enqueued."""
+    concurrency_key: str | None = None
+    """The handler's ``concurrency_key`` of this payload: the limit applies per key."""
 
     @property
     def last_error(self) -> JobError | None:

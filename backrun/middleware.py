@@ -6,6 +6,7 @@ A middleware wraps work in layers, the first added outermost:
 * ``enqueue(job, call_next)`` wraps persisting a new job, in the caller's thread;
 * ``attempt_finished(ctx, job, error)`` hears how the worker recorded an attempt;
 * ``orphan_recovered(job)`` hears that a dead worker's job was rescued;
+* ``job_waited(job_id, handler, limit)`` hears that a limit held a due job back;
 * ``worker_started(worker)`` / ``worker_stopping(worker)`` bracket a worker.
 
 Exceptions propagate through ``process``; only the worker decides a job's
@@ -96,6 +97,12 @@ class Middleware:
 
         ``reason`` is ``"newer_version"``: its payload version is newer than
         this worker's handler knows (a rolling deploy); a newer worker runs it.
+        """
+
+    def job_waited(self, job_id: str, handler: str, limit: str) -> None:
+        """Hear that a due job may not start yet: ``limit`` is ``"concurrency"`` or ``"rate"``.
+
+        Called in the worker's claiming thread, once per job per worker process.
         """
 
     def worker_started(self, worker: WorkerHandle) -> None:

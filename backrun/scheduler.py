@@ -41,6 +41,7 @@ from .middleware import Middleware, compose_enqueue
 from .retries import RetryPolicy
 from .schedules import Schedule
 from .storage.base import Storage
+from .uniqueness import stamp
 
 __all__ = [
     "LAG_LIMIT",
@@ -255,8 +256,9 @@ class Scheduler:
         # of most races a write, and their tracing a failed "send" span.
         if engine.storage.get(job_id) is not None:
             return False
+        spec = engine.registry.resolve(schedule.handler)
         job = build_job(
-            engine.registry.resolve(schedule.handler),
+            spec,
             dict(schedule.payload),
             now=now,
             delay=None,
@@ -268,6 +270,7 @@ class Scheduler:
             max_payload_bytes=engine.max_payload_bytes,
             max_payload_depth=engine.max_payload_depth,
         ).replace(id=job_id)
+        job = stamp(job, spec, unique_key=None, unique_for=None)  # a limited handler's tick
         try:
             job = self._persist(job)
         except _TickExists:

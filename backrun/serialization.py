@@ -127,6 +127,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "progress": None if job.progress is None else progress_to_dict(job.progress),
         "version": job.version,
         "followups": [dict(f) for f in job.followups],
+        **_limit_fields(job),
     }
 
 
@@ -149,6 +150,18 @@ def progress_from_dict(data: Any) -> Progress | None:
     if not isinstance(done, int | float) or not (total is None or isinstance(total, int | float)):
         raise ValueError("malformed job record: progress numbers")
     return Progress(done, total, None if message is None else str(message))
+
+
+def _limit_fields(job: Job) -> dict[str, Any]:
+    # Written only when set, so records of unlimited jobs stay as they were.
+    fields: dict[str, Any] = {}
+    if job.unique_key is not None:
+        fields["unique_key"] = job.unique_key
+        fields["unique_until"] = _time(job.unique_until)
+    if job.limited:
+        fields["limited"] = True
+        fields["concurrency_key"] = job.concurrency_key
+    return fields
 
 
 def job_from_dict(data: Mapping[str, Any]) -> Job:
@@ -199,6 +212,10 @@ def job_from_dict(data: Mapping[str, Any]) -> Job:
             progress=progress_from_dict(data.get("progress")),
             version=int(data.get("version", 1)),
             followups=tuple(_followups(data.get("followups", ()))),
+            unique_key=_opt_str(data.get("unique_key")),
+            unique_until=_parse_time(data.get("unique_until")),
+            limited=bool(data.get("limited", False)),
+            concurrency_key=_opt_str(data.get("concurrency_key")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed job record: {exc!r}") from None
@@ -208,6 +225,10 @@ def _followups(items: Any) -> list[dict[str, Any]]:
     if not isinstance(items, list | tuple) or not all(isinstance(i, dict) for i in items):
         raise ValueError("malformed job record: followups must be a list of objects")
     return list(items)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _missing(name: str) -> datetime:

@@ -26,9 +26,11 @@ from datetime import timedelta
 from typing import Protocol
 
 from .attempts import Attempt, AttemptRecorder, Slot
+from .claims import Claimer, idle_seconds
 from .context import EngineHandle
 from .isolation import AloneGate
 from .jobs import Job, JobState
+from .limits import LimitedClaim
 from .middleware import compose_process, overrides
 from .scheduler import ScheduleHost, Scheduler
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
@@ -170,6 +172,9 @@ class Worker:
             max_crashes=max_crashes,
         )
         self._scheduler = Scheduler(engine, self.id)
+        self._claimer = Claimer(
+            self.storage, engine.registry, self._middleware, worker_id=self.id, lease=lease
+        )
 
     @property
     def max_parallelism(self) -> int:
@@ -203,6 +208,7 @@ class Worker:
     def start(self) -> None:
         """Register with the store, then start the slot and supervisor threads."""
         self.started_at = self.clock.now()
+        self._claimer.limits()  # a store that cannot enforce them is refused here, at once
         self.storage.register_worker(self.id, now=self.started_at)
         for layer in self._middleware:
             if overrides(layer, "worker_started"):
@@ -421,7 +427,6 @@ class Worker:
     # -- slot threads -----------------------------------------------------
 
     def _slot_loop(self, slot: Slot) -> None:
-        storage = self.storage
         try:
             while not self._stopping and not slot.abandoned:
                 seen = self._wake_seq
@@ -430,14 +435,8 @@ class Worker:
                     continue  # the gate was closed; it waited, look again
                 job: Job | None = None
                 try:
-                    jobs = storage.claim(
-                        queues=self.queues,
-                        limit=1,
-                        now=self.clock.now(),
-                        worker_id=self.id,
-                        lease=self.lease,
-                    )
-                    job = jobs[0] if jobs else None
+                    claimed = self._claimer.claim(queues=self.queues, now=self.clock.now())
+                    job = claimed.jobs[0] if claimed.jobs else None
                 except Exception as exc:
                     self._claim_failed(exc)
                     self._leave_claim(None, None, solo)
@@ -454,7 +453,7 @@ class Worker:
                 if attempt is not None:
                     self._run(attempt, slot)
                     continue
-                timeout = self._idle_timeout()
+                timeout = self._idle_timeout(claimed)
                 with self._lock:
                     if self._stopping or seen != self._wake_seq:
                         continue
@@ -506,7 +505,7 @@ class Worker:
             if not self._stopping:
                 self._work.wait(seconds)
 
-    def _idle_timeout(self) -> float:
+    def _idle_timeout(self, claimed: LimitedClaim | None = None) -> float:
         timeout = _MAX_IDLE_SECONDS
         poll = self.storage.poll_interval
         if poll is not None:
@@ -516,10 +515,7 @@ class Worker:
         except Exception:
             log.exception("next_run_at failed")
             return 1.0
-        if next_run is not None:
-            until = (next_run - self.clock.now()).total_seconds()
-            timeout = min(timeout, max(until, 0.001))
-        return timeout
+        return idle_seconds(claimed, now=self.clock.now(), next_run=next_run, cap=timeout)
 
     def _run(self, attempt: Attempt, slot: Slot) -> None:
         job = attempt.job

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backrun"
 # Lowest first; a module may import its own layer or any lower one. Each entry
 # is a dotted module name relative to ``backrun`` or a package prefix ending in ".".
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("records", ("errors", "clock", "jobs", "workerinfo")),
+    ("records", ("errors", "clock", "jobs", "workerinfo", "limits")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
     (
@@ -26,7 +26,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("storage", ("storage.",)),
     (
         "execution",
-        ("isolation", "scheduler", "results", "attempts", "supervisor", "worker", "signals"),
+        (
+            "isolation",
+            "scheduler",
+            "results",
+            "attempts",
+            "supervisor",
+            "worker",
+            "signals",
+            "claims",
+            "uniqueness",
+        ),
     ),
     ("observability", ("observability.",)),
     ("composition", ("periodic", "engine", "__init__")),

@@ -29,6 +29,7 @@ EXPECTED = [
     "PayloadTooLarge",
     "PostgresStorage",
     "Progress",
+    "RateLimit",
     "RetryPolicy",
     "Schedule",
     "Storage",

@@ -174,6 +174,20 @@ class _Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.limited = Counter(
+            "backrun_limited",
+            "Times a due job had to wait for its handler's limit (concurrency or rate), "
+            "counted once per job by each worker process that found it waiting.",
+            ("handler", "limit"),
+            registry=registry,
+        )
+        self.limited_running = Gauge(
+            "backrun_limited_running",
+            "Jobs of handlers with a concurrency or rate limit running now in this process.",
+            ("handler",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._children: dict[tuple[str, str], _Children] = {}
 
     def children(self, queue: str, handler: str) -> _Children:
@@ -211,7 +225,9 @@ class MetricsMiddleware(Middleware):
     ``backrun_jobs_enqueued_total``, ``backrun_jobs_completed_total`` (plus
     ``outcome``), ``backrun_job_duration_seconds``,
     ``backrun_job_queue_wait_seconds``, ``backrun_jobs_running``,
-    ``backrun_orphans_recovered_total`` and ``backrun_stuck_threads``.
+    ``backrun_orphans_recovered_total`` and ``backrun_stuck_threads``;
+    for handlers with limits, ``backrun_limited_total`` (``handler``,
+    ``limit``: times a job waited) and ``backrun_limited_running`` (``handler``).
     An attempt released at shutdown (the job goes back to QUEUED) is not
     counted: it will run again. Queue depth and lag come from
     :class:`QueueCollector`, registered by :func:`serve_metrics`.
@@ -245,11 +261,16 @@ class MetricsMiddleware(Middleware):
             wait = (job.started_at - job.run_at).total_seconds()
             children.queue_wait.observe(wait if wait > 0.0 else 0.0)
         children.running.inc()
+        limited = self._metrics.limited_running.labels(job.handler) if job.limited else None
+        if limited is not None:
+            limited.inc()
         entry = self._inflight.begin(ctx, children)
         try:
             call_next(ctx)
         finally:
             children.running.dec()
+            if limited is not None:
+                limited.dec()
             if self._inflight.handler_returned(entry) and entry.stuck:
                 children.stuck.dec()
 
@@ -277,6 +298,10 @@ class MetricsMiddleware(Middleware):
     def job_deferred(self, job: Job, reason: str) -> None:
         """Count a job given back for a newer worker."""
         self._metrics.deferred.labels(job.queue, job.handler, reason).inc()
+
+    def job_waited(self, job_id: str, handler: str, limit: str) -> None:
+        """Count a job held back by a limit (``backrun_limited_total``)."""
+        self._metrics.limited.labels(handler, limit).inc()
 
     def worker_stopping(self, worker: object) -> None:
         """Forget attempts whose outcome was never recorded (their claim was lost)."""

@@ -16,6 +16,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from backrun.context import JobContext
 from backrun.errors import JobTimeout
 from backrun.jobs import Job, JobState, Outcome, Progress
+from backrun.limits import took_wait
 from backrun.middleware import EnqueueNext, Middleware, ProcessNext
 
 from ._common import error_type, library_version, messaging_attributes
@@ -134,6 +135,14 @@ class TracingMiddleware(Middleware):
             attributes=attributes,
             links=links,
         )
+        if job.limited:
+            waited = took_wait(job.id)
+            if waited is not None and job.started_at is not None:
+                seconds = max((job.started_at - waited.since).total_seconds(), 0.0)
+                span.add_event(
+                    "backrun.limit_waited",
+                    {"backrun.limit": waited.limit, "backrun.limit.waited_seconds": seconds},
+                )
         entry = self._inflight.begin(ctx, span)
         ctx.on_progress(lambda progress: span.add_event("progress", _progress_attributes(progress)))
         token = otel_context.attach(trace.set_span_in_context(span, parent))

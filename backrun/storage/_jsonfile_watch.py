@@ -1,7 +1,8 @@
 """Cross-process wake-ups for the JSON store: a thread watching the ready and cancels dirs.
 
 Another process's enqueue changes a ready directory's mtime; its cancel of a
-running job adds a marker to ``cancels/``. One daemon thread per store,
+running job adds a marker to ``cancels/``; a limited job leaving RUNNING
+touches ``limits/``. One daemon thread per store,
 started by the first :meth:`subscribe`, stats those directories every
 ``interval`` seconds (a few system calls, never a listing) and calls the
 subscribers when one changed, so idle workers pick up new jobs, and busy ones
@@ -11,6 +12,7 @@ waiting out their poll interval or heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,6 +29,9 @@ logger = logging.getLogger("backrun.storage.jsonfile")
 class _Store(Protocol):
     queues_dir: str
     cancels_dir: str
+
+    @property
+    def limits_dir(self) -> str: ...
 
     def queue_dirs(self) -> list[str]: ...
 
@@ -86,6 +91,8 @@ class Watcher:
                 seen[path] = fs.stat(path).st_mtime_ns
         except OSError:
             pass
+        with contextlib.suppress(OSError):  # a limit's slot freed (made on first use)
+            seen[store.limits_dir] = fs.stat(store.limits_dir).st_mtime_ns
         return seen
 
     def _run(self) -> None:

@@ -146,6 +146,25 @@ ALTER TABLE {schema}.jobs ADD COLUMN result json, ADD COLUMN progress json,
     ADD COLUMN followups json NOT NULL DEFAULT '[]';
 """,
     ),
+    # Version 6: unique jobs (a key table written under an advisory lock per
+    # key) and handler limits (running limited jobs per group; recent starts).
+    (
+        6,
+        """
+ALTER TABLE {schema}.jobs ADD COLUMN unique_key text, ADD COLUMN unique_until timestamptz,
+    ADD COLUMN limited boolean NOT NULL DEFAULT false, ADD COLUMN concurrency_key text;
+CREATE INDEX jobs_running_limited ON {schema}.jobs (handler, concurrency_key)
+    WHERE state = 'running' AND limited;
+CREATE TABLE {schema}.unique_keys (
+    handler text NOT NULL,
+    key text NOT NULL,
+    job_id text NOT NULL,
+    PRIMARY KEY (handler, key)
+);
+CREATE TABLE {schema}.limit_starts (handler text NOT NULL, started_at timestamptz NOT NULL);
+CREATE INDEX limit_starts_by_handler ON {schema}.limit_starts (handler, started_at);
+""",
+    ),
 )
 
 _COLUMN_NAMES = (
@@ -172,6 +191,10 @@ _COLUMN_NAMES = (
     "progress",
     "version",
     "followups",
+    "unique_key",
+    "unique_until",
+    "limited",
+    "concurrency_key",
 )
 _JSON_COLUMNS = frozenset({"errors", "headers", "payload", "result", "progress", "followups"})
 _ARRAY_TYPES = {
@@ -180,6 +203,8 @@ _ARRAY_TYPES = {
     "max_attempts": "int[]",
     "cancel_requested": "bool[]",
     "run_alone": "bool[]",
+    "limited": "bool[]",
+    "unique_until": "timestamptz[]",
     "errors": "json[]",
     "headers": "json[]",
     "payload": "json[]",
@@ -268,8 +293,11 @@ class Statements:
             "result = %(result)s::json, progress = %(progress)s::json, "
             "version = %(version)s, followups = %(followups)s::json, renewed_at = now() "
             "WHERE id = %(id)s AND state = 'running' AND claim_token = %(claim_token)s "
-            "RETURNING queue, state) "
-            f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}) FROM u"
+            "RETURNING queue, state, limited) "
+            f"SELECT (SELECT pg_notify(%(channel)s, u.queue) WHERE u.state IN {READY}), "
+            # A limited job's slot frees: wake the workers its limit holds back.
+            "(SELECT pg_notify(%(channel)s, 'limit') WHERE u.limited AND u.state <> 'running') "
+            "FROM u"
         )
         self.heartbeat = (
             f"WITH w AS (INSERT INTO {workers} (id, heartbeat_at, expires_at, ttl) "
@@ -401,6 +429,10 @@ def _job_values(job: Job) -> tuple[Any, ...]:
         None if job.progress is None else orjson.dumps(progress_to_dict(job.progress)).decode(),
         job.version,
         orjson.dumps([dict(f) for f in job.followups]).decode(),
+        job.unique_key,
+        job.unique_until,
+        job.limited,
+        job.concurrency_key,
     )
 
 
@@ -463,4 +495,8 @@ def row_to_job(row: Sequence[Any]) -> Job:
         progress=None if row[20] is None else progress_from_dict(orjson.loads(row[20])),
         version=row[21],
         followups=tuple(orjson.loads(row[22])),
+        unique_key=row[23],
+        unique_until=_utc(row[24]),
+        limited=row[25],
+        concurrency_key=row[26],
     )

@@ -30,12 +30,13 @@ against it unchanged.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id
+from backrun.limits import HandlerLimits, LimitedClaim
 from backrun.workerinfo import WorkerInfo
 
 __all__ = ["READY_STATES", "Capabilities", "Storage"]
@@ -56,6 +57,14 @@ class Capabilities:
     """:meth:`Storage.add_in_transaction` writes through a caller's open
     database connection, so jobs commit or roll back with the caller's own
     writes (``enqueue(..., connection=)``)."""
+
+    unique_jobs: bool = False
+    """:meth:`Storage.add_unique` stores jobs with a ``unique_key`` atomically
+    (``enqueue(..., unique_key=)``)."""
+
+    limits: bool = False
+    """:meth:`Storage.claim_limited` enforces handlers' concurrency and rate
+    limits across every process on the store."""
 
 
 class Storage(ABC):
@@ -140,6 +149,67 @@ class Storage(ABC):
                 raise
             return False
         return True
+
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
+        """Add new jobs, some with a ``unique_key``, deduplicating atomically; all or none.
+
+        A job's key ``(handler, unique_key)`` is *taken* by the stored job that
+        last took it while that job is SCHEDULED, QUEUED or RUNNING, while
+        ``now`` is before its ``unique_until``, or while it is younger than the
+        new job's own span (``unique_until - created_at``). A job whose key
+        is taken is not stored: the job holding the key is returned in its
+        place. An earlier job of the batch with the same key takes it too
+        (in-batch duplicates are deduplicated). However many callers, threads
+        or processes add one key at once, exactly one job is stored and every
+        caller gets it: the check and the insert are one atomic step of the
+        store, never a look then an insert. Jobs without a key are added as by
+        :meth:`add_many`. :meth:`requeue` never looks at keys.
+
+        Only stores whose :attr:`capabilities` declare ``unique_jobs`` implement it.
+        ``connection`` (stores that also declare ``transactional_enqueue``): a
+        caller's open DB-API connection; the jobs and their keys then commit or
+        roll back with the caller's transaction, as :meth:`add_in_transaction`.
+
+        Returns:
+            One job per given job, in order: the job itself if it was stored,
+            else the job holding its key.
+
+        Raises:
+            ValueError: as :meth:`add_many`.
+            TypeError: ``connection`` given to a store that cannot join it.
+            StorageError: the store could not write; nothing new is visible.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot store unique jobs")
+
+    def claim_limited(
+        self,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+        limits: Mapping[str, HandlerLimits],
+    ) -> LimitedClaim:
+        """:meth:`claim`, honouring handlers' limits over every process on the store.
+
+        A job with ``limited`` set whose handler has limits in ``limits`` is
+        taken only if (a) fewer than ``max_concurrency`` jobs of its handler
+        with its ``concurrency_key`` are RUNNING, and (b) fewer than
+        ``rate_limit.n`` jobs of its handler were claimed in the ``per`` before
+        ``now``. Otherwise it is skipped, unchanged (no attempt is charged) and
+        the next eligible job is considered, so a limited job never holds up
+        others. A RUNNING job holds its concurrency slot until it leaves
+        RUNNING by any :meth:`update` (a finish, a retry, a release, an
+        orphan's rescue), so a slot cannot leak. When a limited job leaves
+        RUNNING, :meth:`subscribe` callbacks fire, in every process the
+        store's notifications reach.
+
+        Only stores whose :attr:`capabilities` declare ``limits`` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot enforce limits")
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:

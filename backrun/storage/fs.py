@@ -29,6 +29,7 @@ __all__ = [
     "link",
     "listdir",
     "lock_exclusive",
+    "lock_exclusive_wait",
     "lstat",
     "mkdir",
     "open_lock_file",
@@ -214,6 +215,12 @@ def lock_exclusive(fd: int, path: str) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def lock_exclusive_wait(fd: int, path: str) -> None:
+    """Take an exclusive ``flock`` on ``fd``, waiting while another holder keeps it."""
+    _report("flock", path)
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 class SimulatedCrash(BaseException):

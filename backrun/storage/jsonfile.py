@@ -34,7 +34,6 @@ from backrun.serialization import dump_job
 
 from . import fs
 from ._jsonfile_base import storage_errors, to_ns
-from ._jsonfile_changes import ChangesMixin
 from ._jsonfile_files import SUBDIRS, prepare_root
 from ._jsonfile_format import ensure_format
 from ._jsonfile_layout import (
@@ -47,19 +46,20 @@ from ._jsonfile_layout import (
     running_name,
     to_key,
 )
+from ._jsonfile_limits import LimitsMixin
 from ._jsonfile_ops import OpsMixin
 from ._jsonfile_pages import PagesMixin
 from ._jsonfile_results import ResultsMixin
 from ._jsonfile_ticks import has_marker, mark, tick_lock
 from ._jsonfile_watch import Watcher
-from .base import READY_STATES, Storage
+from .base import READY_STATES, Capabilities, Storage
 
 __all__ = ["JsonFileStorage"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 
 
-class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage):
+class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:
@@ -83,6 +83,8 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage)
         StorageError: the directory is unsafe or cannot be created, or
             (``create=False``) is not a backrun store.
     """
+
+    capabilities = Capabilities(unique_jobs=True, limits=True)
 
     def __init__(
         self,
@@ -116,6 +118,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage)
         self._busy = False
         self._watcher = Watcher(self, watch_interval)
         self._closed = False
+        self._facts: dict[str, Job] = {}
 
     def watched(self) -> bool:
         """True if the :meth:`subscribe` watcher runs (it wakes workers on changes)."""
@@ -377,6 +380,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, ChangesMixin, Storage)
         if job.state is JobState.SUCCEEDED and job.followups:
             self.forget_followups(job.id)
         if job.state is not JobState.RUNNING:
+            self.release_slot(job, token)
             self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
             if job.progress is not None:
                 self.forget_progress(job.id, token)

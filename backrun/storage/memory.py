@@ -19,7 +19,8 @@ from backrun.followups import followup_jobs
 from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
 from backrun.workerinfo import WorkerInfo
 
-from .base import READY_STATES, Storage
+from ._memory_limits import MemoryLimits
+from .base import READY_STATES, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]
 
@@ -37,8 +38,10 @@ class _QueueHeaps:
         self.ready: list[_Ready] = []
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(MemoryLimits, Storage):
     """A store held in this process's memory; see the module docstring."""
+
+    capabilities = Capabilities(unique_jobs=True, limits=True)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,6 +53,7 @@ class MemoryStorage(Storage):
         self._callbacks: list[Callable[[], None]] = []
         self._worker_info: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
+        self._init_limits()
 
     def _index(self, job: Job) -> None:
         """Put a SCHEDULED/QUEUED job in its queue's delayed heap."""
@@ -131,12 +135,7 @@ class MemoryStorage(Storage):
         claimed: list[Job] = []
         lease_until = now + lease
         with self._lock:
-            names = self._queues if queues is None else queues
-            candidates = [
-                h for q in names if q not in self._paused and (h := self._queues.get(q)) is not None
-            ]
-            for heaps in candidates:
-                self._promote(heaps, now)
+            candidates = self._promote_all(queues, now)
             while len(claimed) < limit:
                 job_id = self._pop_best(candidates)
                 if job_id is None:
@@ -152,6 +151,16 @@ class MemoryStorage(Storage):
                 self._jobs[job_id] = job
                 claimed.append(job)
         return claimed
+
+    def _promote_all(self, queues: Collection[str] | None, now: datetime) -> list[_QueueHeaps]:
+        """The heaps of the claimable queues, with what came due promoted (lock held)."""
+        names = self._queues if queues is None else queues
+        candidates = [
+            h for q in names if q not in self._paused and (h := self._queues.get(q)) is not None
+        ]
+        for heaps in candidates:
+            self._promote(heaps, now)
+        return candidates
 
     def update(self, job: Job) -> None:
         """Write a claimed job as its owner; see :meth:`Storage.update`."""
@@ -178,6 +187,10 @@ class MemoryStorage(Storage):
             for child in children:  # under the same lock: visible with the success
                 self._jobs[child.id] = child
                 self._index(child)
+            freed = self._left_running(stored, job)
+            callbacks = list(self._callbacks) if freed else []
+        for callback in callbacks:  # a limit's slot is free: wake waiting workers
+            callback()
 
     def record_progress(self, job: Job, progress: Progress) -> None:
         """Store a running job's progress; see :meth:`Storage.record_progress`."""
@@ -239,7 +252,7 @@ class MemoryStorage(Storage):
         }
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` when a running job's cancel is requested.
+        """Call ``callback`` when a running job's cancel is requested, or a limit's slot frees.
 
         New jobs need no announcement: an engine wakes its own workers.
         """
@@ -350,6 +363,7 @@ class MemoryStorage(Storage):
             ]
             for job_id in doomed:
                 del self._jobs[job_id]
+            self._forget_keys(set(doomed))
         return len(doomed)
 
     def register_worker(self, worker_id: str, *, now: datetime) -> None:

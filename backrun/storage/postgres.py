@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from backrun.errors import JobNotFound, LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 
+from ._postgres_limits import PostgresLimits
 from ._postgres_listen import Listener
 from ._postgres_ops import PostgresOpsMixin
 from ._postgres_pool import RETRY, Connections
@@ -79,7 +80,7 @@ _MIGRATION_LOCK = 0x6261636B72756E  # "backrun": serialises concurrent migrate()
 _COUNTS_LOCK = 0x6261636B72756E01  # one compaction of job_counts at a time
 
 
-class PostgresStorage(PostgresOpsMixin, PostgresResultsMixin, Storage):
+class PostgresStorage(PostgresLimits, PostgresOpsMixin, PostgresResultsMixin, Storage):
     """A store in a PostgreSQL schema, for workers and producers on many machines.
 
     Args:
@@ -104,7 +105,7 @@ class PostgresStorage(PostgresOpsMixin, PostgresResultsMixin, Storage):
             recovery after a crash takes about this plus ``recovery_interval``.
     """
 
-    capabilities = Capabilities(transactional_enqueue=True)
+    capabilities = Capabilities(transactional_enqueue=True, unique_jobs=True, limits=True)
 
     def __init__(
         self,
@@ -481,6 +482,7 @@ class PostgresStorage(PostgresOpsMixin, PostgresResultsMixin, Storage):
             lambda conn: conn.execute(self._sql.forget_workers, (timedelta(hours=1),))
         )
         self._db.retrying(self._compact_counts)
+        self.forget_purged_keys()
 
     def _compact_counts(self, conn: psycopg.Connection[Any]) -> None:
         """Fold the finished-count deltas into one row per (queue, state); one caller at a time."""
