@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from backrun.jobs import JobState
 
@@ -85,13 +85,22 @@ class ReadyCache:
 
     # -- listing -----------------------------------------------------------------
 
-    def refresh(self, now_key: int, *, force: bool = False, watched: bool = False) -> None:
+    def refresh(
+        self,
+        now_key: int,
+        *,
+        force: bool = False,
+        watched: bool = False,
+        exclude: Collection[str] = (),
+    ) -> None:
         """Re-list the directory if it changed (and, while jobs are due, not too often).
 
         ``watched``: a watcher will wake the caller when the directory changes,
         so a listing younger than :data:`RELIST_MIN_S` is trusted as it is.
         A window that holds no due job while hidden ones may be due is refilled
-        whatever the directory's mtime says.
+        whatever the directory's mtime says. ``exclude``: names a caller has
+        taken out of the window (jobs a limit holds back); a listing leaves
+        them out, and the caller puts them back with :meth:`add`.
         """
         since = time.monotonic() - self.listed_at
         pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
@@ -110,7 +119,10 @@ class ReadyCache:
             return
         started = time.monotonic()
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS
-        self._load(fs.iter_names(self.path), st.st_mtime_ns, now_key, racy=racy)
+        names = fs.iter_names(self.path)
+        if exclude:
+            names = (name for name in names if name not in exclude)
+        self._load(names, st.st_mtime_ns, now_key, racy=racy)
         self.listed_at = time.monotonic()
         self.list_cost = self.listed_at - started
 

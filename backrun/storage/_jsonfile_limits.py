@@ -128,6 +128,15 @@ class LimitsMixin(UniqueMixin):
                             name = self.cache(qenc).best_due(now_key)
                             if name is not None and (best is None or name < best[1]):
                                 best = (qenc, name)
+                        if best is None:
+                            # Every due job in the windows is held back: look
+                            # past them at the jobs the windows did not hold.
+                            aside = {parsed.name for _, parsed in set_aside}
+                            spent = [q for q in qencs if self.cache(q).spent(now_key)]
+                            for qenc in spent:
+                                self.cache(qenc).refresh(now_key, exclude=aside)
+                            if spent:
+                                continue
                     if best is None:
                         break
                     cache = self.cache(best[0])

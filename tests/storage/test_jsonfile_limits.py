@@ -87,3 +87,23 @@ def test_maintain_forgets_the_records_of_free_keys(tmp_path: Path) -> None:
     storage.maintain(now=T0)
     assert list(keys.iterdir()) == []
     storage.close()
+
+
+def test_held_jobs_filling_the_ready_window_do_not_hold_up_the_jobs_behind_them(
+    tmp_path: Path,
+) -> None:
+    storage = JsonFileStorage(tmp_path / "store", fsync=False, ready_window=2)
+    first = make_job(handler="lim", limited=True, priority=5)
+    held = [make_job(handler="lim", limited=True, priority=5) for _ in range(6)]
+    free = make_job(priority=0)
+    storage.add_many([first, *held, free])
+    fresh = JsonFileStorage(tmp_path / "store", fsync=False, ready_window=2)  # knows no names
+    try:
+        assert claim(fresh) == [first.id]  # takes the only slot
+        assert claim(fresh) == [free.id]  # six held jobs fill the window three times over
+        assert claim(fresh) == []
+        counts = fresh.counts()
+        assert counts[("default", first.state)] == 6  # the held ones are all still waiting
+    finally:
+        fresh.close()
+        storage.close()
