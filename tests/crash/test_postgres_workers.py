@@ -154,15 +154,19 @@ def test_a_sigkilled_workers_job_is_recovered_by_another_after_its_lease(
 
 def locked_workers(store: Any) -> int:
     """How many workers of the store hold their session lock (see _postgres_session)."""
+    return len(session_lock_pids(store))
+
+
+def session_lock_pids(store: Any) -> set[int]:
+    """The server pids holding the store's workers' session locks."""
     query = (
-        f'SELECT count(*) FROM "{store.schema}".workers AS w JOIN pg_locks AS l '
+        f'SELECT l.pid FROM "{store.schema}".workers AS w JOIN pg_locks AS l '
         "ON l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted "
         "AND ((l.classid::bigint << 32) | l.objid::bigint) = w.session_key "
         "WHERE w.session_lost_at IS NULL"
     )
     with store._db.connect() as conn:
-        row = conn.execute(query).fetchone()
-    return int(row[0])
+        return {int(row[0]) for row in conn.execute(query).fetchall()}
 
 
 def test_a_sigkilled_workers_job_is_recovered_in_about_recovery_interval_not_a_lease(
@@ -207,9 +211,11 @@ def test_a_live_worker_whose_connections_are_killed_keeps_its_job(cluster: Clust
     wait_until(lambda: len(cluster.started()) == 1, timeout=20)
     [(_, owner)] = cluster.started()
     for _ in range(3):
+        old = session_lock_pids(cluster.store)
         assert terminate_backends(cluster.store.schema + "_w") >= 2
-        # Both locks are free now; both workers must take them back within the grace.
-        wait_until(lambda: locked_workers(cluster.store) == 2, timeout=10)
+        # Both locks are free now; both workers must take them back within the
+        # grace, on new connections (a killed backend lists its locks until it exits).
+        wait_until(lambda old=old: len(session_lock_pids(cluster.store) - old) == 2, timeout=10)
     # Watch for three graces while the other worker scans for orphans every 0.1 s.
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
