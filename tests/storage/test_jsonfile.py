@@ -16,14 +16,14 @@ import pytest
 from backrun.errors import LeaseLost, StorageError
 from backrun.jobs import Job, JobState, new_job_id
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import (
+from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import (
     decode_queue,
     encode_queue,
     parse_ready,
     parse_running,
     ready_name,
 )
-from backrun.storage.jsonfile import JsonFileStorage
 from backrun.testing import wait_until
 from tests.storage.factories import LEASE, T0, make_job
 

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 
 from backrun.errors import LeaseLost
 from backrun.jobs import Job, JobState
-from backrun.storage import _jsonfile_cache, fs
-from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage import fs
+from backrun.storage.jsonfile import JsonFileStorage, window
 from tests.storage.test_jsonfile_crashpoints import copies
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -254,21 +254,21 @@ def test_threads_claiming_retrying_and_finishing_never_strand_or_hide_a_job(
 def pin_timing() -> tuple[int, float, float, float]:
     """Make the store's calls independent of time, so one choice sequence replays exactly."""
     tuning = (
-        _jsonfile_cache.RACY_NS,
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RECHECK_S,
+        window.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RECHECK_S,
     )
-    _jsonfile_cache.RACY_NS = 10**30
-    _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
-    _jsonfile_cache.RECHECK_S = 0
+    window.RACY_NS = 10**30
+    window.RELIST_MIN_S = window.RELIST_COST_FACTOR = 0
+    window.RECHECK_S = 0
     return tuning
 
 
 def restore_timing(tuning: tuple[int, float, float, float]) -> None:
     (
-        _jsonfile_cache.RACY_NS,
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RECHECK_S,
+        window.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RECHECK_S,
     ) = tuning

@@ -18,8 +18,8 @@ import pytest
 
 from backrun.jobs import Job, JobState
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import parse_ready, parse_running
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import parse_ready, parse_running
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

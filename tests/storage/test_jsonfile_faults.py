@@ -16,8 +16,8 @@ from backrun.errors import StorageError
 from backrun.jobs import Job, JobError, JobState, new_job_id
 from backrun.serialization import dump_job
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import ready_name
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import ready_name
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=60)

@@ -18,8 +18,8 @@ import pytest
 from backrun.errors import StorageError
 from backrun.jobs import JobState
 from backrun.storage import fs
-from backrun.storage._jsonfile_format import FORMAT, read_format
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.fileformat import FORMAT, read_format
 from tests.storage.factories import LEASE, T0, make_job
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-0.1.0.tar.gz"

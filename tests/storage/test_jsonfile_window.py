@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from backrun.jobs import Job, JobState
-from backrun.storage import _jsonfile_cache
 from backrun.storage.base import Storage
-from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile import JsonFileStorage, window
 from backrun.storage.memory import MemoryStorage
 from tests.helpers import LEASE, T0, make_job
 
@@ -24,23 +23,23 @@ from tests.helpers import LEASE, T0, make_job
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[JsonFileStorage, MemoryStorage]]:
     saved = (
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RACY_NS,
     )
     # Re-list whenever a window rule says so (no rate limit), and only then
     # (no listing is "racy"): the rules alone must make the answers exact.
-    _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
-    _jsonfile_cache.RACY_NS = 0
+    window.RELIST_MIN_S = window.RELIST_COST_FACTOR = 0
+    window.RACY_NS = 0
     store = JsonFileStorage(tmp_path / "s", fsync=False, ready_window=3)
     try:
         yield store, MemoryStorage()
     finally:
         store.close()
         (
-            _jsonfile_cache.RELIST_MIN_S,
-            _jsonfile_cache.RELIST_COST_FACTOR,
-            _jsonfile_cache.RACY_NS,
+            window.RELIST_MIN_S,
+            window.RELIST_COST_FACTOR,
+            window.RACY_NS,
         ) = saved
 
 

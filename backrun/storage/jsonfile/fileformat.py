@@ -23,8 +23,7 @@ import secrets
 import orjson
 
 from backrun.errors import StorageError
-
-from . import fs
+from backrun.storage import fs
 
 __all__ = ["FORMAT", "FORMAT_FILE", "ensure_format", "read_format"]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from backrun.jobs import JobState
 
@@ -29,19 +30,26 @@ __all__ = [
     "BUCKET_US",
     "FINISHED_DIRS",
     "GRAB_SUFFIX",
+    "Place",
     "ReadyName",
     "RunningName",
     "check_token",
     "check_worker_id",
+    "claim_name",
     "decode_queue",
     "encode_queue",
+    "finished_name",
     "from_key",
+    "grab_name",
+    "parse_claim",
+    "parse_finished",
     "parse_grab",
     "parse_ready",
     "parse_running",
     "ready_name",
     "running_name",
     "to_key",
+    "token_of",
 ]
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
@@ -57,11 +65,25 @@ FINISHED_DIRS = {
     JobState.CANCELLED: "cancelled",
 }
 
+
+class Place(StrEnum):
+    """Where a job's file is: the kind of directory it was found in."""
+
+    READY = "ready"
+    LATER = "later"
+    RUNNING = "running"
+    FINISHED = "finished"
+    GRABBED = "grabbed"
+    """Taken aside (renamed with a session suffix) by a change under way."""
+
+
 _SAFE_QUEUE = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\Z")
 _WORKER_ID = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _TOKEN = re.compile(r"\A[0-9a-f]{16}\Z")
 _READY = re.compile(r"\A(\d{19})~(\d{18})~([0-9a-f]{32})~([sq])\.json\Z")
 _RUNNING = re.compile(r"\A([0-9a-f]{32})~([0-9a-f]{16})~(\d{18})~([A-Za-z0-9_.-]+)\.json\Z")
+_FINISHED = re.compile(r"\A([0-9a-f]{32})\.json\Z")
+_CLAIM = re.compile(r"\A([0-9a-f]{32})~([0-9a-f]{16})(?:\.json)?\Z")
 _GRAB = re.compile(r"\A(.+)~([0-9a-f]{16})\.grab\Z")
 _LETTER = {JobState.SCHEDULED: "s", JobState.QUEUED: "q"}
 _STATE = {"s": JobState.SCHEDULED, "q": JobState.QUEUED}
@@ -169,3 +191,36 @@ def parse_grab(name: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match[1], match[2]
+
+
+def finished_name(job_id: str) -> str:
+    """The file name of a finished job in ``succeeded/``, ``dead/`` or ``cancelled/``."""
+    return job_id + ".json"
+
+
+def parse_finished(name: str) -> str | None:
+    """The job id a finished file's name carries; ``None`` if it is not one."""
+    match = _FINISHED.match(name)
+    return None if match is None else match[1]
+
+
+def claim_name(job_id: str, token: str, suffix: str = "") -> str:
+    """``<id>~<token><suffix>``: the name of a file about one claim (cancel, slot, progress)."""
+    return f"{job_id}~{token}{suffix}"
+
+
+def parse_claim(name: str) -> tuple[str, str] | None:
+    """(job id, token) of a claim file's name (with or without ``.json``); else ``None``."""
+    match = _CLAIM.match(name)
+    return None if match is None else (match[1], match[2])
+
+
+def token_of(running: str) -> str | None:
+    """The claim token a running file's name carries; ``None`` if it is not one."""
+    parsed = parse_running(running)
+    return None if parsed is None else parsed.token
+
+
+def grab_name(name: str, session: str) -> str:
+    """The name (or path) ``name`` is renamed to while session ``session`` changes it."""
+    return f"{name}~{session}{GRAB_SUFFIX}"

@@ -23,13 +23,13 @@ from datetime import datetime, timedelta
 import orjson
 
 from backrun.errors import StorageError
+from backrun.storage import fs
 from backrun.workerinfo import WorkerInfo
 
-from . import fs
-from ._jsonfile_base import storage_errors
-from ._jsonfile_files import Files
-from ._jsonfile_layout import check_worker_id, decode_queue, encode_queue
-from ._jsonfile_locks import is_free
+from .core import storage_errors
+from .files import Files
+from .layout import check_worker_id, decode_queue, encode_queue
+from .locks import is_free
 
 __all__ = ["OpsMixin"]
 

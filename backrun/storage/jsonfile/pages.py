@@ -14,11 +14,11 @@ import os
 from datetime import datetime
 
 from backrun.jobs import FINISHED_STATES, Job, JobState
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import to_ns, wraps_os_errors
-from ._jsonfile_layout import FINISHED_DIRS
-from ._jsonfile_queries import QueryMixin
+from .core import to_ns, wraps_os_errors
+from .layout import FINISHED_DIRS
+from .queries import QueryMixin
 
 __all__ = ["PagesMixin"]
 

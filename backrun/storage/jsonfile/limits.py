@@ -42,19 +42,22 @@ from backrun.limits import (
     group_hash,
     limits_for,
 )
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import from_ns, storage_errors, to_ns
-from ._jsonfile_cache import ReadyCache
-from ._jsonfile_layout import (
-    GRAB_SUFFIX,
+from .core import from_ns, storage_errors, to_ns
+from .layout import (
+    Place,
     ReadyName,
     check_worker_id,
+    claim_name,
+    parse_claim,
     parse_ready,
+    parse_running,
     running_name,
     to_key,
 )
-from ._jsonfile_unique import UniqueMixin, exclusive
+from .unique import UniqueMixin, exclusive
+from .window import ReadyCache
 
 __all__ = ["LimitsMixin"]
 
@@ -271,7 +274,7 @@ class LimitsMixin(UniqueMixin):
                 self._write_starts(starts_path, sorted([*starts, to_ns(now)]))
             token = secrets.token_hex(8)
             if rules.max_concurrency is not None:
-                slot = os.path.join(slots, f"{job.id}~{token}")
+                slot = os.path.join(slots, claim_name(job.id, token))
                 self.files.write_new(slot, b"", sync=False)
             got: Job | None = None
             try:
@@ -290,9 +293,9 @@ class LimitsMixin(UniqueMixin):
         if not names:
             return 0
         running = {
-            "~".join(entry.split("~", 2)[:2])
-            for entry in self.running_entries()
-            if not entry.endswith(GRAB_SUFFIX)
+            claim_name(claim.job_id, claim.token)
+            for claim in map(parse_running, self.running_entries())
+            if claim is not None
         }
         busy = 0
         for slot in names:
@@ -304,11 +307,14 @@ class LimitsMixin(UniqueMixin):
 
     def _still_running(self, slot: str) -> bool:
         """True if the claim a slot names is RUNNING (or mid-change) after all."""
-        job_id, _, token = slot.partition("~")
+        claim = parse_claim(slot)
+        if claim is None:
+            return False
+        job_id, token = claim
         found = self.locate(job_id)
         if found is None:
             return False
-        if found.kind == "grabbed":
+        if found.kind is Place.GRABBED:
             return True  # an owner's write under way: its outcome decides
         return found.job.state is JobState.RUNNING and found.job.claim_token == token
 
@@ -336,6 +342,6 @@ class LimitsMixin(UniqueMixin):
             self.limits_dir, "slots", group_hash("group", job.handler, job.concurrency_key)
         )
         with contextlib.suppress(OSError):
-            fs.unlink(os.path.join(slots, f"{job.id}~{token}"))
+            fs.unlink(os.path.join(slots, claim_name(job.id, token)))
         with contextlib.suppress(OSError):
             fs.utime(self.limits_dir, time.time_ns())

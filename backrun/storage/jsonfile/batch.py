@@ -22,9 +22,10 @@ import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import fs
-from ._jsonfile_layout import decode_queue, encode_queue, parse_ready
-from ._jsonfile_queries import QueryMixin
+from backrun.storage import fs
+
+from .layout import decode_queue, encode_queue, parse_ready
+from .queries import QueryMixin
 
 __all__ = ["BatchMixin"]
 

@@ -33,26 +33,33 @@ from typing import ParamSpec, TypeVar
 
 from backrun.errors import StorageError
 from backrun.jobs import Job, JobState
+from backrun.storage import fs
 
-from . import _jsonfile_cache, fs
-from ._jsonfile_cache import ReadyCache
-from ._jsonfile_files import Files
-from ._jsonfile_layout import (
+from . import window
+from .files import Files
+from .layout import (
     BUCKET_US,
     FINISHED_DIRS,
     GRAB_SUFFIX,
+    Place,
     RunningName,
+    claim_name,
     encode_queue,
+    finished_name,
     from_key,
+    grab_name,
+    parse_finished,
     parse_grab,
     parse_ready,
     parse_running,
     ready_name,
     running_name,
     to_key,
+    token_of,
 )
-from ._jsonfile_locks import LockHolder
-from ._jsonfile_progress import read_progress
+from .locks import LockHolder
+from .progress import read_progress
+from .window import ReadyCache
 
 __all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
 
@@ -100,7 +107,7 @@ def wraps_os_errors(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 class Found:
     """Where a job was found: ``kind`` is ready, later, running, finished or grabbed."""
 
-    kind: str
+    kind: Place
     path: str
     job: Job
     qenc: str = ""
@@ -126,7 +133,7 @@ class StoreBase:
         self.mutex = threading.RLock()
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
-        self.ready_window: int | None = None  # None: _jsonfile_cache.WINDOW
+        self.ready_window: int | None = None  # None: window.WINDOW
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
@@ -218,7 +225,7 @@ class StoreBase:
 
     def finished_path(self, job: Job) -> tuple[str, str]:
         qenc = encode_queue(job.queue)
-        return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), job.id + ".json")
+        return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), finished_name(job.id))
 
     def ensure_dir(self, path: str) -> None:
         """Create a later/ bucket directory if it is missing."""
@@ -292,13 +299,15 @@ class StoreBase:
     def running_name_of(self, job_id: str, token: str) -> str | None:
         """The running file name of claim ``token`` of ``job_id``, if it exists."""
         name = self.mine.get(job_id)
-        if name is not None and name.split("~", 2)[1] == token:
+        if name is not None and token_of(name) == token:
             return name
-        prefix = f"{job_id}~{token}~"
+        prefix = claim_name(job_id, token, "~")
         for grabbed in list(self.stranded):
             base = os.path.basename(grabbed)
             if base.startswith(prefix) and os.path.dirname(grabbed) == self.running_dir:
-                return base[: -len(self.session) - len(GRAB_SUFFIX) - 1]
+                original = parse_grab(base)
+                if original is not None:
+                    return original[0]
         for entry in self.running_entries():
             if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
                 return entry
@@ -311,13 +320,13 @@ class StoreBase:
         """
         with self.mutex:
             name = self.mine.get(job_id)
-            if name is None or name.split("~", 2)[1] != token:
+            if name is None or token_of(name) != token:
                 return False
             del self.mine[job_id]
             return True
 
     def marker_path(self, job_id: str, token: str) -> str:
-        return os.path.join(self.cancels_dir, f"{job_id}~{token}")
+        return os.path.join(self.cancels_dir, claim_name(job_id, token))
 
     def has_marker(self, job_id: str, token: str) -> bool:
         try:
@@ -377,7 +386,7 @@ class StoreBase:
     def grab(self, path: str) -> str:
         """Take ``path`` aside under this session; ``FileNotFoundError`` if someone else has it."""
         self.ensure_session()
-        grabbed = f"{path}~{self.session}{GRAB_SUFFIX}"
+        grabbed = grab_name(path, self.session)
         try:
             fs.rename(path, grabbed)
         except FileNotFoundError:
@@ -398,7 +407,7 @@ class StoreBase:
     def ungrab(self, grabbed: str) -> None:
         """Undo a grab after a failed publish; if even that fails, maintain() retries."""
         try:
-            fs.rename(grabbed, grabbed[: -len(self.session) - len(GRAB_SUFFIX) - 1])
+            fs.rename(grabbed, grabbed.removesuffix(grab_name("", self.session)))
         except OSError:
             self.stranded.add(grabbed)
 
@@ -441,7 +450,7 @@ class StoreBase:
 
     def heal_session(self, session: str, locate_elsewhere: FindFunc) -> None:
         """Heal every grab a gone session left behind."""
-        suffix = f"~{session}{GRAB_SUFFIX}"
+        suffix = grab_name("", session)
         for directory in list(self.grab_dirs()):
             try:
                 names = fs.listdir(directory)
@@ -456,11 +465,11 @@ _QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
 
 
 def _recent(checked: float) -> bool:
-    return time.monotonic() - checked < _jsonfile_cache.RECHECK_S
+    return time.monotonic() - checked < window.RECHECK_S
 
 
 def _settled(mtime_ns: int) -> bool:
-    return time.time_ns() - mtime_ns > _jsonfile_cache.RACY_NS
+    return time.time_ns() - mtime_ns > window.RACY_NS
 
 
 def _job_id_of(name: str) -> str | None:
@@ -468,6 +477,4 @@ def _job_id_of(name: str) -> str | None:
         parsed = parse(name)
         if parsed is not None:
             return parsed.job_id
-    if name.endswith(".json") and len(name) == 37:
-        return name[:32]
-    return None
+    return parse_finished(name)

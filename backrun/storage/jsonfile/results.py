@@ -12,12 +12,12 @@ from backrun.errors import LeaseLost
 from backrun.followups import followup_jobs
 from backrun.jobs import Job, JobState, Progress, check_job_id
 from backrun.serialization import progress_to_dict
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import storage_errors
-from ._jsonfile_layout import check_token
-from ._jsonfile_progress import followups_dir, progress_dir, progress_path
-from ._jsonfile_queries import QueryMixin
+from .core import storage_errors
+from .layout import check_token, parse_claim
+from .progress import followups_dir, progress_dir, progress_path
+from .queries import QueryMixin
 
 __all__ = ["ResultsMixin"]
 
@@ -108,7 +108,7 @@ class ResultsMixin(QueryMixin):
         except FileNotFoundError:
             names = []
         for name in names:
-            if tuple(name.removesuffix(".json").split("~", 1)) not in claims:
+            if parse_claim(name) not in claims:
                 self.files.discard(os.path.join(directory, name))
         self._clean_intents()
 

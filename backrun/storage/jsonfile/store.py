@@ -1,7 +1,7 @@
 """The JSON flat-file store: one file per job, a directory per state, atomic renames.
 
-The layout is described in :mod:`backrun.storage._jsonfile_layout`, the
-grab/publish/heal moves in :mod:`backrun.storage._jsonfile_base`. In short:
+The layout is described in :mod:`backrun.storage.jsonfile.layout`, the
+grab/publish/heal moves in :mod:`backrun.storage.jsonfile.core`. In short:
 
 * enqueue writes the record to ``tmp/`` (flushed and fsynced), links it into
   its queue's ``ready/`` directory under a name that sorts by priority, due
@@ -31,28 +31,29 @@ from backrun.clock import utcnow
 from backrun.errors import LeaseLost, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 from backrun.serialization import dump_job
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES, Capabilities, Storage
 
-from . import fs
-from ._jsonfile_base import storage_errors, to_ns
-from ._jsonfile_files import SUBDIRS, prepare_root
-from ._jsonfile_format import ensure_format
-from ._jsonfile_layout import (
+from .core import storage_errors, to_ns
+from .fileformat import ensure_format
+from .files import SUBDIRS, prepare_root
+from .layout import (
     FINISHED_DIRS,
     RunningName,
     check_token,
     check_worker_id,
+    finished_name,
     parse_ready,
     parse_running,
     running_name,
     to_key,
 )
-from ._jsonfile_limits import LimitsMixin
-from ._jsonfile_ops import OpsMixin
-from ._jsonfile_pages import PagesMixin
-from ._jsonfile_results import ResultsMixin
-from ._jsonfile_ticks import has_marker, mark, tick_lock
-from ._jsonfile_watch import Watcher
-from .base import READY_STATES, Capabilities, Storage
+from .limits import LimitsMixin
+from .ops import OpsMixin
+from .pages import PagesMixin
+from .results import ResultsMixin
+from .ticks import has_marker, mark, tick_lock
+from .watch import Watcher
 
 __all__ = ["JsonFileStorage"]
 
@@ -137,7 +138,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         """Persist several new jobs; all or none are added, even if the process is killed.
 
         Several jobs are staged in ``tmp/`` and committed by one rename (see
-        :mod:`backrun.storage._jsonfile_batch`): a kill before the commit
+        :mod:`backrun.storage.jsonfile.batch`): a kill before the commit
         leaves none of them, a kill after it all of them once any store's
         :meth:`maintain` has run.
 
@@ -194,7 +195,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         for qenc in self.made:
             for sub in FINISHED_DIRS.values():
                 try:
-                    fs.lstat(os.path.join(self.qdir(qenc, sub), job_id + ".json"))
+                    fs.lstat(os.path.join(self.qdir(qenc, sub), finished_name(job_id)))
                     return True
                 except FileNotFoundError:
                     pass
@@ -445,7 +446,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         """Call ``callback`` soon after any process adds a waiting job or asks a cancel.
 
         A watcher thread stats the ready directories and ``cancels/`` every
-        ``watch_interval`` seconds; see :mod:`backrun.storage._jsonfile_watch`.
+        ``watch_interval`` seconds; see :mod:`backrun.storage.jsonfile.watch`.
         """
         return self._watcher.subscribe(callback)
 

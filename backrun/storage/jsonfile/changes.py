@@ -13,12 +13,12 @@ from backrun.clock import utcnow
 from backrun.errors import JobNotFound, StorageError
 from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
 from backrun.serialization import dump_job
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES
 
-from . import fs
-from ._jsonfile_base import Found, storage_errors, to_ns
-from ._jsonfile_layout import parse_ready, parse_running
-from ._jsonfile_upkeep import UpkeepMixin
-from .base import READY_STATES
+from .core import Found, storage_errors, to_ns
+from .layout import Place, claim_name, parse_claim, parse_ready, parse_running, token_of
+from .upkeep import UpkeepMixin
 
 __all__ = ["ChangesMixin"]
 
@@ -69,15 +69,15 @@ class ChangesMixin(UpkeepMixin):
                 if found is None:
                     raise JobNotFound(job_id)
                 job = found.job
-                if found.kind in ("ready", "later"):
+                if found.kind in (Place.READY, Place.LATER):
                     new = job.replace(state=JobState.CANCELLED, finished_at=now)
                     if self._replace_waiting(found, new):
                         return new
-                elif found.kind == "running":
+                elif found.kind is Place.RUNNING:
                     assert found.running is not None
                     if self._request_cancel(found.path, job_id, found.running.token):
                         return job.replace(cancel_requested=True)
-                elif found.kind == "finished":
+                elif found.kind is Place.FINISHED:
                     return job
                 self._wait_for_change(found)
         raise StorageError(f"job {job_id} kept changing; cancel gave up")
@@ -95,7 +95,7 @@ class ChangesMixin(UpkeepMixin):
         """
         with storage_errors("cancel_requests"):
             markers = set(fs.listdir(self.cancels_dir))
-            marked = {name.split("~", 1)[0] for name in markers} & set(job_ids)
+            marked = {c[0] for c in map(parse_claim, markers) if c is not None} & set(job_ids)
             if not marked:
                 return set()
             claims: dict[str, set[str]] = {}
@@ -103,7 +103,7 @@ class ChangesMixin(UpkeepMixin):
                 for job_id in marked:
                     name = self.mine.get(job_id)
                     if name is not None:
-                        claims[job_id] = {name.split("~", 2)[1]}
+                        claims[job_id] = {token_of(name) or ""}
             others = marked - claims.keys()
             if others:
                 for entry in self.running_entries():
@@ -113,7 +113,7 @@ class ChangesMixin(UpkeepMixin):
             return {
                 job_id
                 for job_id, tokens in claims.items()
-                if any(f"{job_id}~{token}" in markers for token in tokens)
+                if any(claim_name(job_id, token) in markers for token in tokens)
             }
 
     def _request_cancel(self, path: str, job_id: str, token: str) -> bool:
@@ -136,7 +136,10 @@ class ChangesMixin(UpkeepMixin):
                 if found is None:
                     raise JobNotFound(job_id)
                 job = found.job
-                if job.state in (JobState.DEAD, JobState.CANCELLED) and found.kind == "finished":
+                if (
+                    job.state in (JobState.DEAD, JobState.CANCELLED)
+                    and found.kind is Place.FINISHED
+                ):
                     new = job.replace(
                         state=JobState.QUEUED,
                         attempts=0,
@@ -144,9 +147,9 @@ class ChangesMixin(UpkeepMixin):
                         finished_at=None,
                         cancel_requested=False,
                     )
-                elif job.state is JobState.SCHEDULED and found.kind in ("ready", "later"):
+                elif job.state is JobState.SCHEDULED and found.kind in (Place.READY, Place.LATER):
                     new = job.replace(state=JobState.QUEUED, run_at=now)
-                elif found.kind != "grabbed":
+                elif found.kind is not Place.GRABBED:
                     raise ValueError(f"job {job_id} is {job.state.value}; it cannot be retried")
                 else:
                     self._wait_for_change(found)
@@ -184,6 +187,6 @@ class ChangesMixin(UpkeepMixin):
 
     def _wait_for_change(self, found: Found) -> None:
         """Another change holds the job: heal it if its session is gone, else wait a moment."""
-        if found.kind == "grabbed":
+        if found.kind is Place.GRABBED:
             self.heal_dead_sessions()
         time.sleep(0.001)

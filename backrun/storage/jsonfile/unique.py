@@ -32,11 +32,11 @@ import orjson
 
 from backrun.jobs import Job, check_job_id
 from backrun.limits import group_hash, holds_key
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES
 
-from . import fs
-from ._jsonfile_base import from_ns, storage_errors, to_ns
-from ._jsonfile_changes import ChangesMixin
-from .base import READY_STATES
+from .changes import ChangesMixin
+from .core import from_ns, storage_errors, to_ns
 
 __all__ = ["UniqueMixin", "exclusive"]
 

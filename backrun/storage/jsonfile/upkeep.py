@@ -8,13 +8,13 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from backrun.jobs import FINISHED_STATES, JobState
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import storage_errors, to_ns
-from ._jsonfile_batch import BatchMixin
-from ._jsonfile_layout import FINISHED_DIRS, parse_running
-from ._jsonfile_locks import is_free
-from ._jsonfile_ticks import forget_markers
+from .batch import BatchMixin, batch_session
+from .core import storage_errors, to_ns
+from .layout import FINISHED_DIRS, parse_claim, parse_running
+from .locks import is_free
+from .ticks import forget_markers
 
 __all__ = ["UpkeepMixin"]
 
@@ -72,7 +72,7 @@ class UpkeepMixin(BatchMixin):
         directory = os.path.join(self.root, "sessions")
         batches: dict[str, list[str]] = {}
         for name in self.batch_dirs():
-            batches.setdefault(name.split("~", 1)[0], []).append(name)
+            batches.setdefault(batch_session(name) or "", []).append(name)
         sessions = {n[:-5] for n in fs.listdir(directory) if n.endswith(".lock")} | set(batches)
         for session in sorted(sessions - {self.session}):
             path = os.path.join(directory, session + ".lock")
@@ -89,14 +89,14 @@ class UpkeepMixin(BatchMixin):
                 self.locks.release(path, unlink=True)
 
     def clean_progress(self, claims: set[tuple[str, str]]) -> None:
-        """Remove progress files of claims not in ``claims`` (see ``_jsonfile_results``)."""
+        """Remove progress files of claims not in ``claims`` (see ``jsonfile.results``)."""
 
     def _clean_markers_and_locks(self) -> None:
         running = [parse_running(n) for n in self.running_entries()]
         claims = {(rn.job_id, rn.token) for rn in running if rn is not None}
         workers = {rn.worker_id for rn in running if rn is not None}
         for name in fs.listdir(self.cancels_dir):
-            if tuple(name.split("~", 1)) not in claims:
+            if parse_claim(name) not in claims:
                 self.files.discard(os.path.join(self.cancels_dir, name))
         self.clean_progress(claims)
         for name in fs.listdir(self.workers_dir):

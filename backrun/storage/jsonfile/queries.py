@@ -13,23 +13,28 @@ from collections.abc import Collection, Iterator
 from datetime import datetime
 
 from backrun.jobs import Job, JobState, check_job_id
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES
 
-from . import _jsonfile_cache, fs
-from ._jsonfile_base import Found, StoreBase, wraps_os_errors
-from ._jsonfile_layout import (
+from . import window
+from .core import Found, StoreBase, wraps_os_errors
+from .layout import (
     BUCKET_US,
     FINISHED_DIRS,
     GRAB_SUFFIX,
+    Place,
     RunningName,
     decode_queue,
     encode_queue,
+    finished_name,
     from_key,
+    parse_finished,
+    parse_grab,
     parse_ready,
     parse_running,
     to_key,
 )
-from ._jsonfile_locks import is_free
-from .base import READY_STATES
+from .locks import is_free
 
 __all__ = ["QueryMixin"]
 
@@ -42,7 +47,7 @@ def _stable(before: dict[str, int], after: dict[str, int]) -> bool:
     """True if no directory changed between the two stamps, nor too recently to tell."""
     if before != after:
         return False
-    racy_since = time.time_ns() - _jsonfile_cache.RACY_NS
+    racy_since = time.time_ns() - window.RACY_NS
     return all(mtime < racy_since for mtime in after.values())
 
 
@@ -73,7 +78,7 @@ class QueryMixin(StoreBase):
         return [q for q in (encode_queue(name) for name in queues) if q in existing]
 
     def claimable(self, qencs: Collection[str]) -> list[str]:
-        """``qencs`` without the paused queues (see ``_jsonfile_ops``)."""
+        """``qencs`` without the paused queues (see ``jsonfile.ops``)."""
         return list(qencs)
 
     def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:
@@ -120,8 +125,9 @@ class QueryMixin(StoreBase):
         for entry in self.running_entries():
             if not entry.startswith(job_id):
                 continue
-            if entry.endswith(GRAB_SUFFIX):
-                rn = parse_running(entry.rsplit("~", 1)[0])
+            taken = parse_grab(entry)
+            if taken is not None:
+                rn = parse_running(taken[0])
                 if grabs and rn is not None and rn.job_id == job_id:
                     grabbed = (rn, os.path.join(self.running_dir, entry))
                 continue
@@ -131,7 +137,7 @@ class QueryMixin(StoreBase):
             path = os.path.join(self.running_dir, entry)
             job = self.read_running(rn, path)
             if job is not None:
-                return Found("running", path, job, encode_queue(job.queue), rn)
+                return Found(Place.RUNNING, path, job, encode_queue(job.queue), rn)
             vanished.append(path)
         for qenc in self.queue_dirs():
             found = self._locate_in_queue(job_id, qenc, vanished)
@@ -140,16 +146,16 @@ class QueryMixin(StoreBase):
         if grabbed is not None:
             job = self.read_running(*grabbed)
             if job is not None:
-                return Found("grabbed", grabbed[1], job, encode_queue(job.queue), grabbed[0])
+                return Found(Place.GRABBED, grabbed[1], job, encode_queue(job.queue), grabbed[0])
             vanished.append(grabbed[1])
         return None
 
     def _locate_in_queue(self, job_id: str, qenc: str, vanished: list[str]) -> Found | None:
         for state, sub in FINISHED_DIRS.items():
-            path = os.path.join(self.qdir(qenc, sub), job_id + ".json")
+            path = os.path.join(self.qdir(qenc, sub), finished_name(job_id))
             job = self.read_checked(path, job_id, (state,))
             if job is not None:
-                return Found("finished", path, job, qenc)
+                return Found(Place.FINISHED, path, job, qenc)
         with self.mutex:
             cache = self.cache(qenc)
             cache.refresh(0, force=True)
@@ -158,14 +164,15 @@ class QueryMixin(StoreBase):
             path = os.path.join(cache.path, name)
             job = self.read_checked(path, job_id, READY_STATES)
             if job is not None:
-                return Found("ready", path, job, qenc)
+                return Found(Place.READY, path, job, qenc)
             vanished.append(path)
         for directory, name in self._later_names(qenc):
-            if name[39:71] == job_id:
+            later = parse_ready(name)
+            if later is not None and later.job_id == job_id:
                 path = os.path.join(directory, name)
                 job = self.read_checked(path, job_id, READY_STATES)
                 if job is not None:
-                    return Found("later", path, job, qenc)
+                    return Found(Place.LATER, path, job, qenc)
                 vanished.append(path)
         return None
 
@@ -226,8 +233,9 @@ class QueryMixin(StoreBase):
                 if state is None or state is done:
                     directory = self.qdir(qenc, sub)
                     for name in self.names_in(directory):
-                        if len(name) == 37 and name.endswith(".json"):
-                            paths[name[:32]] = (os.path.join(directory, name), (done,))
+                        finished = parse_finished(name)
+                        if finished is not None:
+                            paths[finished] = (os.path.join(directory, name), (done,))
         return loaded, paths
 
     @wraps_os_errors("find")
