@@ -41,6 +41,7 @@ __all__ = [
     "finished_name",
     "from_key",
     "grab_name",
+    "key_lock_name",
     "parse_claim",
     "parse_finished",
     "parse_grab",
@@ -224,3 +225,8 @@ def token_of(running: str) -> str | None:
 def grab_name(name: str, session: str) -> str:
     """The name (or path) ``name`` is renamed to while session ``session`` changes it."""
     return f"{name}~{session}{GRAB_SUFFIX}"
+
+
+def key_lock_name(key_file: str) -> str:
+    """The lock file guarding a unique key's file (``<digest>.json``): one per 2-hex shard."""
+    return key_file[:2] + ".lock"

@@ -37,6 +37,7 @@ from backrun.storage.base import READY_STATES
 
 from .changes import ChangesMixin
 from .core import from_ns, storage_errors, to_ns
+from .layout import key_lock_name
 
 __all__ = ["UniqueMixin", "exclusive"]
 
@@ -81,7 +82,7 @@ class UniqueMixin(ChangesMixin):
         digest = group_hash("unique", job.handler, job.unique_key)
         base = os.path.join(self.root, UNIQUE_DIR)
         return (
-            os.path.join(_ensure(os.path.join(base, "locks")), digest[:2] + ".lock"),
+            os.path.join(_ensure(os.path.join(base, "locks")), key_lock_name(digest)),
             os.path.join(_ensure(os.path.join(base, "keys")), digest + ".json"),
         )
 
@@ -170,7 +171,7 @@ class UniqueMixin(ChangesMixin):
         removed = 0
         for name in self.names_in(keys):
             path = os.path.join(keys, name)
-            with exclusive([os.path.join(locks, name[:2] + ".lock")]):
+            with exclusive([os.path.join(locks, key_lock_name(name))]):
                 if self._key_holder(path, now, None) is None:
                     with contextlib.suppress(FileNotFoundError):
                         fs.unlink(path)
