@@ -15,8 +15,10 @@ grab/publish/heal moves in :mod:`backrun.storage.jsonfile.core`. In short:
 * a worker is alive while it holds ``flock`` on ``workers/<id>.lock``.
 
 With ``fsync=True`` records that must survive power loss (new jobs, retries,
-requeues) are fsynced; completions are not, so after a power failure a
-completed job may run again (at-least-once), never be lost.
+requeues) are fsynced before returning; completions are flushed by a
+background :class:`~backrun.storage.jsonfile.flush.CompletionFlusher` within
+about 5 ms, so a power failure inside that window may make a completed job run
+again (at-least-once), never lose it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from backrun.storage.base import READY_STATES, Capabilities, Storage
 from .core import storage_errors, to_ns
 from .fileformat import ensure_format
 from .files import SUBDIRS, prepare_root
+from .flush import CompletionFlusher
 from .layout import (
     FINISHED_DIRS,
     RunningName,
@@ -118,6 +121,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         self._last_purge: datetime | None = None
         self._busy = False
         self._watcher = Watcher(self, watch_interval)
+        self.flusher = CompletionFlusher()
         self._closed = False
         self._facts: dict[str, Job] = {}
 
@@ -378,6 +382,8 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
                 self.ungrab(grabbed)
                 raise
         self._replace_grabbed(tmp, dest, grabbed, job)
+        if job.state in FINISHED_STATES and self.files.fsync:
+            self.flusher.note(dest, os.path.dirname(dest), self.running_dir)
         if job.state is JobState.SUCCEEDED and job.followups:
             self.forget_followups(job.id)
         if job.state is not JobState.RUNNING:
@@ -456,6 +462,7 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
             return
         self._closed = True
         self._watcher.stop()
+        self.flusher.close()
         self.locks.release(self.session_path, unlink=not self.stranded)
         self.locks.release_all()
 
