@@ -21,18 +21,22 @@ from pathlib import Path
 _CHILD = """
 import shutil, sys, tempfile, time
 import backrun
+from pydantic import BaseModel
 from backrun.storage.jsonfile import JsonFileStorage
 
 jobs = int(sys.argv[1])
 root = tempfile.mkdtemp(dir=sys.argv[2])
 filler = backrun.Engine(JsonFileStorage(root + "/s", fsync=False), threads=1)
 
+class Empty(BaseModel):
+    pass
+
 @filler.handler(name="noop")
-def noop() -> None:
+def noop(payload: Empty) -> None:
     return None
 
 for _ in range(jobs):
-    filler.enqueue(noop)
+    filler.enqueue(noop, {})
 filler.close()
 engine = backrun.Engine(JsonFileStorage(root + "/s", fsync=True), threads=4)
 engine.handler(name="noop")(noop)
