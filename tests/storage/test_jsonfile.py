@@ -382,7 +382,7 @@ def test_maintain_removes_stale_tmp_files_and_purges_after_retention(tmp_path: P
     store.maintain(now=T0 + timedelta(days=6))
     assert stale.exists()
     assert store.get(job.id) is not None
-    store.tmp_grace = timedelta(0)
+    store.ctx.tmp_grace = timedelta(0)
     store.maintain(now=T0 + timedelta(days=7, seconds=1))
     assert not stale.exists()
     assert store.get(job.id) is None

@@ -88,7 +88,7 @@ class Scheduler:
     def hook(self, operation: str, path: str) -> None:
         index = getattr(self._local, "index", None)
         # Never switch while holding the store's lock: the next thread would wait on it.
-        if index is None or self._store.mutex._is_owned():  # type: ignore[attr-defined]
+        if index is None or self._store.ctx.mutex._is_owned():  # type: ignore[attr-defined]
             return
         self._park(index)
 
@@ -175,8 +175,8 @@ def test_threads_claiming_retrying_and_finishing_never_strand_or_hide_a_job(
     tuning = pin_timing()
     try:
         store.register_worker("w", now=T0)
-        store.ensure_session()
-        store.ensure_queue("default")
+        store.ctx.ensure_session()
+        store.ctx.ensure_queue("default")
         ids = [new_job(n).id for n in range(1, jobs + 1)]
         store.add_many([new_job(n) for n in range(1, jobs + 1)])
         lost: list[str] = []

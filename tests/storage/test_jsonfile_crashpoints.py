@@ -160,7 +160,7 @@ def test_a_crash_at_any_call_leaves_the_before_or_the_after_state(
                 act(store, held)
         except fs.SimulatedCrash:
             crashes += 1
-        store.locks.release_all()  # the process is gone
+        store.ctx.locks.release_all()  # the process is gone
         if not faults.fired:
             break
         healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))

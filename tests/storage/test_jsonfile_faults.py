@@ -156,7 +156,7 @@ def nothing_visible(store: JsonFileStorage) -> bool:
 def test_enqueue_under_an_io_error_raises_and_leaves_nothing(
     store: JsonFileStorage, operation: str, error: int
 ) -> None:
-    store.ensure_queue("default")
+    store.ctx.ensure_queue("default")
     job = make_job()
     faults = fs.Faults(1, error=error, operations=[operation], repeat=True)
     with faults.installed(), pytest.raises(StorageError, match=os.strerror(error)):
@@ -169,7 +169,7 @@ def test_enqueue_under_an_io_error_raises_and_leaves_nothing(
 
 @pytest.mark.parametrize("at", [1, 17, 50, 99])
 def test_a_batch_broken_midway_leaves_none_of_its_jobs(store: JsonFileStorage, at: int) -> None:
-    store.ensure_queue("default")
+    store.ctx.ensure_queue("default")
     batch = [make_job(payload={"i": i}) for i in range(60)]
     with fs.Faults(at, error=errno.ENOSPC).installed(), pytest.raises(StorageError):
         store.add_many(batch)

@@ -101,8 +101,8 @@ class JsonStoreMachine(RuleBasedStateMachine):
         )
         store.register_worker(f"w{self.generation}", now=self.now)
         # Take the one-time steps now, so crash points land on the operations' own steps.
-        store.ensure_session()
-        store.ensure_queue("default")
+        store.ctx.ensure_session()
+        store.ctx.ensure_queue("default")
         return store
 
     @property
@@ -111,7 +111,7 @@ class JsonStoreMachine(RuleBasedStateMachine):
 
     def _crash_and_restart(self) -> None:
         """The process dies: its locks go, nothing else is cleaned up; a new one starts."""
-        self.store.locks.release_all()
+        self.store.ctx.locks.release_all()
         self.generation += 1
         self.store = self._open()
         self.store.maintain(now=self.now)

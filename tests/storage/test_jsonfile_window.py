@@ -126,7 +126,7 @@ def test_the_window_holds_at_most_its_size_after_a_listing(tmp_path: Path) -> No
     store = JsonFileStorage(tmp_path / "s", fsync=False, ready_window=16)
     try:
         (taken,) = store.claim(queues=None, limit=1, now=T0, worker_id="w", lease=LEASE)
-        (cache,) = store.caches.values()
+        (cache,) = store.ctx.caches.values()
         assert len(cache.live) <= 16
         assert not cache.complete
         assert cache.counts() == {JobState.QUEUED: 199, JobState.SCHEDULED: 0}
@@ -155,7 +155,7 @@ def test_a_hidden_job_that_falls_due_is_claimed_before_the_window(
     try:
         # Rank the window at T0 (three due low jobs), changing nothing on disk.
         assert claim_ids(fresh, 0, limit=0) == []
-        (cache,) = fresh.caches.values()
+        (cache,) = fresh.ctx.caches.values()
         assert high.id not in cache.by_id
         assert not cache.complete
         assert claim_ids(fresh, 20) == [high.id]  # hidden when ranked, due and first now

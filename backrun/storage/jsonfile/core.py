@@ -11,7 +11,7 @@ content must change with an ownership check:
 4. drop the grab.
 
 A crash can leave a grab behind. Its session's lock is then free, and
-:meth:`StoreBase.heal_session` finishes the change: if the job has a copy
+:meth:`StoreContext.heal_session` finishes the change: if the job has a copy
 anywhere else, step 3 happened and the grab (the older state) is deleted;
 otherwise the grab is renamed back, undoing step 2. Nothing else ever makes a
 second copy of a job, so "every job in exactly one place" holds after healing.
@@ -37,6 +37,7 @@ from backrun.storage import fs
 
 from . import window
 from .files import Files
+from .flush import CompletionFlusher
 from .layout import (
     BUCKET_US,
     FINISHED_DIRS,
@@ -61,7 +62,7 @@ from .locks import LockHolder
 from .progress import read_progress
 from .window import ReadyCache
 
-__all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
+__all__ = ["Found", "StoreContext", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,11 +118,28 @@ class Found:
 FindFunc = Callable[[str], Found | None]
 
 
-class StoreBase:
+class StoreContext:
     """Paths, per-queue caches and the grab/publish/heal moves of the JSON store."""
 
-    def __init__(self, root: str, *, fsync: bool) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        fsync: bool,
+        retention: timedelta = timedelta(days=7),
+        tmp_grace: timedelta = timedelta(minutes=10),
+        ready_window: int | None = None,
+    ) -> None:
         self.root = root
+        self.fsync = fsync
+        self.retention = retention
+        self.tmp_grace = tmp_grace
+        self.limits_dir = os.path.join(root, "limits")
+        """``limits/`` under the root (made on first use; its mtime moves when a slot frees)."""
+        self.is_watched: Callable[[], bool] = lambda: False
+        self.claims_full = False  # the last claim came back full: trust recent listings
+        self.facts: dict[str, Job] = {}  # limited claims: the records of held ready jobs
+        self.flusher = CompletionFlusher()
         self.files = Files(root, fsync=fsync)
         self.locks = LockHolder()
         self.session = secrets.token_hex(8)
@@ -133,7 +151,7 @@ class StoreBase:
         self.mutex = threading.RLock()
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
-        self.ready_window: int | None = None  # None: window.WINDOW
+        self.ready_window = ready_window  # None: window.WINDOW
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
@@ -145,7 +163,7 @@ class StoreBase:
 
     def watched(self) -> bool:
         """True if a watcher wakes the workers when a ready directory changes."""
-        return False
+        return self.is_watched()
 
     # -- paths ----------------------------------------------------------------
 

@@ -87,14 +87,19 @@ class CompletionFlusher:
         self.flush()
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._cond:
+                    while not self._files and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                time.sleep(self.window)  # gather the completions of one window
+                self.flush()
+        except BaseException as exc:  # never seen by a caller: the next note starts a thread
+            logger.error("the completion flusher stopped: %r", exc)
             with self._cond:
-                while not self._files and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-            time.sleep(self.window)  # gather the completions of one window
-            self.flush()
+                self._thread = None
 
     def flush(self) -> None:
         """Flush what was noted until now (the thread calls this; so does close)."""

@@ -25,37 +25,33 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
-from backrun.clock import utcnow
-from backrun.errors import LeaseLost, StorageError
-from backrun.jobs import FINISHED_STATES, Job, JobState, check_job_id
-from backrun.serialization import dump_job
-from backrun.storage import fs
-from backrun.storage.base import READY_STATES, Capabilities, Storage
+from backrun.errors import StorageError
+from backrun.jobs import FINISHED_STATES, Job, JobState, Progress
+from backrun.limits import HandlerLimits, LimitedClaim
+from backrun.storage.base import Capabilities, Storage
+from backrun.workerinfo import WorkerInfo
 
-from .core import storage_errors, to_ns
+from .batch import Batches
+from .changes import Changes
+from .claims import Claims
+from .core import StoreContext, storage_errors
+from .enqueue import Enqueue
 from .fileformat import ensure_format
 from .files import SUBDIRS, prepare_root
 from .flush import CompletionFlusher
-from .layout import (
-    FINISHED_DIRS,
-    RunningName,
-    check_token,
-    check_worker_id,
-    finished_name,
-    parse_ready,
-    parse_running,
-    running_name,
-    to_key,
-)
-from .limits import LimitsMixin
-from .ops import OpsMixin
-from .pages import PagesMixin
-from .results import ResultsMixin
-from .ticks import has_marker, mark, tick_lock
+from .layout import check_worker_id
+from .limits import Limits
+from .ops import Ops
+from .owner import OwnerWrites
+from .pages import Pages
+from .queries import Reads
+from .results import Results
+from .unique import UniqueKeys
+from .upkeep import Upkeep
 from .watch import Watcher
 
 __all__ = ["JsonFileStorage"]
@@ -63,7 +59,7 @@ __all__ = ["JsonFileStorage"]
 logger = logging.getLogger("backrun.storage.jsonfile")
 
 
-class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
+class JsonFileStorage(Storage):
     """Jobs as JSON files under ``path``; safe for many threads and processes on one machine.
 
     Args:
@@ -111,135 +107,72 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
             isinstance(ready_window, bool) or not isinstance(ready_window, int) or ready_window < 1
         ):
             raise ValueError(f"ready_window must be a positive int, not {ready_window!r}")
-        super().__init__(root, fsync=fsync)
-        self.ready_window = ready_window
         self.path = root
         self.fsync = fsync
-        self.retention = retention
         self.poll_interval = poll_interval
-        self.tmp_grace = tmp_grace
-        self._last_purge: datetime | None = None
-        self._busy = False
-        self._watcher = Watcher(self, watch_interval)
-        self.flusher = CompletionFlusher()
+        ctx = self.ctx = StoreContext(
+            root, fsync=fsync, retention=retention, tmp_grace=tmp_grace, ready_window=ready_window
+        )
+        self.watcher = Watcher(ctx, watch_interval)
+        ctx.is_watched = lambda: self.watcher.active
+        # The parts, each over the shared context, given the parts it calls.
+        self.ops = Ops(ctx)
+        self.reads = Reads(ctx, ops=self.ops)
+        self.pages = Pages(ctx, reads=self.reads)
+        self.batches = Batches(ctx)
+        self.enqueue = Enqueue(ctx, batches=self.batches, reads=self.reads)
+        self.results = Results(ctx, enqueue=self.enqueue, reads=self.reads)
+        self.upkeep = Upkeep(ctx, batches=self.batches, reads=self.reads, results=self.results)
+        self.changes = Changes(ctx, reads=self.reads, upkeep=self.upkeep)
+        self.unique = UniqueKeys(ctx, enqueue=self.enqueue, reads=self.reads, upkeep=self.upkeep)
+        self.claims = Claims(ctx, changes=self.changes, ops=self.ops, reads=self.reads)
+        self.limits = Limits(ctx, claims=self.claims, ops=self.ops, reads=self.reads)
+        self.owner = OwnerWrites(
+            ctx, changes=self.changes, limits=self.limits, results=self.results
+        )
         self._closed = False
-        self._facts: dict[str, Job] = {}
+
+    @property
+    def retention(self) -> timedelta:
+        """How long finished jobs are kept."""
+        return self.ctx.retention
+
+    @property
+    def tmp_grace(self) -> timedelta:
+        """Age after which a leftover temporary file is deleted."""
+        return self.ctx.tmp_grace
+
+    @property
+    def flusher(self) -> CompletionFlusher:
+        """The completion flusher (``fsync=True``): see :mod:`backrun.storage.jsonfile.flush`."""
+        return self.ctx.flusher
 
     def watched(self) -> bool:
         """True if the :meth:`subscribe` watcher runs (it wakes workers on changes)."""
-        return self._watcher.active
+        return self.watcher.active
 
     def __repr__(self) -> str:
         return f"JsonFileStorage({self.path!r}, fsync={self.fsync})"
 
-    # -- enqueue ----------------------------------------------------------------
+    # -- the store contract, each operation done by its part ---------------------
 
     def add(self, job: Job) -> None:
         """Persist a new job; durable once this returns. See :meth:`Storage.add`."""
-        self.add_many([job])
+        self.enqueue.add(job)
 
     def add_many(self, jobs: Sequence[Job]) -> None:
-        """Persist several new jobs; all or none are added, even if the process is killed.
-
-        Several jobs are staged in ``tmp/`` and committed by one rename (see
-        :mod:`backrun.storage.jsonfile.batch`): a kill before the commit
-        leaves none of them, a kill after it all of them once any store's
-        :meth:`maintain` has run.
-
-        Raises:
-            ValueError: an id is malformed or exists already, or a job is not waiting.
-            StorageError: the store could not write; none of the jobs is visible.
-        """
-        plans: list[tuple[Job, str, str, str]] = []
-        seen: set[str] = set()
-        for job in jobs:
-            check_job_id(job.id)
-            if job.state not in READY_STATES or job.run_at is None:
-                raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
-            if job.id in seen:
-                raise ValueError(f"job {job.id} appears twice in the batch")
-            seen.add(job.id)
-            plans.append((job, *self.waiting_path(job, job.created_at)))
-        with storage_errors("enqueue"):
-            for qenc in {qenc for _, qenc, _, _ in plans}:
-                self.ensure_queue(qenc)
-                if len(plans) > 1:  # one job is linked, which refuses a duplicate by itself
-                    with self.mutex:
-                        self.cache(qenc).refresh(0, force=True)
-            for job, *_ in plans:
-                if self._exists(job.id):
-                    raise ValueError(f"job {job.id} exists already")
-            self._write_new(plans)
+        """Persist several new jobs; all or none are added, even if the process is killed."""
+        self.enqueue.add_many(jobs)
 
     def add_once(self, job: Job) -> bool:
         """Add a job at most once per id, under its creation lock; see :meth:`Storage.add_once`."""
-        check_job_id(job.id)
-        if job.state not in READY_STATES or job.run_at is None:
-            raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
-        with storage_errors("enqueue"), tick_lock(self.root, job.id):
-            if has_marker(self.root, job.id):
-                return False
-            added = False
-            if self.locate(job.id) is None:  # a creator killed before its marker
-                try:
-                    self.add(job)
-                    added = True
-                except ValueError:
-                    pass
-            mark(self.root, job.id, sync=self.fsync)
-            return added
+        return self.enqueue.add_once(job)
 
-    def _exists(self, job_id: str) -> bool:
-        if job_id in self.mine:
-            return True
-        with self.mutex:
-            for cache in self.caches.values():
-                if cache.holds(job_id):
-                    return True
-        for qenc in self.made:
-            for sub in FINISHED_DIRS.values():
-                try:
-                    fs.lstat(os.path.join(self.qdir(qenc, sub), finished_name(job_id)))
-                    return True
-                except FileNotFoundError:
-                    pass
-        return False
-
-    def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
-        records = [dump_job(job) for job, *_ in plans]
-        if len(plans) > 1:
-            self.write_batch(records, [(directory, name) for _, _, directory, name in plans])
-        else:
-            self._write_one(records[0], plans[0])
-        with self.mutex:
-            for _, qenc, directory, name in plans:
-                if directory.endswith("ready"):
-                    parsed = parse_ready(name)
-                    assert parsed is not None
-                    self.cache(qenc).add(parsed)
-
-    def _write_one(self, record: bytes, plan: tuple[Job, str, str, str]) -> None:
-        """One job: written aside, then linked into place (one step, so all or none)."""
-        job, _, directory, name = plan
-        tmp = self.files.write_tmp(record, sync=True)
-        try:
-            dest = os.path.join(directory, name)
-            try:
-                fs.link(tmp, dest)
-            except FileExistsError:
-                raise ValueError(f"job {job.id} exists already") from None
-            except FileNotFoundError:
-                self.ensure_dir(directory)
-                fs.link(tmp, dest)
-            try:
-                self.files.sync_dir(directory)
-            except Exception:
-                self.files.discard(dest)
-                raise
-        finally:
-            self.files.discard(tmp)
-
-    # -- claim and the owner's writes -----------------------------------------
+    def add_unique(
+        self, jobs: Sequence[Job], *, now: datetime, connection: Any = None
+    ) -> list[Job]:
+        """Add jobs, deduplicating unique keys atomically; see :meth:`Storage.add_unique`."""
+        return self.unique.add_unique(jobs, now=now, connection=connection)
 
     def claim(
         self,
@@ -251,202 +184,139 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         lease: timedelta,
     ) -> list[Job]:
         """Take up to ``limit`` due jobs by renaming them; see :meth:`Storage.claim`."""
-        check_worker_id(worker_id)
-        now_key = to_key(now)
-        lease_ns = to_ns(now + lease)
-        claimed: list[Job] = []
-        with storage_errors("claim"):
-            # While claims keep coming back full, trust recent checks of q/ and later/.
-            busy = self._busy
-            qencs = self.claimable(self.queues_for(queues, fresh=not busy))
-            with self.mutex:
-                for qenc in qencs:
-                    self.promote(qenc, now_key, fresh=not busy)
-                    self.cache(qenc).refresh(now_key, watched=self._watcher.active)
-            refills = 0
-            while len(claimed) < limit:
-                with self.mutex:
-                    best: tuple[str, str] | None = None
-                    for qenc in qencs:
-                        name = self.cache(qenc).best_due(now_key)
-                        if name is not None and (best is None or name < best[1]):
-                            best = (qenc, name)
-                    if best is None:
-                        # A window spent mid-batch: refill it from the directory.
-                        spent = [q for q in qencs if self.cache(q).spent(now_key)]
-                        if not spent or refills >= limit:
-                            break
-                        refills += 1
-                        for qenc in spent:
-                            self.cache(qenc).refresh(now_key)
-                        continue
-                    qenc, name = best
-                    cache = self.cache(qenc)
-                    cache.discard(name)  # taken out under the lock: no other thread tries it
-                parsed = parse_ready(name)
-                assert parsed is not None
-                rname = running_name(parsed.job_id, secrets.token_hex(8), now, worker_id)
-                path = os.path.join(self.running_dir, rname)
-                try:
-                    fs.rename(os.path.join(cache.path, name), path)
-                except FileNotFoundError:
-                    continue  # another process took it
-                except OSError:
-                    with self.mutex:
-                        cache.add(parsed)
-                    raise
-                with self.mutex:
-                    self.mine[parsed.job_id] = rname
-                job = self._claimed(path, rname, lease_ns, os.path.join(cache.path, name))
-                if job is not None:
-                    claimed.append(job)
-        self._busy = len(claimed) >= limit
-        return claimed
+        return self.claims.claim(
+            queues=queues, limit=limit, now=now, worker_id=worker_id, lease=lease
+        )
 
-    def _claimed(self, path: str, rname: str, lease_ns: int, ready: str) -> Job | None:
-        """Finish a won claim without raising: an error here must not strand the job.
-
-        A live worker's jobs are never orphans, so a claim that failed after its
-        rename would keep the job RUNNING until the worker stopped: on a read
-        error the job is renamed back to its ready name instead.
-        """
-        rn = parse_running(rname)
-        assert rn is not None
-        try:
-            fs.utime(path, lease_ns)
-        except OSError as exc:
-            logger.warning("job %s: could not stamp its lease: %s", rn.job_id, exc)
-        try:
-            job = self.read_running(rn, path, lease_ns=lease_ns)  # unreadable: quarantined
-            if job is not None and job.cancel_requested:  # carried over: heartbeats see it
-                self._request_cancel(path, job.id, rn.token)
-            return job
-        except OSError as exc:
-            logger.error(
-                "job %s: claim failed after taking it (%s); putting it back", rn.job_id, exc
-            )
-        self.forget_claim(rn.job_id, rn.token)
-        try:
-            fs.rename(path, ready)
-        except OSError as exc:
-            logger.error("job %s stays RUNNING until this worker stops: %s", rn.job_id, exc)
-        return None
+    def claim_limited(
+        self,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+        limits: Mapping[str, HandlerLimits],
+    ) -> LimitedClaim:
+        """Claim, skipping jobs a limit holds back; see :meth:`Storage.claim_limited`."""
+        return self.limits.claim_limited(
+            queues=queues, limit=limit, now=now, worker_id=worker_id, lease=lease, limits=limits
+        )
 
     def update(self, job: Job) -> None:
         """Write a claimed job as the owner of its claim; see :meth:`Storage.update`."""
-        check_job_id(job.id)
-        token = check_token(job.claim_token)
-        if token is None:
-            raise LeaseLost(f"job {job.id} carries no claim of this store")
-        # Keyed by claim, not by job: the previous claim's write may still be
-        # finishing (its grab not yet dropped) when this process claims the job again.
-        claim = (job.id, token)
-        with self.mutex:
-            if claim in self.busy:
-                raise LeaseLost(f"job {job.id} is being changed by another thread")
-            self.busy.add(claim)
-        try:
-            with storage_errors("update"):
-                self._update(job, token)
-        finally:
-            with self.mutex:
-                self.busy.discard(claim)
+        self.owner.update(job)
 
-    def _update(self, job: Job, token: str) -> None:
-        rname = self.running_name_of(job.id, token)
-        rn = None if rname is None else parse_running(rname)
-        if rn is None:
-            self.forget_claim(job.id, token)
-            raise LeaseLost(f"job {job.id} is no longer held under this claim")
-        src = os.path.join(self.running_dir, rn.name)
-        if job.state is JobState.RUNNING and self.has_marker(job.id, token):
-            job = job.replace(cancel_requested=True)
-        dest, mtime = self._place(job, rn)
-        tmp = self.files.write_tmp(
-            dump_job(job), sync=job.state not in FINISHED_STATES, mtime_ns=mtime
-        )
-        try:
-            grabbed = self.grab(src)
-        except FileNotFoundError:
-            self.files.discard(tmp)
-            self.forget_claim(job.id, token)
-            raise LeaseLost(f"job {job.id} is no longer held under this claim") from None
-        except Exception:
-            self.files.discard(tmp)
-            raise
-        if job.state is JobState.SUCCEEDED and job.followups:
-            try:  # created while we hold the grab, before the success is visible
-                self.add_followups(job)
-            except Exception:
-                self.files.discard(tmp)
-                self.ungrab(grabbed)
-                raise
-        self._replace_grabbed(tmp, dest, grabbed, job)
-        if job.state in FINISHED_STATES and self.files.fsync:
-            self.flusher.note(dest, os.path.dirname(dest), self.running_dir)
-        if job.state is JobState.SUCCEEDED and job.followups:
-            self.forget_followups(job.id)
-        if job.state is not JobState.RUNNING:
-            self.release_slot(job, token)
-            self.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
-            if job.progress is not None:
-                self.forget_progress(job.id, token)
-        elif dest != src:
-            with self.mutex:
-                if self.forget_claim(job.id, token) or job.id not in self.mine:
-                    self.mine[job.id] = os.path.basename(dest)
-
-    def _place(self, job: Job, rn: RunningName) -> tuple[str, int | None]:
-        """Where a record in ``job.state`` goes, and the mtime its file should carry."""
-        if job.state is JobState.RUNNING:
-            name = self.new_running_name(job, rn)
-            lease = job.lease_expires_at
-            return os.path.join(self.running_dir, name), None if lease is None else to_ns(lease)
-        if job.state in FINISHED_STATES:
-            qenc, path = self.finished_path(job)
-            self.ensure_queue(qenc)
-            return path, to_ns(job.finished_at or utcnow())
-        qenc, directory, name = self.waiting_path(job, job.started_at)
-        self.ensure_queue(qenc)
-        return os.path.join(directory, name), None
+    def record_progress(self, job: Job, progress: Progress) -> None:
+        """Store a running job's progress in its claim's file; see the base class."""
+        self.results.record_progress(job, progress)
 
     def heartbeat(
         self, jobs: Sequence[Job], *, worker_id: str, now: datetime, lease_until: datetime
     ) -> set[str]:
         """Renew leases (file mtimes); return the ids to stop. See :meth:`Storage.heartbeat`."""
-        stop: set[str] = set()
-        lease_ns = to_ns(lease_until)
-        with storage_errors("heartbeat"):
-            for job in jobs:
-                token = check_token(job.claim_token)
-                rname = None if token is None else self.running_name_of(job.id, token)
-                if token is None or rname is None:
-                    stop.add(job.id)
-                    continue
-                try:
-                    fs.utime(os.path.join(self.running_dir, rname), lease_ns)
-                except FileNotFoundError:
-                    stop.add(job.id)
-                    self.forget_claim(job.id, token)
-                    continue
-                if self.has_marker(job.id, token):
-                    stop.add(job.id)
-        return stop
+        return self.owner.heartbeat(jobs, worker_id=worker_id, now=now, lease_until=lease_until)
+
+    def cancel_requests(self, job_ids: Collection[str]) -> set[str]:
+        """Return the ids among ``job_ids`` that are RUNNING with a cancel requested."""
+        return self.changes.cancel_requests(job_ids)
+
+    def cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a job; see :meth:`Storage.cancel`."""
+        return self.changes.cancel(job_id, now=now)
+
+    def requeue(self, job_id: str, *, now: datetime) -> Job:
+        """Run a job again now; see :meth:`Storage.requeue`."""
+        return self.changes.requeue(job_id, now=now)
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job, or ``None``; see :meth:`Storage.get`."""
+        return self.reads.get(job_id)
+
+    def find(
+        self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
+        return self.reads.find(state=state, queue=queue, limit=limit)
+
+    def counts(self) -> dict[tuple[str, JobState], int]:
+        """Count jobs per (queue, state) from file names; see :meth:`Storage.counts`."""
+        return self.reads.counts()
+
+    def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
+        """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
+        return self.reads.next_run_at(queues=queues)
+
+    def oldest_due(self, *, now: datetime) -> dict[str, datetime]:
+        """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
+        return self.reads.oldest_due(now=now)
+
+    def orphans(self, *, now: datetime) -> list[Job]:
+        """Running jobs whose worker's lock is free; see :meth:`Storage.orphans`."""
+        return self.reads.orphans(now=now)
+
+    def purge(self, *, before: datetime, states: Collection[JobState] = FINISHED_STATES) -> int:
+        """Delete finished jobs whose finished_at (file mtime) is before ``before``."""
+        return self.upkeep.purge(before=before, states=states)
+
+    def maintain(self, *, now: datetime) -> None:
+        """The store's housekeeping, then (as often as purges) the records of free keys."""
+        self.unique.maintain(now=now)
+
+    def find_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        handler: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
+        return self.pages.find_page(
+            state=state, queue=queue, handler=handler, offset=offset, limit=limit
+        )
+
+    def finish_counts(
+        self, *, since: datetime, until: datetime, buckets: int
+    ) -> dict[JobState, list[int]]:
+        """Finishes per state and bucket, from mtimes; see :meth:`Storage.finish_counts`."""
+        return self.pages.finish_counts(since=since, until=until, buckets=buckets)
+
+    def publish_worker(self, info: WorkerInfo, *, ttl: timedelta) -> None:
+        """Replace the worker's record; see :meth:`Storage.publish_worker`."""
+        self.ops.publish_worker(info, ttl=ttl)
+
+    def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        """Records of workers whose lock is held; see :meth:`Storage.live_workers`."""
+        return self.ops.live_workers(now=now)
+
+    def pause_queue(self, queue: str, *, now: datetime) -> bool:
+        """Mark ``queue`` paused; see :meth:`Storage.pause_queue`."""
+        return self.ops.pause_queue(queue, now=now)
+
+    def resume_queue(self, queue: str) -> bool:
+        """Clear ``queue``'s pause; see :meth:`Storage.resume_queue`."""
+        return self.ops.resume_queue(queue)
+
+    def paused_queues(self) -> frozenset[str]:
+        """The paused queues; see :meth:`Storage.paused_queues`."""
+        return self.ops.paused_queues()
 
     def register_worker(self, worker_id: str, *, now: datetime) -> None:
         """Take this worker's lock and hold it until :meth:`unregister_worker` or exit."""
-        path = os.path.join(self.workers_dir, check_worker_id(worker_id) + ".lock")
+        path = os.path.join(self.ctx.workers_dir, check_worker_id(worker_id) + ".lock")
         with storage_errors("register_worker"):
             try:
-                self.locks.acquire(path)
+                self.ctx.locks.acquire(path)
             except TimeoutError:
                 raise StorageError(f"worker id {worker_id} is in use by a live process") from None
 
     def unregister_worker(self, worker_id: str) -> None:
         """Release this worker's lock: its running jobs (if any) become orphans."""
-        path = os.path.join(self.workers_dir, check_worker_id(worker_id) + ".lock")
+        path = os.path.join(self.ctx.workers_dir, check_worker_id(worker_id) + ".lock")
         with storage_errors("unregister_worker"):
-            self.locks.release(path, unlink=True)
+            self.ctx.locks.release(path, unlink=True)
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` soon after any process adds a waiting job or asks a cancel.
@@ -454,17 +324,17 @@ class JsonFileStorage(OpsMixin, PagesMixin, ResultsMixin, LimitsMixin, Storage):
         A watcher thread stats the ready directories and ``cancels/`` every
         ``watch_interval`` seconds; see :mod:`backrun.storage.jsonfile.watch`.
         """
-        return self._watcher.subscribe(callback)
+        return self.watcher.subscribe(callback)
 
     def close(self) -> None:
         """Stop the watcher and release every lock this store holds. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._watcher.stop()
-        self.flusher.close()
-        self.locks.release(self.session_path, unlink=not self.stranded)
-        self.locks.release_all()
+        self.watcher.stop()
+        self.ctx.flusher.close()
+        self.ctx.locks.release(self.ctx.session_path, unlink=not self.ctx.stranded)
+        self.ctx.locks.release_all()
 
 
 def check_is_store(root: str) -> None:
