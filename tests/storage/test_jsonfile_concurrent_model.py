@@ -142,8 +142,9 @@ def new_job(n: int) -> Job:
 
 
 def outcome_record(job: Job, fails: bool) -> Job:
-    if not fails:
-        return job.replace(state=JobState.SUCCEEDED, finished_at=T0)
+    if not fails:  # odd ids succeed by one rename (no lease left: a plain success)
+        lease = None if int(job.id, 16) % 2 else job.lease_expires_at
+        return job.replace(state=JobState.SUCCEEDED, finished_at=T0, lease_expires_at=lease)
     if job.attempts >= MAX_ATTEMPTS:
         return job.replace(state=JobState.DEAD, finished_at=T0)
     return job.replace(state=JobState.SCHEDULED, run_at=T0)  # retry, zero backoff

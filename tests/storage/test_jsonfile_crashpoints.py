@@ -93,6 +93,13 @@ CASES: dict[str, tuple[Setup, Act, set[str]]] = {
         lambda s, j: s.update(_held(j).replace(state=JobState.SUCCEEDED, finished_at=T0)),
         {"running", "succeeded"},
     ),
+    "complete-by-rename": (
+        _running,
+        lambda s, j: s.update(
+            _held(j).replace(state=JobState.SUCCEEDED, finished_at=T0, lease_expires_at=None)
+        ),
+        {"running", "succeeded"},
+    ),
     "retry": (
         _running,
         lambda s, j: s.update(
@@ -158,6 +165,7 @@ def test_a_crash_at_any_call_leaves_the_before_or_the_after_state(
         try:
             with faults.installed():
                 act(store, held)
+                store.flusher.wait(timeout=10)  # a completion's flush: numbered calls too
         except fs.SimulatedCrash:
             crashes += 1
         store.ctx.locks.release_all()  # the process is gone

@@ -180,12 +180,15 @@ def test_a_batch_broken_midway_leaves_none_of_its_jobs(store: JsonFileStorage, a
 
 @pytest.mark.parametrize("error", ERRNOS, ids=errno.errorcode.get)
 @pytest.mark.parametrize("at", range(1, 9))
+@pytest.mark.parametrize("plain", [False, True], ids=["full-write", "by-rename"])
 def test_an_update_under_an_io_error_changes_nothing_and_can_be_retried(
-    store: JsonFileStorage, error: int, at: int
+    store: JsonFileStorage, error: int, at: int, plain: bool
 ) -> None:
     store.add(make_job())
     (running,) = claim_all(store)
     done = running.replace(state=JobState.SUCCEEDED, finished_at=T0)
+    if plain:  # a success recorded by one rename
+        done = done.replace(lease_expires_at=None)
     faults = fs.Faults(at, error=error)
     with faults.installed():
         try:

@@ -248,12 +248,14 @@ class JsonStoreMachine(RuleBasedStateMachine):
         entry.run_at = new.run_at
 
     @precondition(lambda self: self._mine())
-    @rule(data=st.data(), crash_at=crash_points)
-    def complete(self, data: st.DataObject, crash_at: int) -> None:
+    @rule(data=st.data(), by_rename=st.booleans(), crash_at=crash_points)
+    def complete(self, data: st.DataObject, by_rename: bool, crash_at: int) -> None:
         job_id = data.draw(st.sampled_from(self._mine()))
         claim = self.jobs[job_id].claim
         assert claim is not None
         done = claim.replace(state=JobState.SUCCEEDED, finished_at=self.now)
+        if by_rename:  # a plain success: recorded by one rename of the running file
+            done = done.replace(lease_expires_at=None)
         self._write(job_id, done, crash_at, JobState.SUCCEEDED.value)
 
     @precondition(lambda self: self._mine())

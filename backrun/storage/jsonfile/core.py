@@ -40,6 +40,7 @@ from .files import Files
 from .flush import CompletionFlusher
 from .layout import (
     BUCKET_US,
+    CLAIM_XATTR,
     FINISHED_DIRS,
     GRAB_SUFFIX,
     Place,
@@ -49,6 +50,7 @@ from .layout import (
     finished_name,
     from_key,
     grab_name,
+    parse_claim_note,
     parse_finished,
     parse_grab,
     parse_ready,
@@ -140,6 +142,7 @@ class StoreContext:
         self.claims_full = False  # the last claim came back full: trust recent listings
         self.facts: dict[str, Job] = {}  # limited claims: the records of held ready jobs
         self.flusher = CompletionFlusher()
+        self.xattrs = True  # False once the file system refused an extended attribute
         self.files = Files(root, fsync=fsync)
         self.locks = LockHolder()
         self.session = secrets.token_hex(8)
@@ -368,16 +371,7 @@ class StoreContext:
                 return None
         else:
             lease = from_ns(lease_ns)
-        if record.state is JobState.RUNNING and record.claim_token == rn.token:
-            job = record
-        else:
-            job = record.replace(
-                state=JobState.RUNNING,
-                attempts=record.attempts + 1,
-                worker_id=rn.worker_id,
-                started_at=from_key(rn.started_key),
-                claim_token=rn.token,
-            )
+        job = claimed_view(record, rn)
         cancel = job.cancel_requested or (lease_ns is None and self.has_marker(rn.job_id, rn.token))
         if lease_ns is None:  # not a fresh claim: the owner may have reported progress
             progress = read_progress(self.root, rn.job_id, rn.token)
@@ -386,6 +380,40 @@ class StoreContext:
                     lease_expires_at=lease, cancel_requested=cancel, progress=progress
                 )
         return job.replace(lease_expires_at=lease, cancel_requested=cancel)
+
+    def succeeded_view(self, record: Job, path: str) -> Job:
+        """The SUCCEEDED job a file renamed into ``succeeded/`` by its owner stands for.
+
+        Its record is still the one it had while waiting or running; the
+        claim and the finish are in its :data:`CLAIM_XATTR` (set before the
+        rename). Without one, the record is laid over with what the file
+        itself says (finished_at = the earlier of mtime and ctime).
+        """
+        try:
+            note = parse_claim_note(fs.getxattr(path, CLAIM_XATTR))
+        except OSError:
+            note = None
+        if note is not None and note[0].job_id == record.id:
+            rn, finished_key = note
+            return claimed_view(record, rn).replace(
+                state=JobState.SUCCEEDED,
+                finished_at=from_key(finished_key),
+                lease_expires_at=None,
+                cancel_requested=False,
+            )
+        try:
+            st = fs.lstat(path)
+            finished = from_ns(min(st.st_mtime_ns, st.st_ctime_ns))
+        except FileNotFoundError:
+            finished = None
+        attempts = record.attempts + (record.state is not JobState.RUNNING)
+        return record.replace(
+            state=JobState.SUCCEEDED,
+            attempts=attempts,
+            finished_at=finished,
+            lease_expires_at=None,
+            cancel_requested=False,
+        )
 
     def new_running_name(self, job: Job, old: RunningName) -> str:
         if job.claim_token == old.token:
@@ -480,6 +508,19 @@ class StoreContext:
 
 
 _QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
+
+
+def claimed_view(record: Job, rn: RunningName) -> Job:
+    """``record`` as claim ``rn`` holds it: the claim fields come from the running name."""
+    if record.state is JobState.RUNNING and record.claim_token == rn.token:
+        return record
+    return record.replace(
+        state=JobState.RUNNING,
+        attempts=record.attempts + 1,
+        worker_id=rn.worker_id,
+        started_at=from_key(rn.started_key),
+        claim_token=rn.token,
+    )
 
 
 def _recent(checked: float) -> bool:

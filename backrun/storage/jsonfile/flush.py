@@ -92,9 +92,12 @@ class CompletionFlusher:
                 with self._cond:
                     while not self._files and not self._closed:
                         self._cond.wait()
+                    # Gather the completions of one window (close() cuts it short).
+                    deadline = time.monotonic() + self.window
+                    while not self._closed and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
                     if self._closed:
                         return
-                time.sleep(self.window)  # gather the completions of one window
                 self.flush()
         except BaseException as exc:  # never seen by a caller: the next note starts a thread
             logger.error("the completion flusher stopped: %r", exc)
@@ -107,7 +110,18 @@ class CompletionFlusher:
             files, self._files = self._files, []
             directories, self._dirs = self._dirs, set()
             count = len(files)
-        if count:
+        try:
+            self._flush(files, directories)
+        finally:
+            with self._cond:
+                if count:
+                    self.flushes += 1
+                self._flushed += count
+                self._cond.notify_all()
+
+    @staticmethod
+    def _flush(files: list[str], directories: set[str]) -> None:
+        if files:
             for path in files:
                 try:
                     fs.fsync_path(path)
@@ -120,8 +134,3 @@ class CompletionFlusher:
                     group_sync.sync(directory)
                 except OSError as exc:
                     logger.warning("a completion may not survive a power failure: %s", exc)
-        with self._cond:
-            if count:
-                self.flushes += 1
-            self._flushed += count
-            self._cond.notify_all()

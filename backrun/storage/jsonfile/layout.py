@@ -28,6 +28,7 @@ from backrun.jobs import JobState
 
 __all__ = [
     "BUCKET_US",
+    "CLAIM_XATTR",
     "FINISHED_DIRS",
     "GRAB_SUFFIX",
     "Place",
@@ -36,6 +37,7 @@ __all__ = [
     "check_token",
     "check_worker_id",
     "claim_name",
+    "claim_note",
     "decode_queue",
     "encode_queue",
     "finished_name",
@@ -43,6 +45,7 @@ __all__ = [
     "grab_name",
     "key_lock_name",
     "parse_claim",
+    "parse_claim_note",
     "parse_finished",
     "parse_grab",
     "parse_ready",
@@ -230,3 +233,24 @@ def grab_name(name: str, session: str) -> str:
 def key_lock_name(key_file: str) -> str:
     """The lock file guarding a unique key's file (``<digest>.json``): one per 2-hex shard."""
     return key_file[:2] + ".lock"
+
+
+CLAIM_XATTR = "user.backrun.claim"
+"""The extended attribute a success by rename leaves on its file: the claim and the finish."""
+
+
+def claim_note(running: str, finished_key: int) -> bytes:
+    """The value of :data:`CLAIM_XATTR`: ``<running name>|<finished_at key>``."""
+    return f"{running}|{finished_key:018d}".encode()
+
+
+def parse_claim_note(data: bytes) -> tuple[RunningName, int] | None:
+    """(claim, finished_at key) of a :func:`claim_note`; ``None`` if it is not one."""
+    try:
+        running, _, finished = data.decode("ascii").partition("|")
+    except UnicodeDecodeError:
+        return None
+    parsed = parse_running(running)
+    if parsed is None or len(finished) != 18 or not finished.isdigit():
+        return None
+    return parsed, int(finished)
