@@ -164,3 +164,18 @@ def test_the_checker_sees_an_upward_import() -> None:
     assert "supervisor" not in targets
     assert [t for _, t in backrun_imports(jobs, source, typing_only=True)] == ["supervisor"]
     assert all(layer_of(t) > layer_of("jobs") for t in ("worker", "engine"))
+
+
+def test_only_the_json_layout_knows_the_fields_of_a_name() -> None:
+    """No slicing or ``~``-splitting of file names outside ``storage/jsonfile/layout.py``."""
+    import re
+
+    slicing = re.compile(r"""\bname\[\d*:\d*\]|\.(?:r?split|r?partition)\(["']~["']""")
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted((PACKAGE / "storage" / "jsonfile").glob("*.py"))
+        if path.name != "layout.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if slicing.search(line)
+    ]
+    assert offenders == []

@@ -195,6 +195,18 @@ def lstat(path: str) -> os.stat_result:
     return os.lstat(path)
 
 
+def setxattr(path: str, name: str, value: bytes) -> None:
+    """Set an extended attribute of the file at ``path`` (not following a symlink)."""
+    _report("setxattr", path)
+    os.setxattr(path, name, value, follow_symlinks=False)
+
+
+def getxattr(path: str, name: str) -> bytes:
+    """An extended attribute of the file at ``path``; ``OSError`` (ENODATA) if it has none."""
+    _report("getxattr", path)
+    return os.getxattr(path, name, follow_symlinks=False)
+
+
 def utime(path: str, mtime_ns: int) -> None:
     """Set ``path``'s access and modification times; FileNotFoundError if gone."""
     _report("utime", path)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from backrun.clock import utcnow
-from backrun.storage._jsonfile_layout import parse_ready, parse_running
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import parse_ready, parse_running
 from backrun.testing import wait_until
 
 pytestmark = pytest.mark.slow

@@ -16,14 +16,14 @@ import pytest
 from backrun.errors import LeaseLost, StorageError
 from backrun.jobs import Job, JobState, new_job_id
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import (
+from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import (
     decode_queue,
     encode_queue,
     parse_ready,
     parse_running,
     ready_name,
 )
-from backrun.storage.jsonfile import JsonFileStorage
 from backrun.testing import wait_until
 from tests.storage.factories import LEASE, T0, make_job
 
@@ -382,7 +382,7 @@ def test_maintain_removes_stale_tmp_files_and_purges_after_retention(tmp_path: P
     store.maintain(now=T0 + timedelta(days=6))
     assert stale.exists()
     assert store.get(job.id) is not None
-    store.tmp_grace = timedelta(0)
+    store.ctx.tmp_grace = timedelta(0)
     store.maintain(now=T0 + timedelta(days=7, seconds=1))
     assert not stale.exists()
     assert store.get(job.id) is None

@@ -65,7 +65,7 @@ def test_a_batch_killed_at_any_call_is_all_there_or_none_of_it(
                 store.add_many(batch())
         except fs.SimulatedCrash:
             pass
-        store.locks.release_all()  # the process is gone
+        store.ctx.locks.release_all()  # the process is gone
         if not faults.fired:
             break
         healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))
@@ -142,7 +142,7 @@ def test_a_live_stores_batch_in_progress_is_left_alone(tmp_path: Path) -> None:
     other.maintain(now=T0)
     assert os.listdir(root / "tmp") == [committed]
     assert visible(other) == 0
-    writer.locks.release_all()  # now the writer dies
+    writer.ctx.locks.release_all()  # now the writer dies
     other.maintain(now=T0)
     assert os.listdir(root / "tmp") == []
     assert visible(other) == BATCH

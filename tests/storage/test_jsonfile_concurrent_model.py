@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 
 from backrun.errors import LeaseLost
 from backrun.jobs import Job, JobState
-from backrun.storage import _jsonfile_cache, fs
-from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage import fs
+from backrun.storage.jsonfile import JsonFileStorage, window
 from tests.storage.test_jsonfile_crashpoints import copies
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -88,7 +88,7 @@ class Scheduler:
     def hook(self, operation: str, path: str) -> None:
         index = getattr(self._local, "index", None)
         # Never switch while holding the store's lock: the next thread would wait on it.
-        if index is None or self._store.mutex._is_owned():  # type: ignore[attr-defined]
+        if index is None or self._store.ctx.mutex._is_owned():  # type: ignore[attr-defined]
             return
         self._park(index)
 
@@ -142,8 +142,9 @@ def new_job(n: int) -> Job:
 
 
 def outcome_record(job: Job, fails: bool) -> Job:
-    if not fails:
-        return job.replace(state=JobState.SUCCEEDED, finished_at=T0)
+    if not fails:  # odd ids succeed by one rename (no lease left: a plain success)
+        lease = None if int(job.id, 16) % 2 else job.lease_expires_at
+        return job.replace(state=JobState.SUCCEEDED, finished_at=T0, lease_expires_at=lease)
     if job.attempts >= MAX_ATTEMPTS:
         return job.replace(state=JobState.DEAD, finished_at=T0)
     return job.replace(state=JobState.SCHEDULED, run_at=T0)  # retry, zero backoff
@@ -175,8 +176,8 @@ def test_threads_claiming_retrying_and_finishing_never_strand_or_hide_a_job(
     tuning = pin_timing()
     try:
         store.register_worker("w", now=T0)
-        store.ensure_session()
-        store.ensure_queue("default")
+        store.ctx.ensure_session()
+        store.ctx.ensure_queue("default")
         ids = [new_job(n).id for n in range(1, jobs + 1)]
         store.add_many([new_job(n) for n in range(1, jobs + 1)])
         lost: list[str] = []
@@ -254,21 +255,21 @@ def test_threads_claiming_retrying_and_finishing_never_strand_or_hide_a_job(
 def pin_timing() -> tuple[int, float, float, float]:
     """Make the store's calls independent of time, so one choice sequence replays exactly."""
     tuning = (
-        _jsonfile_cache.RACY_NS,
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RECHECK_S,
+        window.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RECHECK_S,
     )
-    _jsonfile_cache.RACY_NS = 10**30
-    _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
-    _jsonfile_cache.RECHECK_S = 0
+    window.RACY_NS = 10**30
+    window.RELIST_MIN_S = window.RELIST_COST_FACTOR = 0
+    window.RECHECK_S = 0
     return tuning
 
 
 def restore_timing(tuning: tuple[int, float, float, float]) -> None:
     (
-        _jsonfile_cache.RACY_NS,
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RECHECK_S,
+        window.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RECHECK_S,
     ) = tuning

@@ -18,8 +18,8 @@ import pytest
 
 from backrun.jobs import Job, JobState
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import parse_ready, parse_running
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import parse_ready, parse_running
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -93,6 +93,13 @@ CASES: dict[str, tuple[Setup, Act, set[str]]] = {
         lambda s, j: s.update(_held(j).replace(state=JobState.SUCCEEDED, finished_at=T0)),
         {"running", "succeeded"},
     ),
+    "complete-by-rename": (
+        _running,
+        lambda s, j: s.update(
+            _held(j).replace(state=JobState.SUCCEEDED, finished_at=T0, lease_expires_at=None)
+        ),
+        {"running", "succeeded"},
+    ),
     "retry": (
         _running,
         lambda s, j: s.update(
@@ -158,9 +165,10 @@ def test_a_crash_at_any_call_leaves_the_before_or_the_after_state(
         try:
             with faults.installed():
                 act(store, held)
+                store.flusher.wait(timeout=10)  # a completion's flush: numbered calls too
         except fs.SimulatedCrash:
             crashes += 1
-        store.locks.release_all()  # the process is gone
+        store.ctx.locks.release_all()  # the process is gone
         if not faults.fired:
             break
         healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))

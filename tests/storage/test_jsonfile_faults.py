@@ -16,8 +16,8 @@ from backrun.errors import StorageError
 from backrun.jobs import Job, JobError, JobState, new_job_id
 from backrun.serialization import dump_job
 from backrun.storage import fs
-from backrun.storage._jsonfile_layout import ready_name
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import ready_name
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
@@ -156,7 +156,7 @@ def nothing_visible(store: JsonFileStorage) -> bool:
 def test_enqueue_under_an_io_error_raises_and_leaves_nothing(
     store: JsonFileStorage, operation: str, error: int
 ) -> None:
-    store.ensure_queue("default")
+    store.ctx.ensure_queue("default")
     job = make_job()
     faults = fs.Faults(1, error=error, operations=[operation], repeat=True)
     with faults.installed(), pytest.raises(StorageError, match=os.strerror(error)):
@@ -169,7 +169,7 @@ def test_enqueue_under_an_io_error_raises_and_leaves_nothing(
 
 @pytest.mark.parametrize("at", [1, 17, 50, 99])
 def test_a_batch_broken_midway_leaves_none_of_its_jobs(store: JsonFileStorage, at: int) -> None:
-    store.ensure_queue("default")
+    store.ctx.ensure_queue("default")
     batch = [make_job(payload={"i": i}) for i in range(60)]
     with fs.Faults(at, error=errno.ENOSPC).installed(), pytest.raises(StorageError):
         store.add_many(batch)
@@ -180,12 +180,15 @@ def test_a_batch_broken_midway_leaves_none_of_its_jobs(store: JsonFileStorage, a
 
 @pytest.mark.parametrize("error", ERRNOS, ids=errno.errorcode.get)
 @pytest.mark.parametrize("at", range(1, 9))
+@pytest.mark.parametrize("plain", [False, True], ids=["full-write", "by-rename"])
 def test_an_update_under_an_io_error_changes_nothing_and_can_be_retried(
-    store: JsonFileStorage, error: int, at: int
+    store: JsonFileStorage, error: int, at: int, plain: bool
 ) -> None:
     store.add(make_job())
     (running,) = claim_all(store)
     done = running.replace(state=JobState.SUCCEEDED, finished_at=T0)
+    if plain:  # a success recorded by one rename
+        done = done.replace(lease_expires_at=None)
     faults = fs.Faults(at, error=error)
     with faults.installed():
         try:

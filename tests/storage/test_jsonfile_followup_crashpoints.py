@@ -91,7 +91,7 @@ def test_a_crash_in_the_success_step_never_loses_or_doubles_a_followup(
                 succeed(store, job)
         except fs.SimulatedCrash:
             pass
-        store.locks.release_all()  # the process is gone
+        store.ctx.locks.release_all()  # the process is gone
         if not faults.fired:
             break
         healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))

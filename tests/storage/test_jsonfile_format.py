@@ -18,8 +18,8 @@ import pytest
 from backrun.errors import StorageError
 from backrun.jobs import JobState
 from backrun.storage import fs
-from backrun.storage._jsonfile_format import FORMAT, read_format
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.fileformat import FORMAT, read_format
 from tests.storage.factories import LEASE, T0, make_job
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-0.1.0.tar.gz"
@@ -162,3 +162,16 @@ def test_a_damaged_format_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "s" / "format").write_bytes(b"\x00garbage")
     with pytest.raises(StorageError, match="format file is damaged"):
         JsonFileStorage(tmp_path / "s")
+
+
+def test_a_format_2_store_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = JsonFileStorage(root, fsync=False)
+    job = make_job()
+    store.add(job)
+    store.close()
+    (root / "format").write_text(json.dumps({"version": 2}))
+    reopened = JsonFileStorage(root, fsync=False)
+    assert read_format(str(root)) == FORMAT == 3
+    assert reopened.get(job.id) == job
+    reopened.close()

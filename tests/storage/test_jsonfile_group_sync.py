@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from backrun.storage import fs
-from backrun.storage._jsonfile_sync import GroupSync, group_sync
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.sync import GroupSync, group_sync
 from backrun.testing import wait_until
 from tests.storage.factories import make_job
 

@@ -83,7 +83,7 @@ def test_maintain_forgets_the_records_of_free_keys(tmp_path: Path) -> None:
     storage.maintain(now=T0)
     assert len(list(keys.iterdir())) == 1  # still held: the job waits
     storage.cancel(job.id, now=T0)
-    storage._last_key_sweep = None
+    storage.unique._last_key_sweep = None
     storage.maintain(now=T0)
     assert list(keys.iterdir()) == []
     storage.close()

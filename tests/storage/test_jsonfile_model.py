@@ -30,9 +30,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from backrun.errors import LeaseLost
 from backrun.jobs import FINISHED_STATES, Job, JobState
-from backrun.storage import _jsonfile_batch, _jsonfile_cache, fs
-from backrun.storage._jsonfile_layout import parse_ready, parse_running
-from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage import fs
+from backrun.storage.jsonfile import JsonFileStorage, batch, window
+from backrun.storage.jsonfile.layout import parse_ready, parse_running
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -76,16 +76,16 @@ class JsonStoreMachine(RuleBasedStateMachine):
         # Same calls every run, so a crash point always hits the same step: never
         # trust a listing by time, never skip a re-listing by time.
         self._tuning = (
-            _jsonfile_cache.RACY_NS,
-            _jsonfile_cache.RELIST_MIN_S,
-            _jsonfile_cache.RELIST_COST_FACTOR,
-            _jsonfile_cache.RECHECK_S,
-            _jsonfile_batch._BATCH_THREADS,
+            window.RACY_NS,
+            window.RELIST_MIN_S,
+            window.RELIST_COST_FACTOR,
+            window.RECHECK_S,
+            batch._BATCH_THREADS,
         )
-        _jsonfile_batch._BATCH_THREADS = 1  # batch writes in one thread: calls in a fixed order
-        _jsonfile_cache.RACY_NS = 10**30
-        _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
-        _jsonfile_cache.RECHECK_S = 0
+        batch._BATCH_THREADS = 1  # batch writes in one thread: calls in a fixed order
+        window.RACY_NS = 10**30
+        window.RELIST_MIN_S = window.RELIST_COST_FACTOR = 0
+        window.RECHECK_S = 0
         self.root = tempfile.mkdtemp(prefix="backrun-model-")
         self.now = T0
         self.generation = 0
@@ -101,8 +101,8 @@ class JsonStoreMachine(RuleBasedStateMachine):
         )
         store.register_worker(f"w{self.generation}", now=self.now)
         # Take the one-time steps now, so crash points land on the operations' own steps.
-        store.ensure_session()
-        store.ensure_queue("default")
+        store.ctx.ensure_session()
+        store.ctx.ensure_queue("default")
         return store
 
     @property
@@ -111,7 +111,7 @@ class JsonStoreMachine(RuleBasedStateMachine):
 
     def _crash_and_restart(self) -> None:
         """The process dies: its locks go, nothing else is cleaned up; a new one starts."""
-        self.store.locks.release_all()
+        self.store.ctx.locks.release_all()
         self.generation += 1
         self.store = self._open()
         self.store.maintain(now=self.now)
@@ -156,11 +156,11 @@ class JsonStoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         (
-            _jsonfile_cache.RACY_NS,
-            _jsonfile_cache.RELIST_MIN_S,
-            _jsonfile_cache.RELIST_COST_FACTOR,
-            _jsonfile_cache.RECHECK_S,
-            _jsonfile_batch._BATCH_THREADS,
+            window.RACY_NS,
+            window.RELIST_MIN_S,
+            window.RELIST_COST_FACTOR,
+            window.RECHECK_S,
+            batch._BATCH_THREADS,
         ) = self._tuning
         self.store.close()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -248,12 +248,14 @@ class JsonStoreMachine(RuleBasedStateMachine):
         entry.run_at = new.run_at
 
     @precondition(lambda self: self._mine())
-    @rule(data=st.data(), crash_at=crash_points)
-    def complete(self, data: st.DataObject, crash_at: int) -> None:
+    @rule(data=st.data(), by_rename=st.booleans(), crash_at=crash_points)
+    def complete(self, data: st.DataObject, by_rename: bool, crash_at: int) -> None:
         job_id = data.draw(st.sampled_from(self._mine()))
         claim = self.jobs[job_id].claim
         assert claim is not None
         done = claim.replace(state=JobState.SUCCEEDED, finished_at=self.now)
+        if by_rename:  # a plain success: recorded by one rename of the running file
+            done = done.replace(lease_expires_at=None)
         self._write(job_id, done, crash_at, JobState.SUCCEEDED.value)
 
     @precondition(lambda self: self._mine())

@@ -137,8 +137,8 @@ def test_the_old_writers_cleanup_keeps_the_new_claim_known(
     writer.join(WAIT_S)
     assert not errors
     assert second.claim_token is not None
-    assert JOB_ID in store.mine
-    assert second.claim_token in store.mine[JOB_ID]
+    assert JOB_ID in store.ctx.mine
+    assert second.claim_token in store.ctx.mine[JOB_ID]
     store.close()
 
 

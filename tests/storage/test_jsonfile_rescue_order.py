@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from backrun.jobs import Job, JobState
-from backrun.storage._jsonfile_layout import parse_ready, to_key
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import parse_ready, to_key
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

@@ -20,8 +20,8 @@ from typing import TypeVar
 import pytest
 
 from backrun.jobs import Job, JobState
-from backrun.storage._jsonfile_layout import ready_name, running_name
 from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile.layout import ready_name, running_name
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from backrun.jobs import Job, JobState
-from backrun.storage import _jsonfile_cache
 from backrun.storage.base import Storage
-from backrun.storage.jsonfile import JsonFileStorage
+from backrun.storage.jsonfile import JsonFileStorage, window
 from backrun.storage.memory import MemoryStorage
 from tests.helpers import LEASE, T0, make_job
 
@@ -24,23 +23,23 @@ from tests.helpers import LEASE, T0, make_job
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[JsonFileStorage, MemoryStorage]]:
     saved = (
-        _jsonfile_cache.RELIST_MIN_S,
-        _jsonfile_cache.RELIST_COST_FACTOR,
-        _jsonfile_cache.RACY_NS,
+        window.RELIST_MIN_S,
+        window.RELIST_COST_FACTOR,
+        window.RACY_NS,
     )
     # Re-list whenever a window rule says so (no rate limit), and only then
     # (no listing is "racy"): the rules alone must make the answers exact.
-    _jsonfile_cache.RELIST_MIN_S = _jsonfile_cache.RELIST_COST_FACTOR = 0
-    _jsonfile_cache.RACY_NS = 0
+    window.RELIST_MIN_S = window.RELIST_COST_FACTOR = 0
+    window.RACY_NS = 0
     store = JsonFileStorage(tmp_path / "s", fsync=False, ready_window=3)
     try:
         yield store, MemoryStorage()
     finally:
         store.close()
         (
-            _jsonfile_cache.RELIST_MIN_S,
-            _jsonfile_cache.RELIST_COST_FACTOR,
-            _jsonfile_cache.RACY_NS,
+            window.RELIST_MIN_S,
+            window.RELIST_COST_FACTOR,
+            window.RACY_NS,
         ) = saved
 
 
@@ -127,7 +126,7 @@ def test_the_window_holds_at_most_its_size_after_a_listing(tmp_path: Path) -> No
     store = JsonFileStorage(tmp_path / "s", fsync=False, ready_window=16)
     try:
         (taken,) = store.claim(queues=None, limit=1, now=T0, worker_id="w", lease=LEASE)
-        (cache,) = store.caches.values()
+        (cache,) = store.ctx.caches.values()
         assert len(cache.live) <= 16
         assert not cache.complete
         assert cache.counts() == {JobState.QUEUED: 199, JobState.SCHEDULED: 0}
@@ -156,7 +155,7 @@ def test_a_hidden_job_that_falls_due_is_claimed_before_the_window(
     try:
         # Rank the window at T0 (three due low jobs), changing nothing on disk.
         assert claim_ids(fresh, 0, limit=0) == []
-        (cache,) = fresh.caches.values()
+        (cache,) = fresh.ctx.caches.values()
         assert high.id not in cache.by_id
         assert not cache.complete
         assert claim_ids(fresh, 20) == [high.id]  # hidden when ranked, due and first now

@@ -19,36 +19,36 @@ import threading
 import time
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import orjson
 
 from backrun.errors import StorageError
+from backrun.storage import fs
 from backrun.workerinfo import WorkerInfo
 
-from . import fs
-from ._jsonfile_base import storage_errors
-from ._jsonfile_files import Files
-from ._jsonfile_layout import check_worker_id, decode_queue, encode_queue
-from ._jsonfile_locks import is_free
+from .core import storage_errors
+from .layout import check_worker_id, decode_queue, encode_queue
+from .locks import is_free
 
-__all__ = ["OpsMixin"]
+if TYPE_CHECKING:
+    from .core import StoreContext
+
+__all__ = ["Ops"]
 
 _MAX_RECORD_BYTES = 1 << 20
 
 
-class OpsMixin:
+class Ops:
     """Worker records and paused queues for :class:`JsonFileStorage`."""
 
-    root: str
-    files: Files
-    workers_dir: str
-    queues_dir: str
-
-    _paused_cache: tuple[int, frozenset[str]] | None = None
-    _paused_lock = threading.Lock()
+    def __init__(self, ctx: StoreContext) -> None:
+        self.ctx = ctx
+        self._paused_cache: tuple[int, frozenset[str]] | None = None
+        self._paused_lock = threading.Lock()
 
     def _ops_dir(self, name: str) -> str:
-        ops = os.path.join(self.root, "ops")
+        ops = os.path.join(self.ctx.root, "ops")
         path = os.path.join(ops, name)
         for directory in (ops, path):
             with contextlib.suppress(FileExistsError):
@@ -62,11 +62,11 @@ class OpsMixin:
         name = check_worker_id(info.id) + ".json"
         with storage_errors("publish_worker"):
             directory = self._ops_dir("workers")
-            tmp = self.files.write_tmp(orjson.dumps(info.to_dict()), sync=False)
+            tmp = self.ctx.files.write_tmp(orjson.dumps(info.to_dict()), sync=False)
             try:
                 fs.rename(tmp, os.path.join(directory, name))
             except OSError:
-                self.files.discard(tmp)
+                self.ctx.files.discard(tmp)
                 raise
 
     def live_workers(self, *, now: datetime) -> list[WorkerInfo]:
@@ -78,9 +78,9 @@ class OpsMixin:
                 path = os.path.join(directory, name)
                 worker_id = name.removesuffix(".json")
                 if not name.endswith(".json") or is_free(
-                    os.path.join(self.workers_dir, worker_id + ".lock")
+                    os.path.join(self.ctx.workers_dir, worker_id + ".lock")
                 ):
-                    self.files.discard(path)
+                    self.ctx.files.discard(path)
                     continue
                 try:
                     data = fs.read_file(path)
@@ -106,7 +106,7 @@ class OpsMixin:
             except FileExistsError:
                 return False
             fs.close(fd, path)
-            self.files.sync_dir(os.path.dirname(path))
+            self.ctx.files.sync_dir(os.path.dirname(path))
         return True
 
     def resume_queue(self, queue: str) -> bool:
@@ -117,10 +117,10 @@ class OpsMixin:
                 fs.unlink(path)
             except FileNotFoundError:
                 return False
-            self.files.sync_dir(os.path.dirname(path))
+            self.ctx.files.sync_dir(os.path.dirname(path))
             # Touch the queue's ready directory: other processes' watchers wake their workers.
             with contextlib.suppress(FileNotFoundError):
-                ready = os.path.join(self.queues_dir, encode_queue(queue), "ready")
+                ready = os.path.join(self.ctx.queues_dir, encode_queue(queue), "ready")
                 fs.utime(ready, time.time_ns())
         return True
 
@@ -130,7 +130,7 @@ class OpsMixin:
             return frozenset(decode_queue(n) for n in self._paused_encoded())
 
     def _paused_encoded(self) -> frozenset[str]:
-        directory = os.path.join(self.root, "ops", "paused")
+        directory = os.path.join(self.ctx.root, "ops", "paused")
         try:
             mtime = fs.stat(directory).st_mtime_ns
         except FileNotFoundError:

@@ -19,8 +19,9 @@ import threading
 import time
 from collections.abc import Iterator
 
-from . import fs
-from ._jsonfile_locks import is_free
+from backrun.storage import fs
+
+from .locks import is_free
 
 __all__ = ["forget_markers", "has_marker", "mark", "tick_lock"]
 

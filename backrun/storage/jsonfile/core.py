@@ -11,7 +11,7 @@ content must change with an ownership check:
 4. drop the grab.
 
 A crash can leave a grab behind. Its session's lock is then free, and
-:meth:`StoreBase.heal_session` finishes the change: if the job has a copy
+:meth:`StoreContext.heal_session` finishes the change: if the job has a copy
 anywhere else, step 3 happened and the grab (the older state) is deleted;
 otherwise the grab is renamed back, undoing step 2. Nothing else ever makes a
 second copy of a job, so "every job in exactly one place" holds after healing.
@@ -33,28 +33,38 @@ from typing import ParamSpec, TypeVar
 
 from backrun.errors import StorageError
 from backrun.jobs import Job, JobState
+from backrun.storage import fs
 
-from . import _jsonfile_cache, fs
-from ._jsonfile_cache import ReadyCache
-from ._jsonfile_files import Files
-from ._jsonfile_layout import (
+from . import window
+from .files import Files
+from .flush import CompletionFlusher
+from .layout import (
     BUCKET_US,
+    CLAIM_XATTR,
     FINISHED_DIRS,
     GRAB_SUFFIX,
+    Place,
     RunningName,
+    claim_name,
     encode_queue,
+    finished_name,
     from_key,
+    grab_name,
+    parse_claim_note,
+    parse_finished,
     parse_grab,
     parse_ready,
     parse_running,
     ready_name,
     running_name,
     to_key,
+    token_of,
 )
-from ._jsonfile_locks import LockHolder
-from ._jsonfile_progress import read_progress
+from .locks import LockHolder
+from .progress import read_progress
+from .window import ReadyCache
 
-__all__ = ["Found", "StoreBase", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
+__all__ = ["Found", "StoreContext", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -100,7 +110,7 @@ def wraps_os_errors(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 class Found:
     """Where a job was found: ``kind`` is ready, later, running, finished or grabbed."""
 
-    kind: str
+    kind: Place
     path: str
     job: Job
     qenc: str = ""
@@ -110,11 +120,29 @@ class Found:
 FindFunc = Callable[[str], Found | None]
 
 
-class StoreBase:
+class StoreContext:
     """Paths, per-queue caches and the grab/publish/heal moves of the JSON store."""
 
-    def __init__(self, root: str, *, fsync: bool) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        fsync: bool,
+        retention: timedelta = timedelta(days=7),
+        tmp_grace: timedelta = timedelta(minutes=10),
+        ready_window: int | None = None,
+    ) -> None:
         self.root = root
+        self.fsync = fsync
+        self.retention = retention
+        self.tmp_grace = tmp_grace
+        self.limits_dir = os.path.join(root, "limits")
+        """``limits/`` under the root (made on first use; its mtime moves when a slot frees)."""
+        self.is_watched: Callable[[], bool] = lambda: False
+        self.claims_full = False  # the last claim came back full: trust recent listings
+        self.facts: dict[str, Job] = {}  # limited claims: the records of held ready jobs
+        self.flusher = CompletionFlusher()
+        self.xattrs = True  # False once the file system refused an extended attribute
         self.files = Files(root, fsync=fsync)
         self.locks = LockHolder()
         self.session = secrets.token_hex(8)
@@ -126,7 +154,7 @@ class StoreBase:
         self.mutex = threading.RLock()
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
-        self.ready_window: int | None = None  # None: _jsonfile_cache.WINDOW
+        self.ready_window = ready_window  # None: window.WINDOW
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
@@ -138,7 +166,7 @@ class StoreBase:
 
     def watched(self) -> bool:
         """True if a watcher wakes the workers when a ready directory changes."""
-        return False
+        return self.is_watched()
 
     # -- paths ----------------------------------------------------------------
 
@@ -218,7 +246,7 @@ class StoreBase:
 
     def finished_path(self, job: Job) -> tuple[str, str]:
         qenc = encode_queue(job.queue)
-        return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), job.id + ".json")
+        return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), finished_name(job.id))
 
     def ensure_dir(self, path: str) -> None:
         """Create a later/ bucket directory if it is missing."""
@@ -292,13 +320,15 @@ class StoreBase:
     def running_name_of(self, job_id: str, token: str) -> str | None:
         """The running file name of claim ``token`` of ``job_id``, if it exists."""
         name = self.mine.get(job_id)
-        if name is not None and name.split("~", 2)[1] == token:
+        if name is not None and token_of(name) == token:
             return name
-        prefix = f"{job_id}~{token}~"
+        prefix = claim_name(job_id, token, "~")
         for grabbed in list(self.stranded):
             base = os.path.basename(grabbed)
             if base.startswith(prefix) and os.path.dirname(grabbed) == self.running_dir:
-                return base[: -len(self.session) - len(GRAB_SUFFIX) - 1]
+                original = parse_grab(base)
+                if original is not None:
+                    return original[0]
         for entry in self.running_entries():
             if entry.startswith(prefix) and not entry.endswith(GRAB_SUFFIX):
                 return entry
@@ -311,13 +341,13 @@ class StoreBase:
         """
         with self.mutex:
             name = self.mine.get(job_id)
-            if name is None or name.split("~", 2)[1] != token:
+            if name is None or token_of(name) != token:
                 return False
             del self.mine[job_id]
             return True
 
     def marker_path(self, job_id: str, token: str) -> str:
-        return os.path.join(self.cancels_dir, f"{job_id}~{token}")
+        return os.path.join(self.cancels_dir, claim_name(job_id, token))
 
     def has_marker(self, job_id: str, token: str) -> bool:
         try:
@@ -341,16 +371,7 @@ class StoreBase:
                 return None
         else:
             lease = from_ns(lease_ns)
-        if record.state is JobState.RUNNING and record.claim_token == rn.token:
-            job = record
-        else:
-            job = record.replace(
-                state=JobState.RUNNING,
-                attempts=record.attempts + 1,
-                worker_id=rn.worker_id,
-                started_at=from_key(rn.started_key),
-                claim_token=rn.token,
-            )
+        job = claimed_view(record, rn)
         cancel = job.cancel_requested or (lease_ns is None and self.has_marker(rn.job_id, rn.token))
         if lease_ns is None:  # not a fresh claim: the owner may have reported progress
             progress = read_progress(self.root, rn.job_id, rn.token)
@@ -359,6 +380,40 @@ class StoreBase:
                     lease_expires_at=lease, cancel_requested=cancel, progress=progress
                 )
         return job.replace(lease_expires_at=lease, cancel_requested=cancel)
+
+    def succeeded_view(self, record: Job, path: str) -> Job:
+        """The SUCCEEDED job a file renamed into ``succeeded/`` by its owner stands for.
+
+        Its record is still the one it had while waiting or running; the
+        claim and the finish are in its :data:`CLAIM_XATTR` (set before the
+        rename). Without one, the record is laid over with what the file
+        itself says (finished_at = the earlier of mtime and ctime).
+        """
+        try:
+            note = parse_claim_note(fs.getxattr(path, CLAIM_XATTR))
+        except OSError:
+            note = None
+        if note is not None and note[0].job_id == record.id:
+            rn, finished_key = note
+            return claimed_view(record, rn).replace(
+                state=JobState.SUCCEEDED,
+                finished_at=from_key(finished_key),
+                lease_expires_at=None,
+                cancel_requested=False,
+            )
+        try:
+            st = fs.lstat(path)
+            finished = from_ns(min(st.st_mtime_ns, st.st_ctime_ns))
+        except FileNotFoundError:
+            finished = None
+        attempts = record.attempts + (record.state is not JobState.RUNNING)
+        return record.replace(
+            state=JobState.SUCCEEDED,
+            attempts=attempts,
+            finished_at=finished,
+            lease_expires_at=None,
+            cancel_requested=False,
+        )
 
     def new_running_name(self, job: Job, old: RunningName) -> str:
         if job.claim_token == old.token:
@@ -377,7 +432,7 @@ class StoreBase:
     def grab(self, path: str) -> str:
         """Take ``path`` aside under this session; ``FileNotFoundError`` if someone else has it."""
         self.ensure_session()
-        grabbed = f"{path}~{self.session}{GRAB_SUFFIX}"
+        grabbed = grab_name(path, self.session)
         try:
             fs.rename(path, grabbed)
         except FileNotFoundError:
@@ -398,7 +453,7 @@ class StoreBase:
     def ungrab(self, grabbed: str) -> None:
         """Undo a grab after a failed publish; if even that fails, maintain() retries."""
         try:
-            fs.rename(grabbed, grabbed[: -len(self.session) - len(GRAB_SUFFIX) - 1])
+            fs.rename(grabbed, grabbed.removesuffix(grab_name("", self.session)))
         except OSError:
             self.stranded.add(grabbed)
 
@@ -441,7 +496,7 @@ class StoreBase:
 
     def heal_session(self, session: str, locate_elsewhere: FindFunc) -> None:
         """Heal every grab a gone session left behind."""
-        suffix = f"~{session}{GRAB_SUFFIX}"
+        suffix = grab_name("", session)
         for directory in list(self.grab_dirs()):
             try:
                 names = fs.listdir(directory)
@@ -455,12 +510,25 @@ class StoreBase:
 _QUEUE_SUBDIRS = ("ready", "later", *FINISHED_DIRS.values())
 
 
+def claimed_view(record: Job, rn: RunningName) -> Job:
+    """``record`` as claim ``rn`` holds it: the claim fields come from the running name."""
+    if record.state is JobState.RUNNING and record.claim_token == rn.token:
+        return record
+    return record.replace(
+        state=JobState.RUNNING,
+        attempts=record.attempts + 1,
+        worker_id=rn.worker_id,
+        started_at=from_key(rn.started_key),
+        claim_token=rn.token,
+    )
+
+
 def _recent(checked: float) -> bool:
-    return time.monotonic() - checked < _jsonfile_cache.RECHECK_S
+    return time.monotonic() - checked < window.RECHECK_S
 
 
 def _settled(mtime_ns: int) -> bool:
-    return time.time_ns() - mtime_ns > _jsonfile_cache.RACY_NS
+    return time.time_ns() - mtime_ns > window.RACY_NS
 
 
 def _job_id_of(name: str) -> str | None:
@@ -468,6 +536,4 @@ def _job_id_of(name: str) -> str | None:
         parsed = parse(name)
         if parsed is not None:
             return parsed.job_id
-    if name.endswith(".json") and len(name) == 37:
-        return name[:32]
-    return None
+    return parse_finished(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -12,24 +12,28 @@ from backrun.errors import LeaseLost
 from backrun.followups import followup_jobs
 from backrun.jobs import Job, JobState, Progress, check_job_id
 from backrun.serialization import progress_to_dict
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import storage_errors
-from ._jsonfile_layout import check_token
-from ._jsonfile_progress import followups_dir, progress_dir, progress_path
-from ._jsonfile_queries import QueryMixin
+from .core import storage_errors
+from .layout import check_token, parse_claim
+from .progress import followups_dir, progress_dir, progress_path
 
-__all__ = ["ResultsMixin"]
+if TYPE_CHECKING:
+    from .core import StoreContext
+    from .enqueue import Enqueue
+    from .queries import Reads
 
 
-class ResultsMixin(QueryMixin):
+__all__ = ["Results"]
+
+
+class Results:
     """Follow-ups created before a success is published; progress files per claim."""
 
-    def add(self, job: Job) -> None:
-        raise NotImplementedError  # the store's own add
-
-    def add_many(self, jobs: Sequence[Job]) -> None:
-        raise NotImplementedError  # the store's own add_many
+    def __init__(self, ctx: StoreContext, *, enqueue: Enqueue, reads: Reads) -> None:
+        self.ctx = ctx
+        self.enqueue = enqueue
+        self.reads = reads
 
     def add_followups(self, parent: Job) -> None:
         """Create ``parent``'s follow-ups (called while it is grabbed, before it is published).
@@ -45,87 +49,87 @@ class ResultsMixin(QueryMixin):
         children = followup_jobs(parent, parent.finished_at or utcnow())
         if not children:
             return
-        intent = os.path.join(followups_dir(self.root), parent.id)
+        intent = os.path.join(followups_dir(self.ctx.root), parent.id)
         if _exists(intent):
-            if self.locate(children[0].id) is not None:
+            if self.reads.locate(children[0].id) is not None:
                 return  # an earlier attempt's batch: all of it is there
         else:
             self._write_intent(intent)
         try:
-            self.add_many(children)
+            self.enqueue.add_many(children)
         except ValueError:
             # An id taken by a job added some other way: add the others one by one.
             for child in children:
-                if self.locate(child.id) is None:
-                    self.add(child)
+                if self.reads.locate(child.id) is None:
+                    self.enqueue.add(child)
 
     def _write_intent(self, intent: str) -> None:
         directory = os.path.dirname(intent)
-        tmp = self.files.write_tmp(b"", sync=True)
+        tmp = self.ctx.files.write_tmp(b"", sync=True)
         try:
             try:
                 fs.rename(tmp, intent)
             except FileNotFoundError:
-                self.ensure_dir(directory)
+                self.ctx.ensure_dir(directory)
                 fs.rename(tmp, intent)
         except Exception:
-            self.files.discard(tmp)
+            self.ctx.files.discard(tmp)
             raise
-        self.files.sync_dir(directory)
+        self.ctx.files.sync_dir(directory)
 
     def forget_followups(self, parent_id: str) -> None:
         """Remove a published success's intent file (best effort; ``maintain`` retries)."""
-        self.files.discard(os.path.join(followups_dir(self.root), parent_id))
+        self.ctx.files.discard(os.path.join(followups_dir(self.ctx.root), parent_id))
 
     def record_progress(self, job: Job, progress: Progress) -> None:
         """Store a running job's progress in its claim's file; see the base class."""
         check_job_id(job.id)
         token = check_token(job.claim_token)
-        if token is None or self.running_name_of(job.id, token) is None:
+        if token is None or self.ctx.running_name_of(job.id, token) is None:
             raise LeaseLost(f"job {job.id} is no longer held under this claim")
         with storage_errors("progress"):
-            tmp = self.files.write_tmp(orjson.dumps(progress_to_dict(progress)), sync=False)
-            dest = progress_path(self.root, job.id, token)
+            tmp = self.ctx.files.write_tmp(orjson.dumps(progress_to_dict(progress)), sync=False)
+            dest = progress_path(self.ctx.root, job.id, token)
             try:
                 try:
                     fs.rename(tmp, dest)
                 except FileNotFoundError:
-                    self.ensure_dir(progress_dir(self.root))
+                    self.ctx.ensure_dir(progress_dir(self.ctx.root))
                     fs.rename(tmp, dest)
             except Exception:
-                self.files.discard(tmp)
+                self.ctx.files.discard(tmp)
                 raise
 
     def forget_progress(self, job_id: str, token: str) -> None:
         """Remove a finished claim's progress file, if any (best effort)."""
-        self.files.discard(progress_path(self.root, job_id, token))
+        self.ctx.files.discard(progress_path(self.ctx.root, job_id, token))
 
     def clean_progress(self, claims: set[tuple[str, str]]) -> None:
         """Remove progress files of claims no longer running, and leftover intent files."""
-        directory = progress_dir(self.root)
+        directory = progress_dir(self.ctx.root)
         try:
             names = fs.listdir(directory)
         except FileNotFoundError:
             names = []
         for name in names:
-            if tuple(name.removesuffix(".json").split("~", 1)) not in claims:
-                self.files.discard(os.path.join(directory, name))
+            if parse_claim(name) not in claims:
+                self.ctx.files.discard(os.path.join(directory, name))
         self._clean_intents()
 
     def _clean_intents(self) -> None:
         """Remove intent files a crash left beside a published success (or a purged job)."""
-        directory = followups_dir(self.root)
+        directory = followups_dir(self.ctx.root)
         try:
             names = fs.listdir(directory)
         except FileNotFoundError:
             return
         for name in names:
             try:
-                found = self.locate(check_job_id(name))
+                found = self.reads.locate(check_job_id(name))
             except ValueError:
                 found = None
             if found is None or found.job.state is JobState.SUCCEEDED:
-                self.files.discard(os.path.join(directory, name))
+                self.ctx.files.discard(os.path.join(directory, name))
 
 
 def _exists(path: str) -> bool:

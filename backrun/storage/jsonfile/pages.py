@@ -12,19 +12,28 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from backrun.jobs import FINISHED_STATES, Job, JobState
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import to_ns, wraps_os_errors
-from ._jsonfile_layout import FINISHED_DIRS
-from ._jsonfile_queries import QueryMixin
+from .core import to_ns, wraps_os_errors
+from .layout import FINISHED_DIRS
 
-__all__ = ["PagesMixin"]
+if TYPE_CHECKING:
+    from .core import StoreContext
+    from .queries import Reads
 
 
-class PagesMixin(QueryMixin):
+__all__ = ["Pages"]
+
+
+class Pages:
     """``find_page`` and ``finish_counts`` for :class:`JsonFileStorage`."""
+
+    def __init__(self, ctx: StoreContext, *, reads: Reads) -> None:
+        self.ctx = ctx
+        self.reads = reads
 
     @wraps_os_errors("find_page")
     def find_page(
@@ -37,7 +46,7 @@ class PagesMixin(QueryMixin):
         limit: int = 50,
     ) -> list[Job]:
         """Matching jobs, newest id first; see :meth:`Storage.find_page`."""
-        loaded, paths = self._candidates(state, queue)
+        loaded, paths = self.reads.candidates(state, queue)
         page: list[Job] = []
         skipped = 0
         for job_id in sorted(loaded.keys() | paths.keys(), reverse=True):
@@ -49,7 +58,7 @@ class PagesMixin(QueryMixin):
             job = loaded.get(job_id)
             if job is None:
                 path, states = paths[job_id]
-                job = self.read_checked(path, job_id, states)
+                job = self.reads.read_checked(path, job_id, states)
             if job is None or (handler is not None and job.handler != handler):
                 continue
             if skipped < offset:
@@ -66,10 +75,10 @@ class PagesMixin(QueryMixin):
         start, end = to_ns(since), to_ns(until)
         width = max((end - start) // buckets, 1)
         counts = {state: [0] * buckets for state in FINISHED_STATES}
-        for qenc in self.queue_dirs():
+        for qenc in self.ctx.queue_dirs():
             for done, sub in FINISHED_DIRS.items():
-                directory = self.qdir(qenc, sub)
-                for name in self.names_in(directory):
+                directory = self.ctx.qdir(qenc, sub)
+                for name in self.ctx.names_in(directory):
                     if not name.endswith(".json"):
                         continue
                     try:

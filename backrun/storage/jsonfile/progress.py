@@ -18,14 +18,15 @@ import orjson
 
 from backrun.jobs import Progress
 from backrun.serialization import progress_from_dict
+from backrun.storage import fs
 
-from . import fs
+from .layout import claim_name
 
 __all__ = ["followups_dir", "progress_dir", "progress_path", "read_progress"]
 
 
 def followups_dir(root: str) -> str:
-    """The directory of follow-up intent files (see ``_jsonfile_results``)."""
+    """The directory of follow-up intent files (see ``jsonfile.results``)."""
     return os.path.join(root, "followups")
 
 
@@ -36,7 +37,7 @@ def progress_dir(root: str) -> str:
 
 def progress_path(root: str, job_id: str, token: str) -> str:
     """The progress file of claim ``token`` of ``job_id`` (both checked by the caller)."""
-    return os.path.join(progress_dir(root), f"{job_id}~{token}.json")
+    return os.path.join(progress_dir(root), claim_name(job_id, token, ".json"))
 
 
 def read_progress(root: str, job_id: str, token: str) -> Progress | None:

@@ -17,7 +17,7 @@ import errno
 import threading
 from dataclasses import dataclass, field
 
-from . import fs
+from backrun.storage import fs
 
 __all__ = ["GroupSync", "group_sync"]
 

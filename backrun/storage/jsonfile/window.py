@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Collection, Iterator
 
 from backrun.jobs import JobState
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_layout import GRAB_SUFFIX, ReadyName, parse_ready
+from .layout import GRAB_SUFFIX, ReadyName, parse_ready
 
 __all__ = [
     "RACY_NS",

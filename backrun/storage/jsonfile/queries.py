@@ -11,51 +11,75 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from backrun.jobs import Job, JobState, check_job_id
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES
 
-from . import _jsonfile_cache, fs
-from ._jsonfile_base import Found, StoreBase, wraps_os_errors
-from ._jsonfile_layout import (
+from . import window
+from .core import Found, wraps_os_errors
+from .layout import (
     BUCKET_US,
     FINISHED_DIRS,
     GRAB_SUFFIX,
+    Place,
     RunningName,
     decode_queue,
     encode_queue,
+    finished_name,
     from_key,
+    parse_finished,
+    parse_grab,
     parse_ready,
     parse_running,
     to_key,
 )
-from ._jsonfile_locks import is_free
-from .base import READY_STATES
+from .locks import is_free
 
-__all__ = ["QueryMixin"]
+if TYPE_CHECKING:
+    from .core import StoreContext
+    from .ops import Ops
+
+
+__all__ = ["Reads"]
 
 _RUNNING_OR_WAITING = READY_STATES | {JobState.RUNNING}
 LOCATE_PASSES = 50
-"""How often :meth:`QueryMixin.locate` looks again while the job may be moving."""
+"""How often :meth:`Reads.locate` looks again while the job may be moving."""
 
 
 def _stable(before: dict[str, int], after: dict[str, int]) -> bool:
     """True if no directory changed between the two stamps, nor too recently to tell."""
     if before != after:
         return False
-    racy_since = time.time_ns() - _jsonfile_cache.RACY_NS
+    racy_since = time.time_ns() - window.RACY_NS
     return all(mtime < racy_since for mtime in after.values())
 
 
-class QueryMixin(StoreBase):
+class Reads:
     """Reads over the directory tree; see the module docstring."""
+
+    def __init__(self, ctx: StoreContext, *, ops: Ops) -> None:
+        self.ctx = ctx
+        self.ops = ops
 
     def read_checked(self, path: str, job_id: str, states: Collection[JobState]) -> Job | None:
         """Read a job file and check it against its name; quarantine it if it does not match."""
-        job = self.files.read(path)
+        job = self.ctx.files.read(path)
         if job is None:
             return None
+        if (
+            job.state not in states
+            and job.state is not JobState.SUCCEEDED
+            and states == (JobState.SUCCEEDED,)
+            and job.id == job_id
+        ):
+            job = self.ctx.succeeded_view(job, path)  # a success by rename (see owner.py)
         if job.id != job_id or job.state not in states:
-            self.files.quarantine(path, f"record ({job.id}, {job.state}) does not match its name")
+            self.ctx.files.quarantine(
+                path, f"record ({job.id}, {job.state}) does not match its name"
+            )
             return None
         return job
 
@@ -63,18 +87,14 @@ class QueryMixin(StoreBase):
         self, rn: RunningName, path: str, *, lease_ns: int | None = None
     ) -> Job | None:
         record = self.read_checked(path, rn.job_id, _RUNNING_OR_WAITING)
-        return None if record is None else self.running_job(record, rn, path, lease_ns=lease_ns)
+        return None if record is None else self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
 
     def queues_for(self, queues: Collection[str] | None, *, fresh: bool = True) -> list[str]:
         """The encoded names of the queue directories to look at."""
         if queues is None:
-            return self.queue_dirs(fresh=fresh)
-        existing = set(self.queue_dirs(fresh=fresh))
+            return self.ctx.queue_dirs(fresh=fresh)
+        existing = set(self.ctx.queue_dirs(fresh=fresh))
         return [q for q in (encode_queue(name) for name in queues) if q in existing]
-
-    def claimable(self, qencs: Collection[str]) -> list[str]:
-        """``qencs`` without the paused queues (see ``_jsonfile_ops``)."""
-        return list(qencs)
 
     def locate(self, job_id: str, *, grabs: bool = True) -> Found | None:
         """Find a job wherever it is.
@@ -99,7 +119,7 @@ class QueryMixin(StoreBase):
     def _stamps(self) -> dict[str, int]:
         """The mtimes of every directory a job can be found in (missing ones as -1)."""
         stamps: dict[str, int] = {}
-        for directory in (self.running_dir, self.queues_dir, *self._job_dirs()):
+        for directory in (self.ctx.running_dir, self.ctx.queues_dir, *self._job_dirs()):
             try:
                 stamps[directory] = fs.stat(directory).st_mtime_ns
             except FileNotFoundError:
@@ -107,71 +127,73 @@ class QueryMixin(StoreBase):
         return stamps
 
     def _job_dirs(self) -> Iterator[str]:
-        for qenc in self.queue_dirs():
-            yield self.qdir(qenc, "ready")
-            yield self.qdir(qenc, "later")
+        for qenc in self.ctx.queue_dirs():
+            yield self.ctx.qdir(qenc, "ready")
+            yield self.ctx.qdir(qenc, "later")
             for sub in FINISHED_DIRS.values():
-                yield self.qdir(qenc, sub)
-            for bucket in self.later_buckets(qenc):
-                yield self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+                yield self.ctx.qdir(qenc, sub)
+            for bucket in self.ctx.later_buckets(qenc):
+                yield self.ctx.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
 
     def _locate_once(self, job_id: str, grabs: bool, vanished: list[str]) -> Found | None:
         grabbed: tuple[RunningName, str] | None = None
-        for entry in self.running_entries():
+        for entry in self.ctx.running_entries():
             if not entry.startswith(job_id):
                 continue
-            if entry.endswith(GRAB_SUFFIX):
-                rn = parse_running(entry.rsplit("~", 1)[0])
+            taken = parse_grab(entry)
+            if taken is not None:
+                rn = parse_running(taken[0])
                 if grabs and rn is not None and rn.job_id == job_id:
-                    grabbed = (rn, os.path.join(self.running_dir, entry))
+                    grabbed = (rn, os.path.join(self.ctx.running_dir, entry))
                 continue
             rn = parse_running(entry)
             if rn is None or rn.job_id != job_id:
                 continue
-            path = os.path.join(self.running_dir, entry)
+            path = os.path.join(self.ctx.running_dir, entry)
             job = self.read_running(rn, path)
             if job is not None:
-                return Found("running", path, job, encode_queue(job.queue), rn)
+                return Found(Place.RUNNING, path, job, encode_queue(job.queue), rn)
             vanished.append(path)
-        for qenc in self.queue_dirs():
+        for qenc in self.ctx.queue_dirs():
             found = self._locate_in_queue(job_id, qenc, vanished)
             if found is not None:
                 return found
         if grabbed is not None:
             job = self.read_running(*grabbed)
             if job is not None:
-                return Found("grabbed", grabbed[1], job, encode_queue(job.queue), grabbed[0])
+                return Found(Place.GRABBED, grabbed[1], job, encode_queue(job.queue), grabbed[0])
             vanished.append(grabbed[1])
         return None
 
     def _locate_in_queue(self, job_id: str, qenc: str, vanished: list[str]) -> Found | None:
         for state, sub in FINISHED_DIRS.items():
-            path = os.path.join(self.qdir(qenc, sub), job_id + ".json")
+            path = os.path.join(self.ctx.qdir(qenc, sub), finished_name(job_id))
             job = self.read_checked(path, job_id, (state,))
             if job is not None:
-                return Found("finished", path, job, qenc)
-        with self.mutex:
-            cache = self.cache(qenc)
+                return Found(Place.FINISHED, path, job, qenc)
+        with self.ctx.mutex:
+            cache = self.ctx.cache(qenc)
             cache.refresh(0, force=True)
             name = cache.name_of(job_id)
         if name is not None:
             path = os.path.join(cache.path, name)
             job = self.read_checked(path, job_id, READY_STATES)
             if job is not None:
-                return Found("ready", path, job, qenc)
+                return Found(Place.READY, path, job, qenc)
             vanished.append(path)
         for directory, name in self._later_names(qenc):
-            if name[39:71] == job_id:
+            later = parse_ready(name)
+            if later is not None and later.job_id == job_id:
                 path = os.path.join(directory, name)
                 job = self.read_checked(path, job_id, READY_STATES)
                 if job is not None:
-                    return Found("later", path, job, qenc)
+                    return Found(Place.LATER, path, job, qenc)
                 vanished.append(path)
         return None
 
     def _later_names(self, qenc: str) -> Iterator[tuple[str, str]]:
-        for bucket in self.later_buckets(qenc):
-            directory = self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+        for bucket in self.ctx.later_buckets(qenc):
+            directory = self.ctx.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
             try:
                 names = fs.listdir(directory)
             except FileNotFoundError:
@@ -187,15 +209,15 @@ class QueryMixin(StoreBase):
         return None if found is None else found.job
 
     def _running_jobs(self) -> Iterator[tuple[RunningName, Job]]:
-        for entry in self.running_entries():
+        for entry in self.ctx.running_entries():
             rn = parse_running(entry)
             if rn is None:
                 continue
-            job = self.read_running(rn, os.path.join(self.running_dir, entry))
+            job = self.read_running(rn, os.path.join(self.ctx.running_dir, entry))
             if job is not None:
                 yield rn, job
 
-    def _candidates(
+    def candidates(
         self, state: JobState | None, queue: str | None
     ) -> tuple[dict[str, Job], dict[str, tuple[str, Collection[JobState]]]]:
         """The jobs ``find`` may return: running ones read, the others as (path, states).
@@ -211,8 +233,8 @@ class QueryMixin(StoreBase):
                     loaded[running.id] = running
         for qenc in self.queues_for(None if queue is None else [queue]):
             if state is None or state in READY_STATES:
-                with self.mutex:
-                    cache = self.cache(qenc)
+                with self.ctx.mutex:
+                    cache = self.ctx.cache(qenc)
                     cache.refresh(0, force=True)
                     ready = cache.every_name()
                 for parsed in ready:
@@ -224,10 +246,11 @@ class QueryMixin(StoreBase):
                         paths[later.job_id] = (os.path.join(directory, name), READY_STATES)
             for done, sub in FINISHED_DIRS.items():
                 if state is None or state is done:
-                    directory = self.qdir(qenc, sub)
-                    for name in self.names_in(directory):
-                        if len(name) == 37 and name.endswith(".json"):
-                            paths[name[:32]] = (os.path.join(directory, name), (done,))
+                    directory = self.ctx.qdir(qenc, sub)
+                    for name in self.ctx.names_in(directory):
+                        finished = parse_finished(name)
+                        if finished is not None:
+                            paths[finished] = (os.path.join(directory, name), (done,))
         return loaded, paths
 
     @wraps_os_errors("find")
@@ -235,7 +258,7 @@ class QueryMixin(StoreBase):
         self, *, state: JobState | None = None, queue: str | None = None, limit: int = 100
     ) -> list[Job]:
         """Return matching jobs, oldest id first; see :meth:`Storage.find`."""
-        loaded, paths = self._candidates(state, queue)
+        loaded, paths = self.candidates(state, queue)
         result: list[Job] = []
         for job_id in sorted(loaded.keys() | paths.keys()):
             if len(result) >= limit:
@@ -252,10 +275,10 @@ class QueryMixin(StoreBase):
     def counts(self) -> dict[tuple[str, JobState], int]:
         """Count jobs per (queue, state) from file names; see :meth:`Storage.counts`."""
         counts: Counter[tuple[str, JobState]] = Counter()
-        for qenc in self.queue_dirs():
+        for qenc in self.ctx.queue_dirs():
             queue = decode_queue(qenc)
-            with self.mutex:
-                cache = self.cache(qenc)
+            with self.ctx.mutex:
+                cache = self.ctx.cache(qenc)
                 cache.refresh(0, force=True)
                 for ready_state, total in cache.counts().items():
                     if total:
@@ -265,7 +288,7 @@ class QueryMixin(StoreBase):
                 if later is not None:
                     counts[(queue, later.state)] += 1
             for done, sub in FINISHED_DIRS.items():
-                names = self.names_in(self.qdir(qenc, sub))
+                names = self.ctx.names_in(self.ctx.qdir(qenc, sub))
                 total = sum(1 for n in names if n.endswith(".json"))
                 if total:
                     counts[(queue, done)] += total
@@ -277,13 +300,13 @@ class QueryMixin(StoreBase):
     def next_run_at(self, *, queues: Collection[str] | None) -> datetime | None:
         """Earliest run_at of a waiting job; see :meth:`Storage.next_run_at`."""
         earliest: int | None = None
-        watched = self.watched()
-        for qenc in self.claimable(self.queues_for(queues)):
-            with self.mutex:
-                cache = self.cache(qenc)
+        watched = self.ctx.watched()
+        for qenc in self.ops.claimable(self.queues_for(queues)):
+            with self.ctx.mutex:
+                cache = self.ctx.cache(qenc)
                 cache.refresh(0, force=not watched, watched=watched)
                 key = cache.earliest()
-            buckets = self.later_buckets(qenc)
+            buckets = self.ctx.later_buckets(qenc)
             if buckets and (key is None or buckets[0] * BUCKET_US < key):
                 for _, name in self._later_names_of(qenc, buckets[0]):
                     parsed = parse_ready(name)
@@ -294,7 +317,7 @@ class QueryMixin(StoreBase):
         return None if earliest is None else from_key(earliest)
 
     def _later_names_of(self, qenc: str, bucket: int) -> Iterator[tuple[str, str]]:
-        directory = self.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
+        directory = self.ctx.qdir(qenc, os.path.join("later", f"{bucket:012d}"))
         try:
             names = fs.listdir(directory)
         except FileNotFoundError:
@@ -307,10 +330,10 @@ class QueryMixin(StoreBase):
         """Earliest run_at of due jobs per queue; see :meth:`Storage.oldest_due`."""
         now_key = to_key(now)
         oldest: dict[str, datetime] = {}
-        for qenc in self.queue_dirs():
-            with self.mutex:
-                self.promote(qenc, now_key)
-                cache = self.cache(qenc)
+        for qenc in self.ctx.queue_dirs():
+            with self.ctx.mutex:
+                self.ctx.promote(qenc, now_key)
+                cache = self.ctx.cache(qenc)
                 cache.refresh(0, force=True)
                 key = cache.earliest()
             if key is not None and key <= now_key:
@@ -322,16 +345,16 @@ class QueryMixin(StoreBase):
         """Running jobs whose worker's lock is free; see :meth:`Storage.orphans`."""
         alive: dict[str, bool] = {}
         result: list[Job] = []
-        for entry in self.running_entries():
+        for entry in self.ctx.running_entries():
             rn = parse_running(entry)
             if rn is None:
                 continue
             if rn.worker_id not in alive:
-                lock = os.path.join(self.workers_dir, rn.worker_id + ".lock")
+                lock = os.path.join(self.ctx.workers_dir, rn.worker_id + ".lock")
                 alive[rn.worker_id] = not is_free(lock)
             if alive[rn.worker_id]:
                 continue
-            job = self.read_running(rn, os.path.join(self.running_dir, entry))
+            job = self.read_running(rn, os.path.join(self.ctx.running_dir, entry))
             if job is not None:
                 result.append(job)
         return result

@@ -16,9 +16,9 @@ import threading
 from backrun.errors import StorageError
 from backrun.jobs import Job
 from backrun.serialization import load_job
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_sync import group_sync
+from .sync import group_sync
 
 __all__ = ["SUBDIRS", "Files", "prepare_root"]
 
@@ -129,7 +129,7 @@ class Files:
         """Make a directory's entries durable (when this store syncs).
 
         Concurrent callers share syncs (group commit, see
-        :mod:`backrun.storage._jsonfile_sync`): each returns once a sync that
+        :mod:`backrun.storage.jsonfile.sync`): each returns once a sync that
         started after its call has ended.
         """
         if self.fsync:

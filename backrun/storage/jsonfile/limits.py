@@ -42,21 +42,31 @@ from backrun.limits import (
     group_hash,
     limits_for,
 )
+from backrun.storage import fs
 
-from . import fs
-from ._jsonfile_base import from_ns, storage_errors, to_ns
-from ._jsonfile_cache import ReadyCache
-from ._jsonfile_layout import (
-    GRAB_SUFFIX,
+from .core import from_ns, storage_errors, to_ns
+from .layout import (
+    Place,
     ReadyName,
     check_worker_id,
+    claim_name,
+    parse_claim,
     parse_ready,
+    parse_running,
     running_name,
     to_key,
 )
-from ._jsonfile_unique import UniqueMixin, exclusive
+from .unique import exclusive
+from .window import ReadyCache
 
-__all__ = ["LimitsMixin"]
+if TYPE_CHECKING:
+    from .claims import Claims
+    from .core import StoreContext
+    from .ops import Ops
+    from .queries import Reads
+
+
+__all__ = ["Limits"]
 
 LIMITS_DIR = "limits"
 _FACTS_KEPT = 10_000
@@ -69,29 +79,23 @@ class _Claiming:
     retry_at: datetime | None = None
 
 
-class LimitsMixin(UniqueMixin):
+class Limits:
     """:meth:`claim_limited` for :class:`~backrun.storage.jsonfile.JsonFileStorage`."""
 
-    _facts: dict[str, Job]
-    _busy: bool
-
-    if TYPE_CHECKING:
-
-        def _claimed(self, path: str, rname: str, lease_ns: int, ready: str) -> Job | None: ...
-
-    @property
-    def limits_dir(self) -> str:
-        """``limits/`` under the store's root (its mtime changes when a slot frees)."""
-        return os.path.join(self.root, LIMITS_DIR)
+    def __init__(self, ctx: StoreContext, *, claims: Claims, ops: Ops, reads: Reads) -> None:
+        self.ctx = ctx
+        self.claims = claims
+        self.ops = ops
+        self.reads = reads
 
     def _limits_path(self, *parts: str, directory: bool = False) -> str:
         """A path under ``limits/``, its parent directories made (and itself, if a directory)."""
-        current = self.limits_dir
+        current = self.ctx.limits_dir
         for part in ("", *(parts if directory else parts[:-1])):
             current = os.path.join(current, part) if part else current
             with contextlib.suppress(FileExistsError):
                 fs.mkdir(current)
-        return os.path.join(self.limits_dir, *parts)
+        return os.path.join(self.ctx.limits_dir, *parts)
 
     def claim_limited(
         self,
@@ -114,42 +118,42 @@ class LimitsMixin(UniqueMixin):
         # nothing is held), and put back at the end.
         set_aside: list[tuple[ReadyCache, ReadyName]] = []
         with storage_errors("claim"):
-            busy = self._busy
-            qencs = self.claimable(self.queues_for(queues, fresh=not busy))
-            with self.mutex:
+            busy = self.ctx.claims_full
+            qencs = self.ops.claimable(self.reads.queues_for(queues, fresh=not busy))
+            with self.ctx.mutex:
                 for qenc in qencs:
-                    self.promote(qenc, now_key, fresh=not busy)
-                    self.cache(qenc).refresh(now_key, watched=self.watched())
+                    self.ctx.promote(qenc, now_key, fresh=not busy)
+                    self.ctx.cache(qenc).refresh(now_key, watched=self.ctx.watched())
             try:
                 while len(result.jobs) < limit:
-                    with self.mutex:
+                    with self.ctx.mutex:
                         best: tuple[str, str] | None = None
                         for qenc in qencs:
-                            name = self.cache(qenc).best_due(now_key)
+                            name = self.ctx.cache(qenc).best_due(now_key)
                             if name is not None and (best is None or name < best[1]):
                                 best = (qenc, name)
                         if best is None:
                             # Every due job in the windows is held back: look
                             # past them at the jobs the windows did not hold.
                             aside = {parsed.name for _, parsed in set_aside}
-                            spent = [q for q in qencs if self.cache(q).spent(now_key)]
+                            spent = [q for q in qencs if self.ctx.cache(q).spent(now_key)]
                             for qenc in spent:
-                                self.cache(qenc).refresh(now_key, exclude=aside)
+                                self.ctx.cache(qenc).refresh(now_key, exclude=aside)
                             if spent:
                                 continue
                     if best is None:
                         break
-                    cache = self.cache(best[0])
+                    cache = self.ctx.cache(best[0])
                     got = self._consider(
                         result, held, set_aside, cache, best[1], now, worker_id, lease_ns, limits
                     )
                     if got is not None:
                         result.jobs.append(got)
             finally:
-                with self.mutex:
+                with self.ctx.mutex:
                     for cache, parsed in set_aside:
                         cache.add(parsed)
-        self._busy = len(result.jobs) >= limit
+        self.ctx.claims_full = len(result.jobs) >= limit
         return LimitedClaim(result.jobs, result.waiting, result.retry_at)
 
     def _consider(
@@ -176,7 +180,7 @@ class LimitsMixin(UniqueMixin):
         if got is None and len(result.waiting) > waiting:
             parsed = parse_ready(name)
             assert parsed is not None
-            with self.mutex:
+            with self.ctx.mutex:
                 cache.discard(name)
             set_aside.append((cache, parsed))
         return got
@@ -185,16 +189,16 @@ class LimitsMixin(UniqueMixin):
         """The record of a ready job (its handler and limit fields never change), cached."""
         parsed = parse_ready(name)
         assert parsed is not None
-        facts = self._facts.get(parsed.job_id)
+        facts = self.ctx.facts.get(parsed.job_id)
         if facts is None:
-            facts = self.files.read(os.path.join(cache.path, name))
+            facts = self.ctx.files.read(os.path.join(cache.path, name))
             if facts is None:
-                with self.mutex:
+                with self.ctx.mutex:
                     cache.discard(name)
                 return None
-            if len(self._facts) >= _FACTS_KEPT:
-                self._facts.clear()
-            self._facts[parsed.job_id] = facts
+            if len(self.ctx.facts) >= _FACTS_KEPT:
+                self.ctx.facts.clear()
+            self.ctx.facts[parsed.job_id] = facts
         return facts
 
     def _take(
@@ -203,23 +207,23 @@ class LimitsMixin(UniqueMixin):
         """Claim the ready file ``name`` by renaming it into ``running/``; ``None`` if lost."""
         parsed = parse_ready(name)
         assert parsed is not None
-        with self.mutex:
+        with self.ctx.mutex:
             cache.discard(name)
         rname = running_name(parsed.job_id, token, now, worker_id)
-        path = os.path.join(self.running_dir, rname)
+        path = os.path.join(self.ctx.running_dir, rname)
         ready = os.path.join(cache.path, name)
         try:
             fs.rename(ready, path)
         except FileNotFoundError:
             return None  # another process took it
         except OSError:
-            with self.mutex:
+            with self.ctx.mutex:
                 cache.add(parsed)
             raise
-        with self.mutex:
-            self.mine[parsed.job_id] = rname
-        self._facts.pop(parsed.job_id, None)
-        return self._claimed(path, rname, lease_ns, ready)
+        with self.ctx.mutex:
+            self.ctx.mine[parsed.job_id] = rname
+        self.ctx.facts.pop(parsed.job_id, None)
+        return self.claims.claimed(path, rname, lease_ns, ready)
 
     def _take_limited(
         self,
@@ -271,44 +275,47 @@ class LimitsMixin(UniqueMixin):
                 self._write_starts(starts_path, sorted([*starts, to_ns(now)]))
             token = secrets.token_hex(8)
             if rules.max_concurrency is not None:
-                slot = os.path.join(slots, f"{job.id}~{token}")
-                self.files.write_new(slot, b"", sync=False)
+                slot = os.path.join(slots, claim_name(job.id, token))
+                self.ctx.files.write_new(slot, b"", sync=False)
             got: Job | None = None
             try:
                 got = self._take(cache, name, token, now, worker_id, lease_ns)
             finally:
                 if got is None:  # not claimed: give back the slot and the start
                     if slot is not None:
-                        self.files.discard(slot)
+                        self.ctx.files.discard(slot)
                     if starts_path:
                         self._write_starts(starts_path, starts)
             return got
 
     def _busy_slots(self, slots: str) -> int:
         """How many slots of a group are held by RUNNING claims (lock held); frees the rest."""
-        names = self.names_in(slots)
+        names = self.ctx.names_in(slots)
         if not names:
             return 0
         running = {
-            "~".join(entry.split("~", 2)[:2])
-            for entry in self.running_entries()
-            if not entry.endswith(GRAB_SUFFIX)
+            claim_name(claim.job_id, claim.token)
+            for claim in map(parse_running, self.ctx.running_entries())
+            if claim is not None
         }
         busy = 0
         for slot in names:
             if slot in running or self._still_running(slot):
                 busy += 1
             else:
-                self.files.discard(os.path.join(slots, slot))
+                self.ctx.files.discard(os.path.join(slots, slot))
         return busy
 
     def _still_running(self, slot: str) -> bool:
         """True if the claim a slot names is RUNNING (or mid-change) after all."""
-        job_id, _, token = slot.partition("~")
-        found = self.locate(job_id)
+        claim = parse_claim(slot)
+        if claim is None:
+            return False
+        job_id, token = claim
+        found = self.reads.locate(job_id)
         if found is None:
             return False
-        if found.kind == "grabbed":
+        if found.kind is Place.GRABBED:
             return True  # an owner's write under way: its outcome decides
         return found.job.state is JobState.RUNNING and found.job.claim_token == token
 
@@ -321,11 +328,11 @@ class LimitsMixin(UniqueMixin):
         return [int(s) for s in loaded] if isinstance(loaded, list) else []
 
     def _write_starts(self, path: str, starts: list[int]) -> None:
-        tmp = self.files.write_tmp(orjson.dumps(starts), sync=False)
+        tmp = self.ctx.files.write_tmp(orjson.dumps(starts), sync=False)
         try:
             fs.rename(tmp, path)
         except Exception:
-            self.files.discard(tmp)
+            self.ctx.files.discard(tmp)
             raise
 
     def release_slot(self, job: Job, token: str) -> None:
@@ -333,9 +340,9 @@ class LimitsMixin(UniqueMixin):
         if not job.limited:
             return
         slots = os.path.join(
-            self.limits_dir, "slots", group_hash("group", job.handler, job.concurrency_key)
+            self.ctx.limits_dir, "slots", group_hash("group", job.handler, job.concurrency_key)
         )
         with contextlib.suppress(OSError):
-            fs.unlink(os.path.join(slots, f"{job.id}~{token}"))
+            fs.unlink(os.path.join(slots, claim_name(job.id, token)))
         with contextlib.suppress(OSError):
-            fs.utime(self.limits_dir, time.time_ns())
+            fs.utime(self.ctx.limits_dir, time.time_ns())

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from . import fs
+from backrun.storage import fs
 
 __all__ = ["Watcher"]
 

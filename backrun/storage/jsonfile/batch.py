@@ -21,12 +21,17 @@ import re
 import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from . import fs
-from ._jsonfile_layout import decode_queue, encode_queue, parse_ready
-from ._jsonfile_queries import QueryMixin
+from backrun.storage import fs
 
-__all__ = ["BatchMixin"]
+from .layout import decode_queue, encode_queue, parse_ready
+
+if TYPE_CHECKING:
+    from .core import StoreContext
+
+
+__all__ = ["Batches"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 
@@ -58,8 +63,11 @@ def _checked_dest(relative: str) -> tuple[str, str] | None:
     return qenc, relative
 
 
-class BatchMixin(QueryMixin):
+class Batches:
     """Staging, committing, publishing and healing batches of new jobs."""
+
+    def __init__(self, ctx: StoreContext) -> None:
+        self.ctx = ctx
 
     def write_batch(self, records: Sequence[bytes], places: Sequence[tuple[str, str]]) -> None:
         """Add the records at ``places`` (directory, name) all or none; see the module doc.
@@ -67,8 +75,10 @@ class BatchMixin(QueryMixin):
         Raises:
             OSError: the batch could not be committed; none of it is visible.
         """
-        self.ensure_session()
-        staged = os.path.join(self.files.tmp, f"{self.session}~{secrets.token_hex(8)}{STAGED}")
+        self.ctx.ensure_session()
+        staged = os.path.join(
+            self.ctx.files.tmp, f"{self.ctx.session}~{secrets.token_hex(8)}{STAGED}"
+        )
         fs.mkdir(staged)
         try:
             self._stage(staged, records, places)
@@ -78,37 +88,37 @@ class BatchMixin(QueryMixin):
             self._discard_batch(staged)
             raise
         try:
-            self.files.sync_dir(self.files.tmp)
+            self.ctx.files.sync_dir(self.ctx.files.tmp)
             self.publish_batch(committed)
         except OSError as exc:
             # Committed: the batch is the caller's now. maintain() finishes it.
             logger.error("a committed batch is not all in place yet (maintain() retries): %s", exc)
-            self.pending_batches.add(committed)
+            self.ctx.pending_batches.add(committed)
 
     def _stage(
         self, staged: str, records: Sequence[bytes], places: Sequence[tuple[str, str]]
     ) -> None:
         paths = [os.path.join(staged, f"{n:06d}.json") for n in range(len(records))]
-        if len(records) > 1 and self.files.fsync:
+        if len(records) > 1 and self.ctx.files.fsync:
             # Written and fsynced in parallel: concurrent fsyncs share journal commits.
             with ThreadPoolExecutor(min(_BATCH_THREADS, len(records))) as pool:
                 futures = [
-                    pool.submit(self.files.write_new, p, r, sync=True)
+                    pool.submit(self.ctx.files.write_new, p, r, sync=True)
                     for p, r in zip(paths, records, strict=True)
                 ]
                 for future in futures:
                     future.result()
         else:
             for path, record in zip(paths, records, strict=True):
-                self.files.write_new(path, record, sync=True)
+                self.ctx.files.write_new(path, record, sync=True)
         manifest = [
-            os.path.relpath(os.path.join(directory, name), self.root).replace(os.sep, "/")
+            os.path.relpath(os.path.join(directory, name), self.ctx.root).replace(os.sep, "/")
             for directory, name in places
         ]
-        self.files.write_new(
+        self.ctx.files.write_new(
             os.path.join(staged, MANIFEST), json.dumps(manifest).encode(), sync=True
         )
-        self.files.sync_dir(staged)
+        self.ctx.files.sync_dir(staged)
 
     def publish_batch(self, committed: str) -> None:
         """Move every record of a committed batch not moved yet into place, then remove it."""
@@ -117,21 +127,23 @@ class BatchMixin(QueryMixin):
         except FileNotFoundError:
             manifest = []  # removed last but the directory: every record is in place
         except ValueError as exc:
-            self.files.quarantine(committed, f"unreadable batch manifest: {exc}")
+            self.ctx.files.quarantine(committed, f"unreadable batch manifest: {exc}")
             return
         touched: set[str] = set()
         for n, relative in enumerate(manifest if isinstance(manifest, list) else []):
             checked = _checked_dest(relative) if isinstance(relative, str) else None
             src = os.path.join(committed, f"{n:06d}.json")
             if checked is None:
-                self.files.quarantine(src, f"batch record with a bad destination {relative!r:.200}")
+                self.ctx.files.quarantine(
+                    src, f"batch record with a bad destination {relative!r:.200}"
+                )
                 continue
             qenc, rel = checked
-            dest = os.path.join(self.root, rel)
+            dest = os.path.join(self.ctx.root, rel)
             directory, name = os.path.split(dest)
-            self.ensure_queue(qenc)
+            self.ctx.ensure_queue(qenc)
             try:
-                self.publish(src, directory, name)
+                self.ctx.publish(src, directory, name)
             except FileNotFoundError:
                 if _exists(src):
                     raise
@@ -140,10 +152,10 @@ class BatchMixin(QueryMixin):
             if os.path.basename(directory) == "ready":
                 parsed = parse_ready(name)
                 assert parsed is not None
-                with self.mutex:
-                    self.cache(qenc).add(parsed)
+                with self.ctx.mutex:
+                    self.ctx.cache(qenc).add(parsed)
         for directory in sorted(touched):
-            self.files.sync_dir(directory)
+            self.ctx.files.sync_dir(directory)
         self._discard_batch(committed)
 
     def _discard_batch(self, path: str) -> None:
@@ -154,17 +166,17 @@ class BatchMixin(QueryMixin):
             return
         except OSError as exc:
             logger.warning("could not list batch directory %s: %s", path, exc)
-            self.pending_batches.add(path)
+            self.ctx.pending_batches.add(path)
             return
         for name in names:
-            self.files.discard(os.path.join(path, name))
+            self.ctx.files.discard(os.path.join(path, name))
         try:
             fs.rmdir(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             logger.warning("could not remove batch directory %s: %s", path, exc)
-            self.pending_batches.add(path)
+            self.ctx.pending_batches.add(path)
 
     def heal_batch(self, path: str) -> None:
         """Finish a committed batch, or drop an uncommitted one, that its writer left."""
@@ -175,7 +187,7 @@ class BatchMixin(QueryMixin):
 
     def batch_dirs(self) -> list[str]:
         """The names of the batch directories in ``tmp/``."""
-        return [n for n in fs.listdir(self.files.tmp) if batch_session(n) is not None]
+        return [n for n in fs.listdir(self.ctx.files.tmp) if batch_session(n) is not None]
 
 
 def _exists(path: str) -> bool:

@@ -32,13 +32,20 @@ import orjson
 
 from backrun.jobs import Job, check_job_id
 from backrun.limits import group_hash, holds_key
+from backrun.storage import fs
+from backrun.storage.base import READY_STATES
 
-from . import fs
-from ._jsonfile_base import from_ns, storage_errors, to_ns
-from ._jsonfile_changes import ChangesMixin
-from .base import READY_STATES
+from .core import from_ns, storage_errors, to_ns
+from .layout import key_lock_name
 
-__all__ = ["UniqueMixin", "exclusive"]
+if TYPE_CHECKING:
+    from .core import StoreContext
+    from .enqueue import Enqueue
+    from .queries import Reads
+    from .upkeep import Upkeep
+
+
+__all__ = ["UniqueKeys", "exclusive"]
 
 UNIQUE_DIR = "unique"
 
@@ -66,22 +73,24 @@ def exclusive(paths: Sequence[str]) -> Iterator[None]:
             fs.close(fd, path)
 
 
-class UniqueMixin(ChangesMixin):
+class UniqueKeys:
     """:meth:`add_unique` for :class:`~backrun.storage.jsonfile.JsonFileStorage`."""
 
-    retention: timedelta
-    _last_key_sweep: datetime | None = None
-
-    if TYPE_CHECKING:
-
-        def add_many(self, jobs: Sequence[Job]) -> None: ...
+    def __init__(
+        self, ctx: StoreContext, *, enqueue: Enqueue, reads: Reads, upkeep: Upkeep
+    ) -> None:
+        self.ctx = ctx
+        self.enqueue = enqueue
+        self.reads = reads
+        self.upkeep = upkeep
+        self._last_key_sweep: datetime | None = None
 
     def _unique_paths(self, job: Job) -> tuple[str, str]:
         assert job.unique_key is not None
         digest = group_hash("unique", job.handler, job.unique_key)
-        base = os.path.join(self.root, UNIQUE_DIR)
+        base = os.path.join(self.ctx.root, UNIQUE_DIR)
         return (
-            os.path.join(_ensure(os.path.join(base, "locks")), digest[:2] + ".lock"),
+            os.path.join(_ensure(os.path.join(base, "locks")), key_lock_name(digest)),
             os.path.join(_ensure(os.path.join(base, "keys")), digest + ".json"),
         )
 
@@ -118,7 +127,7 @@ class UniqueMixin(ChangesMixin):
                     if job.unique_key is not None:
                         self._write_key(paths[(job.handler, job.unique_key)][1], job)
                 if new:
-                    self.add_many(new)
+                    self.enqueue.add_many(new)
             return result
 
     def _key_holder(self, path: str, now: datetime, newcomer: Job | None) -> Job | None:
@@ -134,11 +143,11 @@ class UniqueMixin(ChangesMixin):
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            self.files.quarantine(path, "not a unique key record")
+            self.ctx.files.quarantine(path, "not a unique key record")
             return None
         if until is not None and now < from_ns(int(until)):
-            return self.get(job_id)
-        holder = self.get(job_id)
+            return self.reads.get(job_id)
+        holder = self.reads.get(job_id)
         if holder is None or not holds_key(
             holder, now, newcomer or holder.replace(unique_until=None)
         ):
@@ -147,17 +156,17 @@ class UniqueMixin(ChangesMixin):
 
     def _write_key(self, path: str, job: Job) -> None:
         until = None if job.unique_until is None else to_ns(job.unique_until)
-        tmp = self.files.write_tmp(orjson.dumps({"job": job.id, "until": until}), sync=True)
+        tmp = self.ctx.files.write_tmp(orjson.dumps({"job": job.id, "until": until}), sync=True)
         try:
             fs.rename(tmp, path)
         except Exception:
-            self.files.discard(tmp)
+            self.ctx.files.discard(tmp)
             raise
 
     def maintain(self, *, now: datetime) -> None:
         """The store's housekeeping, then (as often as purges) the records of free keys."""
-        super().maintain(now=now)
-        every = min(self.retention / 10, timedelta(minutes=1))
+        self.upkeep.maintain(now=now)
+        every = min(self.ctx.retention / 10, timedelta(minutes=1))
         if self._last_key_sweep is None or abs(now - self._last_key_sweep) >= every:
             self._last_key_sweep = now
             with storage_errors("maintain"):
@@ -165,12 +174,12 @@ class UniqueMixin(ChangesMixin):
 
     def forget_free_keys(self, now: datetime) -> int:
         """Delete the records of keys no job holds any longer (for ``maintain``)."""
-        keys = os.path.join(self.root, UNIQUE_DIR, "keys")
-        locks = os.path.join(self.root, UNIQUE_DIR, "locks")
+        keys = os.path.join(self.ctx.root, UNIQUE_DIR, "keys")
+        locks = os.path.join(self.ctx.root, UNIQUE_DIR, "locks")
         removed = 0
-        for name in self.names_in(keys):
+        for name in self.ctx.names_in(keys):
             path = os.path.join(keys, name)
-            with exclusive([os.path.join(locks, name[:2] + ".lock")]):
+            with exclusive([os.path.join(locks, key_lock_name(name))]):
                 if self._key_holder(path, now, None) is None:
                     with contextlib.suppress(FileNotFoundError):
                         fs.unlink(path)

@@ -4,8 +4,11 @@ The file ``format`` holds the version of the layout and record format the
 store is written in, as ``{"version": N}``. A store without it was made by
 backrun 0.1.0 (format 1). Format 2 has the same directories; its records may
 carry fields 0.1.0 does not know, so a 0.1.0 process must not share it.
+Format 3 adds successes recorded by one rename: a ``succeeded/`` file may
+still hold its waiting record, with the claim and finish time in an extended
+attribute, which a format-2 reader would quarantine as mismatched.
 
-Opening a format-1 store upgrades it in place: the only step is writing
+Opening a format-1 or format-2 store upgrades it in place: the only step is writing
 ``format`` (a temporary file, fsync, one rename, fsync of the root), so a
 crash leaves either the old store or the upgraded one, and the next opener
 finishes the job. Several openers may race: each writes the same content.
@@ -23,14 +26,13 @@ import secrets
 import orjson
 
 from backrun.errors import StorageError
-
-from . import fs
+from backrun.storage import fs
 
 __all__ = ["FORMAT", "FORMAT_FILE", "ensure_format", "read_format"]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 
-FORMAT = 2
+FORMAT = 3
 """The newest format this code reads and writes."""
 FORMAT_FILE = "format"
 

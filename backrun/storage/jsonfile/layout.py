@@ -22,26 +22,38 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from backrun.jobs import JobState
 
 __all__ = [
     "BUCKET_US",
+    "CLAIM_XATTR",
     "FINISHED_DIRS",
     "GRAB_SUFFIX",
+    "Place",
     "ReadyName",
     "RunningName",
     "check_token",
     "check_worker_id",
+    "claim_name",
+    "claim_note",
     "decode_queue",
     "encode_queue",
+    "finished_name",
     "from_key",
+    "grab_name",
+    "key_lock_name",
+    "parse_claim",
+    "parse_claim_note",
+    "parse_finished",
     "parse_grab",
     "parse_ready",
     "parse_running",
     "ready_name",
     "running_name",
     "to_key",
+    "token_of",
 ]
 
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
@@ -57,11 +69,25 @@ FINISHED_DIRS = {
     JobState.CANCELLED: "cancelled",
 }
 
+
+class Place(StrEnum):
+    """Where a job's file is: the kind of directory it was found in."""
+
+    READY = "ready"
+    LATER = "later"
+    RUNNING = "running"
+    FINISHED = "finished"
+    GRABBED = "grabbed"
+    """Taken aside (renamed with a session suffix) by a change under way."""
+
+
 _SAFE_QUEUE = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\Z")
 _WORKER_ID = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _TOKEN = re.compile(r"\A[0-9a-f]{16}\Z")
 _READY = re.compile(r"\A(\d{19})~(\d{18})~([0-9a-f]{32})~([sq])\.json\Z")
 _RUNNING = re.compile(r"\A([0-9a-f]{32})~([0-9a-f]{16})~(\d{18})~([A-Za-z0-9_.-]+)\.json\Z")
+_FINISHED = re.compile(r"\A([0-9a-f]{32})\.json\Z")
+_CLAIM = re.compile(r"\A([0-9a-f]{32})~([0-9a-f]{16})(?:\.json)?\Z")
 _GRAB = re.compile(r"\A(.+)~([0-9a-f]{16})\.grab\Z")
 _LETTER = {JobState.SCHEDULED: "s", JobState.QUEUED: "q"}
 _STATE = {"s": JobState.SCHEDULED, "q": JobState.QUEUED}
@@ -169,3 +195,62 @@ def parse_grab(name: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match[1], match[2]
+
+
+def finished_name(job_id: str) -> str:
+    """The file name of a finished job in ``succeeded/``, ``dead/`` or ``cancelled/``."""
+    return job_id + ".json"
+
+
+def parse_finished(name: str) -> str | None:
+    """The job id a finished file's name carries; ``None`` if it is not one."""
+    match = _FINISHED.match(name)
+    return None if match is None else match[1]
+
+
+def claim_name(job_id: str, token: str, suffix: str = "") -> str:
+    """``<id>~<token><suffix>``: the name of a file about one claim (cancel, slot, progress)."""
+    return f"{job_id}~{token}{suffix}"
+
+
+def parse_claim(name: str) -> tuple[str, str] | None:
+    """(job id, token) of a claim file's name (with or without ``.json``); else ``None``."""
+    match = _CLAIM.match(name)
+    return None if match is None else (match[1], match[2])
+
+
+def token_of(running: str) -> str | None:
+    """The claim token a running file's name carries; ``None`` if it is not one."""
+    parsed = parse_running(running)
+    return None if parsed is None else parsed.token
+
+
+def grab_name(name: str, session: str) -> str:
+    """The name (or path) ``name`` is renamed to while session ``session`` changes it."""
+    return f"{name}~{session}{GRAB_SUFFIX}"
+
+
+def key_lock_name(key_file: str) -> str:
+    """The lock file guarding a unique key's file (``<digest>.json``): one per 2-hex shard."""
+    return key_file[:2] + ".lock"
+
+
+CLAIM_XATTR = "user.backrun.claim"
+"""The extended attribute a success by rename leaves on its file: the claim and the finish."""
+
+
+def claim_note(running: str, finished_key: int) -> bytes:
+    """The value of :data:`CLAIM_XATTR`: ``<running name>|<finished_at key>``."""
+    return f"{running}|{finished_key:018d}".encode()
+
+
+def parse_claim_note(data: bytes) -> tuple[RunningName, int] | None:
+    """(claim, finished_at key) of a :func:`claim_note`; ``None`` if it is not one."""
+    try:
+        running, _, finished = data.decode("ascii").partition("|")
+    except UnicodeDecodeError:
+        return None
+    parsed = parse_running(running)
+    if parsed is None or len(finished) != 18 or not finished.isdigit():
+        return None
+    return parsed, int(finished)

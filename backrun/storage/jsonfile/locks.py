@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from . import fs
+from backrun.storage import fs
 
 __all__ = ["LockHolder", "is_free"]
 
