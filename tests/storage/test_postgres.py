@@ -56,8 +56,8 @@ def psql(query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def test_migrate_is_versioned_idempotent_and_safe_to_race() -> None:
     require_postgres()
-    from backrun.storage._postgres_sql import MIGRATIONS
     from backrun.storage.postgres import PostgresStorage
+    from backrun.storage.postgres.schema import MIGRATIONS
 
     schema = unique_schema()
     stores = [PostgresStorage(postgres_dsn(), schema=schema, pool_size=1) for _ in range(3)]

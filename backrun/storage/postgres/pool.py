@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backrun.errors import StorageError
 
-from ._postgres_health import Outage, StoreConnection, one_line, permanent, quiet_pool_logs
+from .health import Outage, StoreConnection, one_line, permanent, quiet_pool_logs
 
 __all__ = ["RETRY", "Connections"]
 
