@@ -57,15 +57,12 @@ class Claims:
         if queues is not None:
             query += " AND queue = ANY(%(queues)s)"
             params["queues"] = list(queues)
-        query += sql.claim_tail
+        query += sql.claim_tail if self._options.synchronous_claims else sql.claim_tail_async
         params["batch"] = batch = secrets.token_hex(8)
-        synchronous = self._options.synchronous_claims
 
         def claim(conn: psycopg.Connection[Any]) -> Any:
-            with conn.transaction():
-                if not synchronous:
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                return conn.execute(query, params).fetchall()
+            # One autocommit statement: its own transaction, one round trip.
+            return conn.execute(query, params).fetchall()
 
         def landed(conn: psycopg.Connection[Any]) -> Any:
             # The claim's reply was lost: whatever it took carries this batch's token prefix.
