@@ -6,13 +6,15 @@ One command, run with the project's interpreter::
     .venv/bin/python benchmarks/compare.py --jobs 500 --repeat 1 --quick   # smoke, < 2 min
 
 It makes its own virtual environment for the peers (``benchmarks/.venv-peers``:
-Huey, Dramatiq, RQ, Celery, redis, matplotlib; never backrun's dependencies),
+Huey, Dramatiq, RQ, Celery, Procrastinate, redis, matplotlib; never backrun's
+dependencies),
 then runs the same workload on every system, each trial in a fresh process,
 repeats interleaved so machine drift hits all alike: N no-op jobs, 4 workers,
 one producer; enqueue, drain and end-to-end rates, pickup latency, worker RSS.
 Redis peers need Redis on 127.0.0.1:6379 (db 12 by default, which must be
-empty and is emptied after each trial); backrun's PostgreSQL mode needs
-``postgresql://postgres@127.0.0.1:5432/test`` (a fresh schema per trial).
+empty and is emptied after each trial); backrun's PostgreSQL mode and
+Procrastinate need ``postgresql://postgres@127.0.0.1:5432/test`` (a fresh
+schema per trial).
 Either is skipped with the reason when it does not answer.
 
 Writes ``benchmarks/results/<date>.json``, ``<date>.md`` and ``<date>.png``.
@@ -85,6 +87,20 @@ SYSTEMS = [
     System("Dramatiq Redis", "dramatiq_trial.py", "redis", peers=True, needs="redis"),
     System("RQ Redis, 4 SimpleWorkers", "rq_trial.py", "redis", peers=True, needs="redis"),
     System("Celery Redis, threads x4", "celery_trial.py", "redis", peers=True, needs="redis"),
+    System(
+        "Procrastinate PostgreSQL, async task",
+        "procrastinate_trial.py",
+        "async",
+        peers=True,
+        needs="postgres",
+    ),
+    System(
+        "Procrastinate PostgreSQL, sync task",
+        "procrastinate_trial.py",
+        "sync",
+        peers=True,
+        needs="postgres",
+    ),
 ]
 LIMITS = {
     "bare ThreadPoolExecutor(4)": ("pool",),

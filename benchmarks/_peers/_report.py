@@ -80,6 +80,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         (sqlite, "enqueue_8t"),
         1,
     )
+    pg = "backrun PostgreSQL"
+    ratio(
+        "PostgreSQL drain / Procrastinate drain (async task, its fastest)",
+        (pg, "drain"),
+        ("Procrastinate PostgreSQL, async task", "drain"),
+        2,
+    )
+    ratio(
+        "PostgreSQL drain / Procrastinate drain (sync task, like backrun's handler)",
+        (pg, "drain"),
+        ("Procrastinate PostgreSQL, sync task", "drain"),
+        2,
+    )
     paired = _median(s, JSON_FSYNC, "paired_ratio")
     rows.append(
         {

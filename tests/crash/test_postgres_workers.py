@@ -153,7 +153,7 @@ def test_a_sigkilled_workers_job_is_recovered_by_another_after_its_lease(
 
 
 def locked_workers(store: Any) -> int:
-    """How many workers of the store hold their session lock (see _postgres_session)."""
+    """How many workers of the store hold their session lock (see postgres/sessions.py)."""
     return len(session_lock_pids(store))
 
 

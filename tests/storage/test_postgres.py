@@ -56,8 +56,8 @@ def psql(query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def test_migrate_is_versioned_idempotent_and_safe_to_race() -> None:
     require_postgres()
-    from backrun.storage._postgres_sql import MIGRATIONS
     from backrun.storage.postgres import PostgresStorage
+    from backrun.storage.postgres.schema import MIGRATIONS
 
     schema = unique_schema()
     stores = [PostgresStorage(postgres_dsn(), schema=schema, pool_size=1) for _ in range(3)]
@@ -120,6 +120,45 @@ def test_claim_plans_use_the_partial_ready_index_despite_many_finished_rows(stor
 
 
 # -- claims, tokens, liveness --------------------------------------------------
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_a_claim_is_one_statement_whose_commit_setting_ends_with_it(synchronous: bool) -> None:
+    store: Any = postgres_store(pool_size=1, synchronous_claims=synchronous)
+    try:
+        store.add_many([make_job() for _ in range(2)])
+        sent: list[str] = []
+        real = store._db.connect
+
+        @contextlib.contextmanager
+        def spying() -> Iterator[Any]:
+            with real() as conn:
+                execute = conn.execute
+
+                def recording(query: Any, params: Any = None) -> Any:
+                    sent.append(str(query))
+                    return execute(query, params)
+
+                conn.execute = recording
+                try:
+                    yield conn
+                finally:
+                    del conn.execute
+
+        store._db.connect = spying
+        try:
+            [job] = store.claim(queues=None, limit=1, now=T0, worker_id="w", lease=LEASE)
+        finally:
+            store._db.connect = real
+        assert len(sent) == 1  # no BEGIN / SET LOCAL / COMMIT round trips
+        assert ("set_config('synchronous_commit', 'off'" in sent[0]) is not synchronous
+        # The only pooled connection: the setting must not outlive the claim, or
+        # the owner's update that follows would commit without waiting for the disk.
+        with store._db.connect() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        store.update(job.replace(state=JobState.SUCCEEDED, finished_at=T0))
+    finally:
+        store.close()
 
 
 def test_claim_returns_a_full_record_whose_late_writer_is_refused(store: Any) -> None:

@@ -70,7 +70,7 @@ def test_a_worker_whose_session_ended_is_an_orphan_after_the_grace(
     store: Any, scanner: Any
 ) -> None:
     job = running_job(store, "w-dead")
-    store._sessions.pop("w-dead").stop()  # its session ends; its row stays: a crash
+    store._liveness.sessions.pop("w-dead").stop()  # its session ends; its row stays: a crash
     started = time.monotonic()
     wait_until(lambda: [o.id for o in scanner.orphans(now=T0)] == [job.id], timeout=10)
     assert time.monotonic() - started >= GRACE.total_seconds()
@@ -81,7 +81,7 @@ def test_a_live_worker_that_cannot_retake_its_lock_is_judged_by_its_lease(
     store: Any, scanner: Any
 ) -> None:
     running_job(store, "w-cut")
-    session = store._sessions["w-cut"]
+    session = store._liveness.sessions["w-cut"]
     session._conninfo = "postgresql://postgres@127.0.0.1:1/test"  # reconnects are refused
     assert terminate_backends(store.schema) >= 1  # its lock is free; its pool reconnects
     wait_until(lambda: not session.held.is_set(), timeout=10)
@@ -96,7 +96,7 @@ def test_a_live_worker_that_cannot_retake_its_lock_is_judged_by_its_lease(
 
 def test_a_worker_that_retakes_its_lock_is_tracked_again(store: Any, scanner: Any) -> None:
     running_job(store, "w-back")
-    session = store._sessions["w-back"]
+    session = store._liveness.sessions["w-back"]
     for _ in range(3):
         assert terminate_backends(store.schema) >= 1
         wait_until(session.held.is_set, timeout=10)
@@ -109,6 +109,6 @@ def test_unregistering_releases_the_lock_and_a_negative_grace_is_refused(store: 
 
     running_job(store, "w-gone")
     store.unregister_worker("w-gone")
-    assert "w-gone" not in store._sessions
+    assert "w-gone" not in store._liveness.sessions
     with pytest.raises(ValueError):
         PostgresStorage(store._db.conninfo, schema=store.schema, session_grace=timedelta(-1))

@@ -1,7 +1,7 @@
 """The PostgreSQL store's connections: a pool, error translation, and retries that are safe.
 
 Every driver failure becomes :class:`~backrun.errors.StorageError`. A dropped
-connection is logged once per outage (see ``_postgres_health``); the pool's
+connection is logged once per outage (see :mod:`backrun.storage.postgres.health`); the pool's
 other idle connections are checked at once, so a retry gets a live one. A
 configuration error (malformed DSN, no such database or role, a rejected
 password) fails the call at once with libpq's own message; only a server that
@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backrun.errors import StorageError
 
-from ._postgres_health import Outage, StoreConnection, one_line, permanent, quiet_pool_logs
+from .health import Outage, StoreConnection, one_line, permanent, quiet_pool_logs
 
 __all__ = ["RETRY", "Connections"]
 

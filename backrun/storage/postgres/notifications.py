@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from ._postgres_health import Outage
+from .health import Outage
 
 __all__ = ["Listener"]
 

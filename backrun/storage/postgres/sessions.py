@@ -41,7 +41,7 @@ from typing import Any
 
 import psycopg
 
-from ._postgres_health import Outage
+from .health import Outage
 
 __all__ = ["SessionLock", "session_key"]
 
