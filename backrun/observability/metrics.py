@@ -27,7 +27,6 @@ from backrun.schedules import Schedule
 from backrun.storage.base import Storage
 
 from ._inflight import InflightTable
-from ._pending import PendingUpdates
 from .queue_collector import QueueCollector, register_queue_collector
 
 
@@ -114,39 +113,12 @@ class _Children:
             if state in _FAILED:
                 self.failed.inc()
 
-    # The hot path's updates, applied later by PendingUpdates (one queued call each).
-
-    def started(self, wait: float | None, limited: Gauge | None) -> None:
-        """An attempt's handler starts, ``wait`` seconds after its due time."""
-        if wait is not None:
-            self.queue_wait.observe(wait)
-        self.running.inc()
-        if limited is not None:
-            limited.inc()
-
-    def returned(self, limited: Gauge | None, stuck: bool) -> None:
-        """An attempt's handler returned (``stuck``: after its attempt was recorded)."""
-        self.running.dec()
-        if limited is not None:
-            limited.dec()
-        if stuck:
-            self.stuck.dec()
-
-    def finished(self, state: JobState, duration: float | None, stuck: bool) -> None:
-        """An attempt was recorded in ``state``, its handler having run ``duration`` s."""
-        self.count(state)
-        if duration is not None:
-            self.duration.observe(duration)
-        if stuck:
-            self.stuck.inc()
-
 
 class _Metrics:
     """The metric objects of one registry."""
 
     def __init__(self, registry: CollectorRegistry, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
-        self.pending = PendingUpdates(registry)  # before the metrics: collected first
         self.enqueued = Counter(
             "backrun_jobs_enqueued",
             "Jobs enqueued by this process.",
@@ -274,29 +246,33 @@ class MetricsMiddleware(Middleware):
         self.registry = registry if registry is not None else REGISTRY
         self._metrics = _metrics_for(self.registry, tuple(float(b) for b in buckets))
         self._inflight: InflightTable[_Children] = InflightTable()
-        self._pending = self._metrics.pending
 
     def enqueue(self, job: Job, call_next: EnqueueNext) -> Job:
         """Count the job once it is persisted."""
         job = call_next(job)
-        self._pending.add(self._metrics.children(job.queue, job.handler).enqueued.inc)
+        self._metrics.children(job.queue, job.handler).enqueued.inc()
         return job
 
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
         """Observe the queue wait; count the handler as running while it runs."""
         job = ctx.job
         children = self._metrics.children(job.queue, job.handler)
-        wait: float | None = None
         if job.started_at is not None and job.run_at is not None:
-            wait = max((job.started_at - job.run_at).total_seconds(), 0.0)
+            wait = (job.started_at - job.run_at).total_seconds()
+            children.queue_wait.observe(wait if wait > 0.0 else 0.0)
+        children.running.inc()
         limited = self._metrics.limited_running.labels(job.handler) if job.limited else None
-        self._pending.add(children.started, wait, limited)
+        if limited is not None:
+            limited.inc()
         entry = self._inflight.begin(ctx, children)
         try:
             call_next(ctx)
         finally:
-            stuck = self._inflight.handler_returned(entry) and entry.stuck
-            self._pending.add(children.returned, limited, stuck)
+            children.running.dec()
+            if limited is not None:
+                limited.dec()
+            if self._inflight.handler_returned(entry) and entry.stuck:
+                children.stuck.dec()
 
     def attempt_finished(self, ctx: JobContext, job: Job, error: BaseException | None) -> None:
         """Count the outcome and observe the duration of a recorded attempt."""
@@ -304,12 +280,14 @@ class MetricsMiddleware(Middleware):
         if job.state is JobState.QUEUED:
             return
         if entry is None:
-            self._pending.add(
-                self._metrics.children(job.queue, job.handler).finished, job.state, None, False
-            )
+            self._metrics.children(job.queue, job.handler).count(job.state)
             return
+        children = entry.value
+        children.count(job.state)
         end = entry.end if entry.end is not None else time.perf_counter()
-        self._pending.add(entry.value.finished, job.state, end - entry.start, entry.stuck)
+        children.duration.observe(end - entry.start)
+        if entry.stuck:
+            children.stuck.inc()
 
     def orphan_recovered(self, job: Job) -> None:
         """Count a rescue; a job that ends DEAD or CANCELLED by it counts as such."""

@@ -57,11 +57,12 @@ _Ready = tuple[int, datetime, str, int]
 
 
 class _QueueHeaps:
-    __slots__ = ("delayed", "ready")
+    __slots__ = ("delayed", "latest", "ready")
 
     def __init__(self) -> None:
         self.delayed: list[_Delayed] = []
         self.ready: list[_Ready] = []
+        self.latest: datetime | None = None  # no entry of delayed has a later run_at
 
 
 class MemoryStorage(MemoryLimits, Storage):
@@ -97,6 +98,8 @@ class MemoryStorage(MemoryLimits, Storage):
         if heaps is None:
             heaps = self._queues[job.queue] = _QueueHeaps()
         heapq.heappush(heaps.delayed, (job.run_at, job.id, entry))
+        if heaps.latest is None or job.run_at > heaps.latest:
+            heaps.latest = job.run_at
 
     def _unindex(self, job_id: str) -> None:
         self._entry.pop(job_id, None)
@@ -133,12 +136,27 @@ class MemoryStorage(MemoryLimits, Storage):
     def _promote(self, heaps: _QueueHeaps, now: datetime) -> None:
         """Move entries that have come due from the delayed heap to the ready heap."""
         delayed = heaps.delayed
+        if not delayed or delayed[0][0] > now:
+            return
+        jobs, live = self._jobs, self._entry
+        if heaps.latest is not None and heaps.latest <= now:
+            # All came due (a filled queue's first claim): one O(n) heapify, not n pushes.
+            heaps.ready.extend(
+                (-jobs[job_id].priority, run_at, job_id, entry)
+                for run_at, job_id, entry in delayed
+                if live.get(job_id) == entry
+            )
+            heapq.heapify(heaps.ready)
+            delayed.clear()
+            heaps.latest = None
+            return
         while delayed and delayed[0][0] <= now:
             run_at, job_id, entry = heapq.heappop(delayed)
-            if self._entry.get(job_id) != entry:
+            if live.get(job_id) != entry:
                 continue
-            job = self._jobs[job_id]
-            heapq.heappush(heaps.ready, (-job.priority, run_at, job_id, entry))
+            heapq.heappush(heaps.ready, (-jobs[job_id].priority, run_at, job_id, entry))
+        if not delayed:
+            heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
         best: _QueueHeaps | None = None
