@@ -616,13 +616,18 @@ class Worker:
             return None, False
         solo, extra = entered
         now = self.clock.now()
-        claimed = self._recorder.finish_and_claim(
-            attempt,
-            error,
-            lambda record: self._claimer.finish_and_claim(
-                record, queues=self.queues, now=now, limit=1 + extra
-            ),
-        )
+        try:
+            claimed = self._recorder.finish_and_claim(
+                attempt,
+                error,
+                lambda record: self._claimer.finish_and_claim(
+                    record, queues=self.queues, now=now, limit=1 + extra
+                ),
+            )
+        except BaseException:
+            with self._lock:  # the claim never happened: close it at the gate
+                self._settle_claim(None, None, solo, extra, [])
+            raise
         jobs = [] if claimed is None else claimed.jobs
         first = jobs[0] if jobs else None
         following = None if first is None else self._recorder.begin(first, slot)
