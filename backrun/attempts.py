@@ -22,6 +22,7 @@ from .context import EngineHandle, JobContext, _current
 from .errors import DoNotRetry, LeaseLost, UnknownHandler
 from .handlers import HandlerSpec
 from .jobs import Job, JobError, JobState, Progress
+from .limits import LimitedClaim
 from .middleware import Middleware, overrides
 from .results import announce
 from .retries import RetryPolicy
@@ -261,6 +262,42 @@ class AttemptRecorder:
         if recorded is not None:
             self._announce(attempt, recorded, error)
         return True
+
+    def finish_and_claim(
+        self, attempt: Attempt, error: BaseException | None, write: Callable[[Job], LimitedClaim]
+    ) -> LimitedClaim | None:
+        """As :meth:`finish`, but the record is written by ``write``, which also claims.
+
+        ``write`` is one store call (:meth:`Claimer.finish_and_claim`). A
+        deferral, or a write that fails with a store error, is recorded as
+        :meth:`finish` does, patiently, and claims nothing.
+
+        Returns:
+            What ``write`` claimed (empty if the claim was lost: nothing was
+            written), or ``None`` if ``write`` was not used.
+        """
+        if isinstance(error, NewerVersion):
+            self._defer(attempt, error, None)
+            return None
+        if error is not None and not isinstance(error, Exception):
+            log.warning("job %s raised %s; recorded as a failure", attempt.job.id, type(error))
+        result = None
+        if error is None and not attempt.stop_requested:
+            result, error = self._stored_result(attempt)
+        record = self.outcome(attempt, error, self.clock.now(), result)
+        try:
+            claimed = write(record)
+        except LeaseLost:
+            log.info("job %s: claim lost before its attempt was recorded", record.id)
+            return LimitedClaim([])
+        except Exception:
+            recorded = self._persist(record)
+            if isinstance(recorded, Job):
+                self._announce(attempt, recorded, error)
+            return None
+        announce(record)
+        self._announce(attempt, record, error)
+        return claimed
 
     def _stored_result(self, attempt: Attempt) -> tuple[Any, BaseException | None]:
         """The JSON form of what the handler returned, or the error that fails the attempt."""

@@ -77,22 +77,51 @@ class Claimer:
                 )
         return self._limits
 
-    def claim(self, *, queues: Collection[str] | None, now: datetime) -> LimitedClaim:
-        """Claim one job for a slot, honouring limits when there are any."""
+    def claim(
+        self, *, queues: Collection[str] | None, now: datetime, limit: int = 1
+    ) -> LimitedClaim:
+        """Claim up to ``limit`` jobs for slots, honouring limits when there are any."""
         limits = self.limits()
         if not limits:
             jobs: list[Job] = self._storage.claim(
-                queues=queues, limit=1, now=now, worker_id=self._worker_id, lease=self._lease
+                queues=queues, limit=limit, now=now, worker_id=self._worker_id, lease=self._lease
             )
             return LimitedClaim(jobs)
-        result = self._storage.claim_limited(
+        return self._report(
+            self._storage.claim_limited(
+                queues=queues,
+                limit=limit,
+                now=now,
+                worker_id=self._worker_id,
+                lease=self._lease,
+                limits=limits,
+            ),
+            now,
+        )
+
+    def finish_and_claim(
+        self, record: Job, *, queues: Collection[str] | None, now: datetime, limit: int = 1
+    ) -> LimitedClaim:
+        """Write a slot's finished attempt and claim its next jobs in one store call.
+
+        Raises:
+            LeaseLost: the attempt's claim was lost; nothing was written or claimed.
+            StorageError: the write failed; nothing was claimed.
+        """
+        limits = self.limits()
+        result = self._storage.update_and_claim(
+            record,
             queues=queues,
-            limit=1,
+            limit=limit,
             now=now,
             worker_id=self._worker_id,
             lease=self._lease,
-            limits=limits,
+            limits=limits or None,
         )
+        return self._report(result, now) if result.waiting else result
+
+    def _report(self, result: LimitedClaim, now: datetime) -> LimitedClaim:
+        """Tell the middleware of each job a limit holds back (once per job)."""
         for job_id, handler, limit in result.waiting:
             if note_wait(job_id, limit, now):
                 for layer in self._listeners:

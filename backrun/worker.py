@@ -21,7 +21,8 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -143,6 +144,9 @@ class Worker:
         self._stuck: set[Slot] = set()
         self._attempts: dict[str, Attempt] = {}
         self._gate = AloneGate(self._work, self._attempts)
+        # Jobs one slot's claim took for idle slots, and how many claims under way promised.
+        self._handoff: deque[Job] = deque()
+        self._promised = 0
         self._processed = 0
         self._claim_failing = False
         self._threads: list[threading.Thread] = []
@@ -356,6 +360,12 @@ class Worker:
             ):
                 thread.join(timeout=5.0)
         self._threads.clear()
+        with self._lock:
+            unstarted = list(self._handoff)
+            self._handoff.clear()
+            self._gate.claiming -= len(unstarted)
+        for job in unstarted:
+            self._recorder.give_back(job)
         self.storage.unregister_worker(self.id)
         log.info("worker %s stopped (%s)", self.id, "drained" if drained else "released jobs")
         return drained
@@ -391,7 +401,7 @@ class Worker:
             raise TimeoutError(f"the worker's first recovery round did not finish in {timeout} s")
         while True:
             with self._lock:
-                while self._attempts or self._idle < self._live_slots():
+                while self._attempts or self._handoff or self._idle < self._live_slots():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError(f"jobs still running or due after {timeout} s")
@@ -427,40 +437,12 @@ class Worker:
     # -- slot threads -----------------------------------------------------
 
     def _slot_loop(self, slot: Slot) -> None:
+        attempt: Attempt | None = None
         try:
-            while not self._stopping and not slot.abandoned:
-                seen = self._wake_seq
-                solo = self._enter_claim()
-                if solo is None:
-                    continue  # the gate was closed; it waited, look again
-                job: Job | None = None
-                try:
-                    claimed = self._claimer.claim(queues=self.queues, now=self.clock.now())
-                    job = claimed.jobs[0] if claimed.jobs else None
-                except Exception as exc:
-                    self._claim_failed(exc)
-                    self._leave_claim(None, None, solo)
-                    self._pause(1.0)
-                    continue
-                if self._claim_failing:
-                    self._claim_failing = False
-                    log.warning("claiming works again")
-                attempt = None if job is None else self._recorder.begin(job, slot)
-                if not self._leave_claim(job, attempt, solo):
-                    assert job is not None
-                    self._recorder.give_back(job)  # keeps its place; runs once we drain
-                    continue
-                if attempt is not None:
-                    self._run(attempt, slot)
-                    continue
-                timeout = self._idle_timeout(claimed)
-                with self._lock:
-                    if self._stopping or seen != self._wake_seq:
-                        continue
-                    self._idle += 1
-                    self._changed.notify_all()
-                    self._work.wait(timeout)
-                    self._idle -= 1
+            # An attempt claimed with the last one's completion runs even if a
+            # stop came meanwhile, like one whose claim returned just before it.
+            while attempt is not None or (not self._stopping and not slot.abandoned):
+                attempt = self._next_attempt(slot) if attempt is None else self._run(attempt, slot)
         finally:
             with self._lock:
                 self._stuck.discard(slot)
@@ -468,24 +450,100 @@ class Worker:
                     self._slots.remove(slot)
                 self._changed.notify_all()
 
-    def _enter_claim(self) -> bool | None:
-        """Pass the run-alone gate: False for a normal claim, True for the solo one.
+    def _next_attempt(self, slot: Slot) -> Attempt | None:
+        """A job handed over by another slot's claim, else one claimed now; else idle."""
+        seen = self._wake_seq
+        with self._lock:
+            handed = self._handoff.popleft() if self._handoff and not self._stopping else None
+        if handed is not None:
+            return self._start(handed, slot, solo=False)
+        entered = self._enter_claim()
+        if entered is None:
+            return None  # the gate was closed; it waited, look again
+        solo, extra = entered
+        try:
+            claimed = self._claimer.claim(queues=self.queues, now=self.clock.now(), limit=1 + extra)
+        except Exception as exc:
+            self._claim_failed(exc)
+            with self._lock:
+                self._settle_claim(None, None, solo, extra, [])
+            self._pause(1.0)
+            return None
+        if self._claim_failing:
+            self._claim_failing = False
+            log.warning("claiming works again")
+        if claimed.jobs:
+            return self._start(claimed.jobs[0], slot, solo, extra, claimed.jobs[1:])
+        with self._lock:
+            self._settle_claim(None, None, solo, extra, [])
+        timeout = self._idle_timeout(claimed)
+        with self._lock:
+            if not self._stopping and seen == self._wake_seq and not self._handoff:
+                self._idle += 1
+                self._changed.notify_all()
+                self._work.wait(timeout)
+                self._idle -= 1
+        return None
 
-        Returns ``None`` after waiting at a closed gate.
+    def _start(
+        self, job: Job, slot: Slot, solo: bool, extra: int = 0, rest: Sequence[Job] = ()
+    ) -> Attempt | None:
+        """Take ``job`` (claimed for this slot) through the gate: its attempt, or None."""
+        attempt = self._recorder.begin(job, slot)
+        with self._lock:
+            keep = self._settle_claim(job, attempt, solo, extra, rest)
+        if keep:
+            return attempt
+        self._recorder.give_back(job)  # keeps its place; runs once we drain
+        return None
+
+    def _enter_claim(self) -> tuple[bool, int] | None:
+        """Pass the run-alone gate: (solo, extra jobs to claim for idle slots).
+
+        ``solo`` is True for the solo claim. Returns ``None`` after waiting at
+        a closed gate.
         """
         with self._lock:
             solo = self._gate.enter()
-            if solo is None and not self._stopping:
-                self._work.wait(1.0)
-            return solo
+            if solo is None:
+                if not self._stopping:
+                    self._work.wait(1.0)
+                return None
+            return solo, self._reserve_extra(solo)
 
-    def _leave_claim(self, job: Job | None, attempt: Attempt | None, solo: bool) -> bool:
-        """Account for a finished claim; False if ``job`` must be given back unrun."""
-        with self._lock:
-            keep = self._gate.leave(job, solo)
-            if keep and attempt is not None:
-                self._attempts[attempt.job.id] = attempt
-            return keep
+    def _reserve_extra(self, solo: bool) -> int:
+        """How many more jobs one claim should take for idle slots (lock held, claim entered).
+
+        They count as claims in flight at the gate until a slot takes them.
+        """
+        if solo:
+            return 0
+        extra = max(0, self._idle - len(self._handoff) - self._promised)
+        self._promised += extra
+        self._gate.claiming += extra
+        return extra
+
+    def _settle_claim(
+        self,
+        job: Job | None,
+        attempt: Attempt | None,
+        solo: bool,
+        extra: int,
+        rest: Sequence[Job],
+    ) -> bool:
+        """Account for a finished claim (lock held); False if ``job`` must be given back unrun.
+
+        ``rest``: the jobs claimed beyond the first, for idle slots (at most ``extra``).
+        """
+        self._promised -= extra
+        self._gate.claiming -= extra - len(rest)
+        if rest:
+            self._handoff.extend(rest)
+            self._work.notify(len(rest))
+        keep = self._gate.leave(job, solo)
+        if keep and attempt is not None:
+            self._attempts[attempt.job.id] = attempt
+        return keep
 
     def _forget_attempt(self, attempt: Attempt) -> None:
         """Drop a finished or abandoned attempt (lock held)."""
@@ -517,24 +575,77 @@ class Worker:
             return 1.0
         return idle_seconds(claimed, now=self.clock.now(), next_run=next_run, cap=timeout)
 
-    def _run(self, attempt: Attempt, slot: Slot) -> None:
+    def _run(self, attempt: Attempt, slot: Slot) -> Attempt | None:
+        """Run and record ``attempt``; return the next attempt claimed with its record, if any."""
         job = attempt.job
         deadline = attempt.ctx.deadline
         wakes_at = self._supervisor.wakes_at
         if deadline is not None and (wakes_at is None or deadline < wakes_at):
             self._supervisor.wake()  # a short timeout: the supervisor must look sooner
+        following: Attempt | None = None
+        forgotten = False
         try:
             error = self._recorder.execute(attempt, self._chain)
             if attempt.settle():
-                self._recorder.finish(attempt, error)
+                following, forgotten = self._finish(attempt, error, slot)
         finally:
-            with self._lock:
-                self._forget_attempt(attempt)
-                self._processed += 1
-                if not self._attempts:  # observers wait for "nothing in flight" only
-                    self._changed.notify_all()
+            if not forgotten:
+                with self._lock:
+                    self._forget_attempt(attempt)
+                    self._processed += 1
+                    if not self._attempts:  # observers wait for "nothing in flight" only
+                        self._changed.notify_all()
         if slot.abandoned:
             log.warning("stuck thread for job %s returned; its result was discarded", job.id)
+        return following
+
+    def _finish(
+        self, attempt: Attempt, error: BaseException | None, slot: Slot
+    ) -> tuple[Attempt | None, bool]:
+        """Record ``attempt``, claiming the slot's next job in the same store call if it may.
+
+        Returns the next attempt, and True if ``attempt`` was forgotten here.
+        """
+        with self._lock:
+            entered = None
+            if not (self._stopping or slot.abandoned or self._handoff):
+                solo = self._gate.enter()
+                entered = None if solo is None else (solo, self._reserve_extra(solo))
+        if entered is None:
+            self._recorder.finish(attempt, error)
+            return None, False
+        solo, extra = entered
+        now = self.clock.now()
+        try:
+            claimed = self._recorder.finish_and_claim(
+                attempt,
+                error,
+                lambda record: self._claimer.finish_and_claim(
+                    record, queues=self.queues, now=now, limit=1 + extra
+                ),
+            )
+        except BaseException:
+            with self._lock:  # the claim never happened: close it at the gate
+                self._settle_claim(None, None, solo, extra, [])
+            raise
+        jobs = [] if claimed is None else claimed.jobs
+        first = jobs[0] if jobs else None
+        following = None if first is None else self._recorder.begin(first, slot)
+        unstarted: list[Job] = []
+        with self._lock:
+            self._forget_attempt(attempt)
+            self._processed += 1
+            if self._stopping:  # e.g. attempt_finished asked for it: start nothing more
+                unstarted, first, following = jobs, None, None
+                jobs = []
+            if not self._settle_claim(first, following, solo, extra, jobs[1:]):
+                assert first is not None
+                unstarted, following = [first], None
+            if not self._attempts:
+                self._changed.notify_all()
+        for job in unstarted:
+            self._recorder.give_back(job)  # uncharged, in its place
+        return following, True
 
     def _abandon(self, attempt: Attempt) -> None:
         """Give up on an attempt's thread; start a fresh slot in its place."""

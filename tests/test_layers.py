@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("observability", ("observability.",)),
-    ("composition", ("periodic", "engine", "__init__")),
+    ("composition", ("periodic", "enqueuer", "engine", "__init__")),
     ("integrations", ("testing", "logformat", "joblog", "web.", "cli.", "__main__")),
     ("frameworks", ("contrib.",)),
 ]

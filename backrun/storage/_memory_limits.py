@@ -101,45 +101,55 @@ class MemoryLimits:
         limits: Mapping[str, HandlerLimits],
     ) -> LimitedClaim:
         """Claim, skipping jobs a limit holds back; see :meth:`Storage.claim_limited`."""
+        changes = {
+            "state": JobState.RUNNING,
+            "worker_id": worker_id,
+            "started_at": now,
+            "lease_expires_at": now + lease,
+        }
+        with self._lock:
+            return self._claim_limited_locked(queues, limit, now, changes, limits)
+
+    def _claim_limited_locked(
+        self,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        changes: dict[str, Any],
+        limits: Mapping[str, HandlerLimits],
+    ) -> LimitedClaim:
+        """:meth:`claim_limited` with the lock held; ``changes`` as the plain claim's."""
         claimed: list[Job] = []
         waiting: list[tuple[str, str, str]] = []
         skipped: list[Job] = []
         retry_at: datetime | None = None
-        with self._lock:
-            candidates = self._promote_all(queues, now)
-            while len(claimed) < limit:
-                job_id = self._pop_best(candidates)
-                if job_id is None:
-                    break
-                job = self._jobs[job_id]
-                rules = limits_for(job, limits)
-                if rules is not None:
-                    held, opens = self._held(job, rules, now)
-                    if held is not None:
-                        skipped.append(job)
-                        waiting.append((job.id, job.handler, held))
-                        if opens is not None and (retry_at is None or opens < retry_at):
-                            retry_at = opens
-                        continue
-                job = job.replace(
-                    state=JobState.RUNNING,
-                    attempts=job.attempts + 1,
-                    worker_id=worker_id,
-                    started_at=now,
-                    lease_expires_at=now + lease,
-                    claim_token=new_claim_token(),
+        candidates = self._promote_all(queues, now)
+        while len(claimed) < limit:
+            job_id = self._pop_best(candidates)
+            if job_id is None:
+                break
+            job = self._jobs[job_id]
+            rules = limits_for(job, limits)
+            if rules is not None:
+                held, opens = self._held(job, rules, now)
+                if held is not None:
+                    skipped.append(job)
+                    waiting.append((job.id, job.handler, held))
+                    if opens is not None and (retry_at is None or opens < retry_at):
+                        retry_at = opens
+                    continue
+            job = job.replace(**changes, attempts=job.attempts + 1, claim_token=new_claim_token())
+            self._jobs[job_id] = job
+            if rules is not None:
+                self._running_groups.setdefault((job.handler, job.concurrency_key), set()).add(
+                    job.id
                 )
-                self._jobs[job_id] = job
-                if rules is not None:
-                    self._running_groups.setdefault((job.handler, job.concurrency_key), set()).add(
-                        job.id
-                    )
-                    if rules.rate_limit is not None:
-                        # Sorted: a claimer's "now" may be older than another's.
-                        insort(self._starts.setdefault(job.handler, []), now)
-                claimed.append(job)
-            for job in skipped:
-                self._index(job)  # back where it was: same run_at and priority
+                if rules.rate_limit is not None:
+                    # Sorted: a claimer's "now" may be older than another's.
+                    insort(self._starts.setdefault(job.handler, []), now)
+            claimed.append(job)
+        for job in skipped:
+            self._index(job)  # back where it was: same run_at and priority
         return LimitedClaim(claimed, waiting, retry_at)
 
     def _held(

@@ -29,6 +29,7 @@ against it unchanged.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from backrun.limits import HandlerLimits, LimitedClaim
 from backrun.workerinfo import WorkerInfo
 
 __all__ = ["READY_STATES", "Capabilities", "Storage"]
+
+log = logging.getLogger("backrun.storage")
 
 READY_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED})
 """States a job can be claimed from once its ``run_at`` has come."""
@@ -259,6 +262,48 @@ class Storage(ABC):
                 was written.
             StorageError: the store could not write.
         """
+
+    def update_and_claim(
+        self,
+        job: Job,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+        limits: Mapping[str, HandlerLimits] | None = None,
+    ) -> LimitedClaim:
+        """:meth:`update` a finished attempt, then claim the slot's next jobs.
+
+        A worker slot that finishes a job and goes on claiming makes this one
+        call. The claim is :meth:`claim_limited` when ``limits`` is given, else
+        :meth:`claim`. Stores override it to do both in one step (the memory
+        store: under one lock acquisition instead of two); this default makes
+        the two calls. Once the write landed it stands: a claim that then
+        fails claims nothing (the error is logged, the slot claims again).
+
+        Raises:
+            LeaseLost: as :meth:`update`; nothing was written or claimed.
+            StorageError: the write failed; nothing was claimed.
+        """
+        self.update(job)
+        try:
+            if limits:
+                return self.claim_limited(
+                    queues=queues,
+                    limit=limit,
+                    now=now,
+                    worker_id=worker_id,
+                    lease=lease,
+                    limits=limits,
+                )
+            return LimitedClaim(
+                self.claim(queues=queues, limit=limit, now=now, worker_id=worker_id, lease=lease)
+            )
+        except Exception:
+            log.warning("claim after job %s's update failed", job.id, exc_info=True)
+            return LimitedClaim([])
 
     def record_progress(self, job: Job, progress: Progress) -> None:  # noqa: B027
         """Store a running job's ``progress``, as the owner of its claim (``job.claim_token``).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,12 +17,38 @@ from backrun.clock import utcnow as now
 from backrun.errors import JobNotFound, LeaseLost
 from backrun.followups import followup_jobs
 from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
+from backrun.limits import HandlerLimits, LimitedClaim
 from backrun.workerinfo import WorkerInfo
 
 from ._memory_limits import MemoryLimits
 from .base import READY_STATES, Capabilities, Storage
 
 __all__ = ["MemoryStorage"]
+
+
+def _claim_changes(now: datetime, worker_id: str, lease: timedelta) -> dict[str, Any]:
+    """The fields a claim sets on every job it takes (its token is set per job)."""
+    return {
+        "state": JobState.RUNNING,
+        "worker_id": worker_id,
+        "started_at": now,
+        "lease_expires_at": now + lease,
+    }
+
+
+def _claimed(job: Job, changes: dict[str, Any]) -> Job:
+    """``job`` as a claim takes it: ``changes``, one more attempt, a fresh token."""
+    return job.replace(**changes, attempts=job.attempts + 1, claim_token=new_claim_token())
+
+
+def _followups(job: Job) -> list[Job] | None:
+    """The follow-ups a write of ``job`` adds (``None``: to build under the lock)."""
+    if job.state is not JobState.SUCCEEDED or not job.followups:
+        return []
+    if job.finished_at is None:
+        return None
+    return followup_jobs(job, job.finished_at)
+
 
 # Heap entries end in (job id, entry number); an entry is live only while
 # _entry[job id] still holds its number, so stale entries are skipped lazily.
@@ -31,11 +57,12 @@ _Ready = tuple[int, datetime, str, int]
 
 
 class _QueueHeaps:
-    __slots__ = ("delayed", "ready")
+    __slots__ = ("delayed", "latest", "ready")
 
     def __init__(self) -> None:
         self.delayed: list[_Delayed] = []
         self.ready: list[_Ready] = []
+        self.latest: datetime | None = None  # no entry of delayed has a later run_at
 
 
 class MemoryStorage(MemoryLimits, Storage):
@@ -54,6 +81,12 @@ class MemoryStorage(MemoryLimits, Storage):
         self._worker_info: dict[str, WorkerInfo] = {}
         self._paused: set[str] = set()
         self._init_limits()
+        cls = type(self)
+        self._fused = (
+            cls.update is MemoryStorage.update
+            and cls.claim is MemoryStorage.claim
+            and cls.claim_limited is MemoryLimits.claim_limited
+        )
 
     def _index(self, job: Job) -> None:
         """Put a SCHEDULED/QUEUED job in its queue's delayed heap."""
@@ -65,6 +98,8 @@ class MemoryStorage(MemoryLimits, Storage):
         if heaps is None:
             heaps = self._queues[job.queue] = _QueueHeaps()
         heapq.heappush(heaps.delayed, (job.run_at, job.id, entry))
+        if heaps.latest is None or job.run_at > heaps.latest:
+            heaps.latest = job.run_at
 
     def _unindex(self, job_id: str) -> None:
         self._entry.pop(job_id, None)
@@ -101,12 +136,27 @@ class MemoryStorage(MemoryLimits, Storage):
     def _promote(self, heaps: _QueueHeaps, now: datetime) -> None:
         """Move entries that have come due from the delayed heap to the ready heap."""
         delayed = heaps.delayed
+        if not delayed or delayed[0][0] > now:
+            return
+        jobs, live = self._jobs, self._entry
+        if heaps.latest is not None and heaps.latest <= now:
+            # All came due (a filled queue's first claim): one O(n) heapify, not n pushes.
+            heaps.ready.extend(
+                (-jobs[job_id].priority, run_at, job_id, entry)
+                for run_at, job_id, entry in delayed
+                if live.get(job_id) == entry
+            )
+            heapq.heapify(heaps.ready)
+            delayed.clear()
+            heaps.latest = None
+            return
         while delayed and delayed[0][0] <= now:
             run_at, job_id, entry = heapq.heappop(delayed)
-            if self._entry.get(job_id) != entry:
+            if live.get(job_id) != entry:
                 continue
-            job = self._jobs[job_id]
-            heapq.heappush(heaps.ready, (-job.priority, run_at, job_id, entry))
+            heapq.heappush(heaps.ready, (-jobs[job_id].priority, run_at, job_id, entry))
+        if not delayed:
+            heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
         best: _QueueHeaps | None = None
@@ -132,24 +182,22 @@ class MemoryStorage(MemoryLimits, Storage):
         lease: timedelta,
     ) -> list[Job]:
         """Take up to ``limit`` due jobs; see :meth:`Storage.claim`."""
-        claimed: list[Job] = []
-        lease_until = now + lease
+        changes = _claim_changes(now, worker_id, lease)
         with self._lock:
-            candidates = self._promote_all(queues, now)
-            while len(claimed) < limit:
-                job_id = self._pop_best(candidates)
-                if job_id is None:
-                    break
-                job = self._jobs[job_id].replace(
-                    state=JobState.RUNNING,
-                    attempts=self._jobs[job_id].attempts + 1,
-                    worker_id=worker_id,
-                    started_at=now,
-                    lease_expires_at=lease_until,
-                    claim_token=new_claim_token(),
-                )
-                self._jobs[job_id] = job
-                claimed.append(job)
+            return self._claim_locked(queues, limit, now, changes)
+
+    def _claim_locked(
+        self, queues: Collection[str] | None, limit: int, now: datetime, changes: dict[str, Any]
+    ) -> list[Job]:
+        """Claim with the lock held; ``changes`` are the fields every claimed job gets."""
+        claimed: list[Job] = []
+        candidates = self._promote_all(queues, now)
+        while len(claimed) < limit:
+            job_id = self._pop_best(candidates)
+            if job_id is None:
+                break
+            job = self._jobs[job_id] = _claimed(self._jobs[job_id], changes)
+            claimed.append(job)
         return claimed
 
     def _promote_all(self, queues: Collection[str] | None, now: datetime) -> list[_QueueHeaps]:
@@ -164,33 +212,77 @@ class MemoryStorage(MemoryLimits, Storage):
 
     def update(self, job: Job) -> None:
         """Write a claimed job as its owner; see :meth:`Storage.update`."""
+        children = _followups(job)
         with self._lock:
-            stored = self._jobs.get(job.id)
-            if (
-                stored is None
-                or stored.state is not JobState.RUNNING
-                or stored.claim_token != job.claim_token
-            ):
-                raise LeaseLost(f"job {job.id} is no longer held under this claim")
-            if job.state is JobState.RUNNING and stored.cancel_requested:
-                job = job.replace(cancel_requested=True)
-            children: list[Job] = []
-            if job.state is JobState.SUCCEEDED and job.followups:
-                children = [
-                    child
-                    for child in followup_jobs(job, job.finished_at or stored.started_at or now())
-                    if child.id not in self._jobs
-                ]
-            self._jobs[job.id] = job
-            if job.state in READY_STATES:
-                self._index(job)
-            for child in children:  # under the same lock: visible with the success
-                self._jobs[child.id] = child
-                self._index(child)
-            freed = self._left_running(stored, job)
+            freed = self._update_locked(job, children)
             callbacks = list(self._callbacks) if freed else []
         for callback in callbacks:  # a limit's slot is free: wake waiting workers
             callback()
+
+    def update_and_claim(
+        self,
+        job: Job,
+        *,
+        queues: Collection[str] | None,
+        limit: int,
+        now: datetime,
+        worker_id: str,
+        lease: timedelta,
+        limits: Mapping[str, HandlerLimits] | None = None,
+    ) -> LimitedClaim:
+        """:meth:`update`, then claim, under one acquisition of the store's lock.
+
+        A subclass that overrides ``update``, ``claim`` or ``claim_limited``
+        (to observe or fail writes) gets the two separate calls instead.
+        """
+        if not self._fused:
+            return super().update_and_claim(
+                job,
+                queues=queues,
+                limit=limit,
+                now=now,
+                worker_id=worker_id,
+                lease=lease,
+                limits=limits,
+            )
+        children = _followups(job)
+        changes = _claim_changes(now, worker_id, lease)
+        with self._lock:
+            freed = self._update_locked(job, children)
+            if limits:
+                claimed = self._claim_limited_locked(queues, limit, now, changes, limits)
+            else:
+                claimed = LimitedClaim(self._claim_locked(queues, limit, now, changes))
+            callbacks = list(self._callbacks) if freed else []
+        for callback in callbacks:
+            callback()
+        return claimed
+
+    def _update_locked(self, job: Job, children: list[Job] | None) -> bool:
+        """Write ``job`` over its claim (lock held); True if it freed a limit's slot.
+
+        ``children``: its follow-ups, built before the lock was taken (``None``:
+        build them here, the finish time being unknown).
+        """
+        stored = self._jobs.get(job.id)
+        if (
+            stored is None
+            or stored.state is not JobState.RUNNING
+            or stored.claim_token != job.claim_token
+        ):
+            raise LeaseLost(f"job {job.id} is no longer held under this claim")
+        if job.state is JobState.RUNNING and stored.cancel_requested:
+            job = job.replace(cancel_requested=True)
+        if children is None:
+            children = followup_jobs(job, stored.started_at or now())
+        self._jobs[job.id] = job
+        if job.state in READY_STATES:
+            self._index(job)
+        for child in children:  # under the same lock: visible with the success
+            if child.id not in self._jobs:
+                self._jobs[child.id] = child
+                self._index(child)
+        return self._left_running(stored, job)
 
     def record_progress(self, job: Job, progress: Progress) -> None:
         """Store a running job's progress; see :meth:`Storage.record_progress`."""
