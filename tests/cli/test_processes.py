@@ -111,6 +111,20 @@ def test_a_child_killed_by_its_job_is_replaced_and_the_others_keep_running(
         )
         assert parent.popen.poll() is None  # the worker as a whole never stopped
         parent.wait_for(r"child \d \(pid \d+\) died \(killed by SIGKILL\) after .*restarting it")
+
+        def every_poisoned_child_was_replaced() -> bool:
+            # Each crash was recovered from a worker "<host>-<pid>-..."; the parent
+            # must have reaped and replaced every one of them before it is stopped.
+            output = parent.output
+            dead = re.findall(
+                rf"recovered job {poison} from dead worker \S*-(\d+)-[0-9a-f]{{8}}\b", output
+            )
+            return bool(dead) and all(
+                re.search(rf"child \d \(pid {pid}\) died \(killed by SIGKILL\)", output)
+                for pid in dead
+            )
+
+        wait_until(every_poisoned_child_was_replaced, what="every crashed child to be replaced")
         # Replacements start and are ready again: more work is still taken.
         late = engine.enqueue("record", {"n": 7}).id
         wait_until(lambda: engine.get(late).state is JobState.SUCCEEDED, what="a later job")
