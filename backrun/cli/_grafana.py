@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 from importlib import resources
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO, Any
 
