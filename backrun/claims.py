@@ -25,13 +25,15 @@ from .limits import HandlerLimits, LimitedClaim, note_wait
 from .middleware import Middleware, overrides
 from .storage.base import Storage
 
-__all__ = ["Claimer", "registry_limits"]
+__all__ = ["MAX_IDLE_SECONDS", "Claimer", "idle_seconds", "idle_timeout", "registry_limits"]
 
 log = logging.getLogger("backrun.worker")
 
 
 class _Clock(Protocol):
-    def now(self) -> datetime: ...
+    def now(self) -> datetime:
+        """The current time (aware UTC)."""
+        ...
 
 
 def registry_limits(registry: HandlerRegistry) -> dict[str, HandlerLimits]:
@@ -130,6 +132,32 @@ class Claimer:
                     except Exception:
                         log.exception("middleware %r failed in job_waited", layer)
         return result
+
+
+MAX_IDLE_SECONDS = 60.0
+"""An idle slot looks again at least this often, whatever the store says."""
+
+
+def idle_timeout(
+    storage: Storage,
+    queues: Collection[str] | None,
+    result: LimitedClaim | None,
+    *,
+    now: datetime,
+) -> float:
+    """How long an idle slot sleeps: :func:`idle_seconds` capped by the store's poll interval.
+
+    A store that cannot tell its next ``run_at`` is asked again in a second.
+    """
+    cap = MAX_IDLE_SECONDS
+    if storage.poll_interval is not None:
+        cap = min(cap, storage.poll_interval)
+    try:
+        next_run = storage.next_run_at(queues=queues)
+    except Exception:
+        log.exception("next_run_at failed")
+        return 1.0
+    return idle_seconds(result, now=now, next_run=next_run, cap=cap)
 
 
 def idle_seconds(

@@ -253,6 +253,7 @@ class _WaitBook:
         self._waits: OrderedDict[str, Wait] = OrderedDict()
 
     def note(self, job_id: str, limit: str, now: datetime) -> bool:
+        """Record that ``job_id`` waited for ``limit``; True the first time for this job."""
         with self._lock:
             if job_id in self._waits:
                 return False
@@ -262,6 +263,7 @@ class _WaitBook:
             return True
 
     def take(self, job_id: str) -> Wait | None:
+        """Remove and return the job's recorded wait, if any."""
         with self._lock:
             return self._waits.pop(job_id, None)
 

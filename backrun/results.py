@@ -49,6 +49,7 @@ class _Board:
         self._waiting: dict[str, list[threading.Event]] = {}
 
     def watch(self, job_id: str, event: threading.Event) -> Callable[[], None]:
+        """Set ``event`` when ``job_id`` is announced; return the function that stops it."""
         with self._lock:
             self._waiting.setdefault(job_id, []).append(event)
 
@@ -63,6 +64,7 @@ class _Board:
         return forget
 
     def announce(self, job_id: str) -> None:
+        """Set the events of everyone waiting for ``job_id``."""
         if not self._waiting:  # the common case: nobody waits; no lock taken
             return
         with self._lock:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import secrets
 import socket
 import threading
 import time
@@ -24,16 +22,14 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
-from typing import Protocol
 
 from .attempts import Attempt, AttemptRecorder, Slot
-from .claims import Claimer, idle_seconds
-from .context import EngineHandle
+from .claims import Claimer, idle_timeout
 from .isolation import AloneGate
 from .jobs import Job, JobState
-from .limits import LimitedClaim
 from .middleware import compose_process, overrides
-from .scheduler import ScheduleHost, Scheduler
+from .pool_view import PoolView, WorkerHost, new_worker_id
+from .scheduler import Scheduler
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from .supervisor import Supervisor
 from .workerinfo import WorkerInfo
@@ -41,63 +37,6 @@ from .workerinfo import WorkerInfo
 __all__ = ["Worker", "WorkerHost", "new_worker_id"]
 
 log = logging.getLogger("backrun.worker")
-
-_MAX_IDLE_SECONDS = 60.0
-
-
-def new_worker_id() -> str:
-    """Return a worker id: ``<host>-<pid>-<8 hex>``, safe in file names."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-class WorkerHost(EngineHandle, ScheduleHost, Protocol):
-    """What a worker uses of its engine: :class:`~backrun.engine.Engine` is one.
-
-    The attempts see it as an :class:`~backrun.context.EngineHandle`, the
-    scheduler as a :class:`~backrun.scheduler.ScheduleHost`; the worker
-    itself needs nothing more.
-    """
-
-
-class _PoolView:
-    """The worker as its supervisor sees it (a :class:`~backrun.supervisor.SupervisedPool`).
-
-    A separate object, so the plumbing the supervisor needs (abandoning a
-    thread, the attempts in flight) stays off the exported :class:`Worker`.
-    """
-
-    __slots__ = ("_worker",)
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    @property
-    def stopping(self) -> bool:
-        """True once the worker stops claiming."""
-        return self._worker.stopping
-
-    @property
-    def forced(self) -> bool:
-        """True once the stop was forced."""
-        return self._worker.forced
-
-    @property
-    def running_count(self) -> int:
-        """How many attempts are in flight."""
-        return self._worker.running_count
-
-    def running_attempts(self) -> list[Attempt]:
-        """A snapshot of the attempts in flight."""
-        return self._worker._running_attempts()
-
-    def abandon(self, attempt: Attempt) -> None:
-        """Give up on a stuck attempt's thread and start a fresh slot."""
-        self._worker._abandon(attempt)
-
-    def publish_info(self) -> None:
-        """Publish this worker's record to the store."""
-        self._worker._publish_info()
 
 
 class Worker:
@@ -166,7 +105,7 @@ class Worker:
         )
         self._chain = compose_process(self._middleware, self._recorder.invoke)
         self._supervisor = Supervisor(
-            _PoolView(self),
+            PoolView(self),
             self._recorder,
             storage=self.storage,
             clock=self.clock,
@@ -476,7 +415,7 @@ class Worker:
             return self._start(claimed.jobs[0], slot, solo, extra, claimed.jobs[1:])
         with self._lock:
             self._settle_claim(None, None, solo, extra, [])
-        timeout = self._idle_timeout(claimed)
+        timeout = idle_timeout(self.storage, self.queues, claimed, now=self.clock.now())
         with self._lock:
             if not self._stopping and seen == self._wake_seq and not self._handoff:
                 self._idle += 1
@@ -562,18 +501,6 @@ class Worker:
         with self._lock:
             if not self._stopping:
                 self._work.wait(seconds)
-
-    def _idle_timeout(self, claimed: LimitedClaim | None = None) -> float:
-        timeout = _MAX_IDLE_SECONDS
-        poll = self.storage.poll_interval
-        if poll is not None:
-            timeout = min(timeout, poll)
-        try:
-            next_run = self.storage.next_run_at(queues=self.queues)
-        except Exception:
-            log.exception("next_run_at failed")
-            return 1.0
-        return idle_seconds(claimed, now=self.clock.now(), next_run=next_run, cap=timeout)
 
     def _run(self, attempt: Attempt, slot: Slot) -> Attempt | None:
         """Run and record ``attempt``; return the next attempt claimed with its record, if any."""

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "results",
             "attempts",
             "supervisor",
+            "pool_view",
             "worker",
             "signals",
             "claims",

@@ -128,6 +128,7 @@ class Changes:
             }
 
     def request_cancel(self, path: str, job_id: str, token: str) -> bool:
+        """Mark a running claim cancelled; False if its running file ``path`` is gone."""
         marker = self.ctx.marker_path(job_id, token)
         with contextlib.suppress(FileExistsError):
             fs.close(fs.open_new(marker), marker)

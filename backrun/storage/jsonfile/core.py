@@ -171,6 +171,7 @@ class StoreContext:
     # -- paths ----------------------------------------------------------------
 
     def qdir(self, qenc: str, sub: str) -> str:
+        """The directory ``sub`` of the encoded queue ``qenc``."""
         return os.path.join(self.queues_dir, qenc, sub)
 
     @staticmethod
@@ -217,6 +218,7 @@ class StoreContext:
         self.made.add(qenc)
 
     def cache(self, qenc: str) -> ReadyCache:
+        """The ready window of the encoded queue ``qenc`` (made on first use)."""
         cache = self.caches.get(qenc)
         if cache is None:
             directory = self.qdir(qenc, "ready")
@@ -245,6 +247,7 @@ class StoreContext:
         return qenc, self.qdir(qenc, "ready"), name
 
     def finished_path(self, job: Job) -> tuple[str, str]:
+        """The encoded queue and the path a finished ``job`` is stored at."""
         qenc = encode_queue(job.queue)
         return qenc, os.path.join(self.qdir(qenc, FINISHED_DIRS[job.state]), finished_name(job.id))
 
@@ -315,6 +318,7 @@ class StoreContext:
     # -- running files --------------------------------------------------------
 
     def running_entries(self) -> list[str]:
+        """The names in ``running/``."""
         return fs.listdir(self.running_dir)
 
     def running_name_of(self, job_id: str, token: str) -> str | None:
