@@ -40,7 +40,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 import click
 from flask import Flask, current_app
@@ -51,6 +51,7 @@ from backrun.cli._common import exit_on_error
 from backrun.context import JobContext
 from backrun.engine import Engine
 from backrun.jobs import Job
+from backrun.limits import LimitOptions
 from backrun.middleware import Middleware, ProcessNext
 from backrun.retries import RetryPolicy
 from backrun.schedules import apply_schedules
@@ -150,6 +151,7 @@ class Backrun:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> Callable[[F], F]: ...
     def handler(
         self,
@@ -159,11 +161,16 @@ class Backrun:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         queue: str | None = None,
+        **limits: Unpack[LimitOptions],
     ) -> F | Callable[[F], F]:
-        """Register a function handler on every app's engine: ``@jobs.handler(name=...)``."""
+        """Register a function handler on every app's engine: ``@jobs.handler(name=...)``.
+
+        Takes the keywords of :meth:`Engine.handler`, the handler limits
+        (``max_concurrency``, ``concurrency_key``, ``rate_limit``) included.
+        """
 
         def register(target: F) -> F:
-            self.add_handler(target, name=name, retry=retry, queue=queue)
+            self.add_handler(target, name=name, retry=retry, queue=queue, **limits)
             return target
 
         return register(fn) if fn is not None else register

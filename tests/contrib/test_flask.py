@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask, current_app
 
+import backrun
+import backrun.limits
 from backrun.contrib.flask import AppContextMiddleware, Backrun
 from tests.cli.procs import Proc, run
 from tests.helpers import wait_until
@@ -124,3 +126,20 @@ def test_engine_needs_init_app() -> None:
     ext = Backrun()
     with pytest.raises(RuntimeError, match="init_app"):
         ext.engine_for(Flask("other"))
+
+
+def test_the_handler_decorator_takes_the_handler_limits(tmp_path: Path) -> None:
+    ext = Backrun()
+
+    @ext.handler(name="limited", max_concurrency=2, rate_limit=backrun.RateLimit(5, per=60))
+    def limited(payload: dict[str, int]) -> None:
+        return None
+
+    app = Flask("limits_app")
+    app.config.update(BACKRUN_STORE=str(tmp_path / "store"))
+    ext.init_app(app)
+    with app.app_context():
+        engine = ext.engine
+    spec = engine.registry.get("limited")
+    assert spec.limits == backrun.limits.HandlerLimits(2, backrun.RateLimit(5, per=60))
+    engine.close()
