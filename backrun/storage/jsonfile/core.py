@@ -182,6 +182,19 @@ class StoreContext:
         except FileNotFoundError:
             return []
 
+    @staticmethod
+    def iter_names_in(directory: str) -> Iterator[str]:
+        """The names in ``directory`` one at a time; none if it is missing.
+
+        For the finished directories, which hold every job of the retention
+        period: a list of all their names would cost the worker megabytes at
+        each purge or scrape, and the allocator keeps the peak.
+        """
+        try:
+            yield from fs.iter_names(directory)
+        except FileNotFoundError:
+            return
+
     def queue_dirs(self, *, fresh: bool = True) -> list[str]:
         """The encoded names of all queues, re-listed only when ``q/`` changed.
 

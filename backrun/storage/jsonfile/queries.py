@@ -288,7 +288,7 @@ class Reads:
                 if later is not None:
                     counts[(queue, later.state)] += 1
             for done, sub in FINISHED_DIRS.items():
-                names = self.ctx.names_in(self.ctx.qdir(qenc, sub))
+                names = self.ctx.iter_names_in(self.ctx.qdir(qenc, sub))
                 total = sum(1 for n in names if n.endswith(".json"))
                 if total:
                     counts[(queue, done)] += total

@@ -49,7 +49,7 @@ class Upkeep:
             for qenc in self.ctx.queue_dirs():
                 for state in set(states) & FINISHED_STATES:
                     directory = self.ctx.qdir(qenc, FINISHED_DIRS[state])
-                    for name in self.ctx.names_in(directory):
+                    for name in self.ctx.iter_names_in(directory):
                         if not name.endswith(".json"):
                             continue
                         path = os.path.join(directory, name)
