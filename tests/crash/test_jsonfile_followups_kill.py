@@ -15,20 +15,11 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from backrun.jobs import JobState
-from backrun.storage.jsonfile import JsonFileStorage
-from tests.helpers import LEASE, T0
-from tests.storage.test_jsonfile_followup_crashpoints import (
-    CHILDREN,
-    check_consistent,
-    claim,
-    succeed,
-)
+from tests.storage.test_jsonfile_followup_crashpoints import CHILDREN, heal_and_check
 
 pytestmark = pytest.mark.slow
 
@@ -70,18 +61,7 @@ def test_a_killed_success_step_never_loses_or_doubles_a_followup(tmp_path: Path)
             assert "completed" in done.stdout
             break
         assert done.returncode == 137, done.stderr
-        healer = JsonFileStorage(root, fsync=True, tmp_grace=timedelta(0))
-        healer.maintain(now=T0)
-        state = check_consistent(root, healer)
-        outcomes[state] += 1
-        if state == "running":
-            (orphan,) = healer.orphans(now=T0)
-            healer.update(orphan.replace(state=JobState.QUEUED, attempts=orphan.attempts - 1))
-            succeed(healer, claim(healer, "w1"))
-            assert check_consistent(root, healer) == "succeeded", crash_at
-        due = healer.claim(queues=None, limit=10, now=T0, worker_id="w2", lease=LEASE)
-        assert [j.id for j in due] == [CHILDREN[0]], crash_at
-        healer.close()
+        outcomes[heal_and_check(root, True, crash_at)] += 1
     else:
         raise AssertionError("the success step never completed")
     assert outcomes["running"] >= 3, outcomes

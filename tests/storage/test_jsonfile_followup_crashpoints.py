@@ -75,6 +75,27 @@ def check_consistent(root: Path, store: JsonFileStorage) -> str:
     return parent.state.value
 
 
+def heal_and_check(root: Path, durable: bool, crash_at: int) -> str:
+    """Open the crashed store as the next process would, check it, finish the parent.
+
+    Returns the parent's state as the crash left it. A RUNNING parent is an
+    orphan (its worker is gone): rescued, claimed and run again. Either way
+    its first follow-up is then due exactly once.
+    """
+    healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))
+    healer.maintain(now=T0)
+    state = check_consistent(root, healer)
+    if state == "running":
+        (orphan,) = healer.orphans(now=T0)
+        healer.update(orphan.replace(state=JobState.QUEUED, attempts=orphan.attempts - 1))
+        succeed(healer, claim(healer, "w1"))
+        assert check_consistent(root, healer) == "succeeded", crash_at
+    due = healer.claim(queues=None, limit=10, now=T0, worker_id="w2", lease=LEASE)
+    assert [j.id for j in due] == [CHILDREN[0]], crash_at
+    healer.close()
+    return state
+
+
 @pytest.mark.parametrize("durable", [False, True], ids=["nosync", "fsync"])
 def test_a_crash_in_the_success_step_never_loses_or_doubles_a_followup(
     tmp_path: Path, durable: bool
@@ -94,19 +115,7 @@ def test_a_crash_in_the_success_step_never_loses_or_doubles_a_followup(
         store.ctx.locks.release_all()  # the process is gone
         if not faults.fired:
             break
-        healer = JsonFileStorage(root, fsync=durable, tmp_grace=timedelta(0))
-        healer.maintain(now=T0)
-        state = check_consistent(root, healer)
-        outcomes[state] += 1
-        if state == "running":
-            # The parent is an orphan (its worker is gone): rescued, claimed, run again.
-            (orphan,) = healer.orphans(now=T0)
-            healer.update(orphan.replace(state=JobState.QUEUED, attempts=orphan.attempts - 1))
-            succeed(healer, claim(healer, "w1"))
-            assert check_consistent(root, healer) == "succeeded", crash_at
-        due = healer.claim(queues=None, limit=10, now=T0, worker_id="w2", lease=LEASE)
-        assert [j.id for j in due] == [CHILDREN[0]], crash_at
-        healer.close()
+        outcomes[heal_and_check(root, durable, crash_at)] += 1
     else:
         pytest.fail("the success step never completed")
     # Both sides of the publishing rename were reached.
