@@ -46,16 +46,24 @@ def check_payload(
             to more than ``max_bytes``.
         TypeError: the payload is not JSON-serializable.
     """
-    depth = _depth(payload, max_depth)
-    if depth > max_depth:
-        raise PayloadTooLarge(f"payload nests deeper than the limit of {max_depth} levels")
     try:
-        size = len(orjson.dumps(payload))
+        encoded = orjson.dumps(payload)
     except orjson.JSONEncodeError as exc:
+        _check_depth(payload, max_depth)  # the depth error comes first, as documented
         raise TypeError(f"payload is not JSON-serializable: {exc}") from None
+    # Each level opens a bracket, so fewer brackets than the limit (strings'
+    # included) proves the depth without walking the payload.
+    if encoded.count(b"{") + encoded.count(b"[") > max_depth:
+        _check_depth(payload, max_depth)
+    size = len(encoded)
     if size > max_bytes:
         raise PayloadTooLarge(f"payload is {size} bytes; the limit is {max_bytes}")
     return size
+
+
+def _check_depth(payload: Any, max_depth: int) -> None:
+    if _depth(payload, max_depth) > max_depth:
+        raise PayloadTooLarge(f"payload nests deeper than the limit of {max_depth} levels")
 
 
 def _depth(value: Any, limit: int) -> int:
