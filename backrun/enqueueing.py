@@ -88,23 +88,21 @@ def build_job(
         raise TypeError("headers= must map str to str")
     policy = spec.retry if spec.retry is not None else default_policy
     fields = _NEW_JOB_FIELDS.copy()
-    fields.update(
-        id=new_job_id(),
-        handler=spec.name,
-        payload=data,
-        # An explicit queue is checked as given: "" is an error, not the default.
-        queue=check_queue(queue) if queue is not None else (spec.queue or "default"),
-        priority=priority,
-        state=JobState.SCHEDULED if run_at > now else JobState.QUEUED,
-        max_attempts=policy.max_attempts,
-        run_at=run_at,
-        created_at=now,
-        headers=dict(headers) if headers else {},
-        version=spec.version,
-    )
-    # Job(...) runs a frozen dataclass __init__ (a setattr per field, a third of
-    # build_job); a Job is its instance dict, so this builds the same record,
-    # as Job.replace does.
+    fields["id"] = new_job_id()
+    fields["handler"] = spec.name
+    fields["payload"] = data
+    # An explicit queue is checked as given: "" is an error, not the default.
+    fields["queue"] = check_queue(queue) if queue is not None else (spec.queue or "default")
+    fields["priority"] = priority
+    fields["state"] = JobState.SCHEDULED if run_at > now else JobState.QUEUED
+    fields["max_attempts"] = policy.max_attempts
+    fields["run_at"] = run_at
+    fields["created_at"] = now
+    fields["headers"] = dict(headers) if headers else {}
+    fields["version"] = spec.version
+    # Job(...) runs a frozen dataclass __init__, a setattr per field (5 us, a
+    # third of build_job); a Job is its instance dict, so this builds the same
+    # record, as Job.replace does.
     job = _new_object(Job)
     _set_attribute(job, "__dict__", fields)
     return job

@@ -309,6 +309,14 @@ def _clean(value: Any, room: int) -> bool:
         kind = type(child)
         if kind is _str or kind is _bool or kind is _NONE:
             continue
+        if kind is _int:
+            if _INT_MIN <= child <= _INT_MAX:
+                continue
+            return False
+        if kind is _float:
+            if child - child == 0.0:  # false for NaN and the infinities
+                continue
+            return False
         if not _clean(child, room):
             return False
     return True

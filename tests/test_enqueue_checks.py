@@ -1,4 +1,4 @@
-"""The enqueue path's fast checks decide exactly as the full walks they stand in for."""
+"""The enqueue path's fast checks and encodings decide and write exactly as the slow forms."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -19,9 +19,9 @@ import backrun
 from backrun.enqueueing import build_job
 from backrun.errors import PayloadTooLarge
 from backrun.handlers import _clean, _walk, check_values
-from backrun.jobs import JOB_ID_PATTERN, Job, new_job_id
+from backrun.jobs import JOB_ID_PATTERN, Job, JobError, new_job_id
 from backrun.retries import RetryPolicy
-from backrun.serialization import _depth, check_payload
+from backrun.serialization import _depth, check_payload, dump_job, job_to_dict
 
 
 class Model(pydantic.BaseModel, extra="allow"):
@@ -180,3 +180,48 @@ def test_job_ids_are_well_formed_ordered_and_differ_in_a_forked_child() -> None:
     os.close(read)
     assert child_random != new_job_id()[16:]
     assert JOB_ID_PATTERN.match("0" * 16 + child_random)
+
+
+_TIMES = st.one_of(
+    st.none(),
+    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(timezones=st.sampled_from([timezone(timedelta(hours=5, minutes=30)), UTC])),
+    st.datetimes(timezones=st.timezones()),
+    st.datetimes(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _TIMES,
+    _TIMES,
+    _TIMES,
+    st.lists(st.datetimes(timezones=st.one_of(st.just(UTC), st.timezones())), max_size=2),
+    st.one_of(st.none(), st.text(min_size=1, max_size=3)),
+    _TIMES,
+    st.booleans(),
+)
+def test_dump_job_writes_the_bytes_of_job_to_dict(
+    run_at: datetime | None,
+    started_at: datetime | None,
+    lease: datetime | None,
+    error_times: list[datetime],
+    unique_key: str | None,
+    unique_until: datetime | None,
+    indent: bool,
+) -> None:
+    job = Job(
+        id="0" * 32,
+        handler="h",
+        payload={"when": "2026-01-01T00:00:00+00:00", "n": [1, 2.5]},
+        run_at=run_at,
+        created_at=run_at,
+        started_at=started_at,
+        finished_at=lease,
+        lease_expires_at=lease,
+        errors=tuple(JobError("E", "m", "tb", n, at) for n, at in enumerate(error_times)),
+        unique_key=unique_key,
+        unique_until=unique_until,
+    )
+    option = orjson.OPT_INDENT_2 if indent else 0
+    assert dump_job(job, indent=indent) == orjson.dumps(job_to_dict(job), option=option)
