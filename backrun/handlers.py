@@ -195,10 +195,13 @@ class HandlerSpec:
         adapter = self.adapter
         # Before validation too: a deep enough input makes pydantic itself fail obscurely.
         check_values(payload, max_depth)
-        value = adapter.validate_python(payload)
+        # The adapter's core validator and serializer, called with the defaults
+        # its validate_python and dump_python pass: their wrappers cost more than
+        # validating a model instance (0.5 of 0.6 us) and half of dumping it.
+        value = adapter.validator.validate_python(payload)
         if value is not payload:
             check_values(value, max_depth)  # coercion can make NaN ("nan" -> float)
-        dumped = adapter.dump_python(value, mode="json")
+        dumped = adapter.serializer.to_python(value, mode="json")
         if not isinstance(dumped, dict):
             raise TypeError(
                 f"handler {self.name!r}: payload must serialize to a JSON object, "
