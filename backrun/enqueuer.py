@@ -70,6 +70,8 @@ class Enqueuing:
             max_payload_bytes=self.max_payload_bytes,
             max_payload_depth=self.max_payload_depth,
         )
+        if unique_key is None and unique_for is None and spec.limits is None:
+            return job  # what stamp would return
         return stamp(job, spec, unique_key=unique_key, unique_for=unique_for)
 
     def _build_followup(

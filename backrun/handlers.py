@@ -195,10 +195,13 @@ class HandlerSpec:
         adapter = self.adapter
         # Before validation too: a deep enough input makes pydantic itself fail obscurely.
         check_values(payload, max_depth)
-        value = adapter.validate_python(payload)
+        # The adapter's core validator and serializer, called with the defaults
+        # its validate_python and dump_python pass: their wrappers cost more than
+        # validating a model instance (0.5 of 0.6 us) and half of dumping it.
+        value = adapter.validator.validate_python(payload)
         if value is not payload:
             check_values(value, max_depth)  # coercion can make NaN ("nan" -> float)
-        dumped = adapter.dump_python(value, mode="json")
+        dumped = adapter.serializer.to_python(value, mode="json")
         if not isinstance(dumped, dict):
             raise TypeError(
                 f"handler {self.name!r}: payload must serialize to a JSON object, "
@@ -214,13 +217,22 @@ _INT_MAX = 2**64 - 1  # the range orjson, and so every store, can encode
 def check_values(value: object, max_depth: int) -> None:
     """Refuse what JSON cannot carry faithfully, anywhere in ``value``.
 
-    Walks mappings, lists, tuples, sets and pydantic models without recursion.
+    Walks mappings, lists, tuples, sets and pydantic models.
 
     Raises:
         PayloadTooLarge: containers nest deeper than ``max_depth``.
         ValueError: a float is NaN or infinite, or an int is outside the range
             -2**63 .. 2**64-1; the message names where (``$.field[0]``).
     """
+    if max_depth <= _FAST_DEPTH and _clean(value, max_depth):
+        return
+    # Something is wrong (or the limit is too deep to recurse): walk again,
+    # keeping paths, to raise the first error exactly as this walk finds it.
+    _walk(value, max_depth)
+
+
+def _walk(value: object, max_depth: int) -> None:
+    """check_values without recursion, naming where the first error is."""
     # Entries are (item, depth, key, parent entry): the path is built only on error.
     stack: list[tuple[Any, int, object, Any]] = [(value, 0, None, None)]
     while stack:
@@ -252,6 +264,65 @@ def check_values(value: object, max_depth: int) -> None:
         if depth + 1 > max_depth:
             raise PayloadTooLarge(f"payload nests deeper than the limit of {max_depth} levels")
         stack.extend((child, depth + 1, key, entry) for key, child in children)
+
+
+_FAST_DEPTH = 64  # _clean recurses once per level: stay far from the recursion limit
+_str, _bool, _int, _float, _dict, _list, _tuple = str, bool, int, float, dict, list, tuple
+_NONE = type(None)
+
+
+def _clean(value: Any, room: int) -> bool:
+    """True when :func:`check_values` passes ``value`` with ``room`` levels left.
+
+    The same rules without the paths, exact types first: the common payload
+    is a model or dict of strings, ints and small lists, and this costs a few
+    type checks per value where the full walk builds an entry for each.
+    """
+    kind = type(value)
+    if kind is _str or kind is _bool or kind is _NONE:
+        return True
+    if kind is _int:
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    if kind is _float:
+        return math.isfinite(value)
+    children: Any
+    if kind is _dict:
+        children = value.values()
+    elif kind is _list or kind is _tuple:
+        children = value
+    # Any other type: check_values's own order of tests.
+    elif isinstance(value, float):
+        return math.isfinite(value)
+    elif isinstance(value, int):
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    elif isinstance(value, BaseModel):
+        children = value.__dict__.values()
+        if value.__pydantic_extra__:
+            children = [*children, *value.__pydantic_extra__.values()]
+    elif isinstance(value, Mapping):
+        children = value.values()
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = value
+    else:
+        return True
+    if room <= 0:
+        return False
+    room -= 1
+    for child in children:
+        kind = type(child)
+        if kind is _str or kind is _bool or kind is _NONE:
+            continue
+        if kind is _int:
+            if _INT_MIN <= child <= _INT_MAX:
+                continue
+            return False
+        if kind is _float:
+            if child - child == 0.0:  # false for NaN and the infinities
+                continue
+            return False
+        if not _clean(child, room):
+            return False
+    return True
 
 
 def _path(entry: tuple[Any, int, object, Any]) -> str:

@@ -159,9 +159,24 @@ _randomness = _Randomness()
 _token_counter = itertools.count()
 
 
+# Job ids draw from one generator per process (getrandbits is one C call,
+# atomic for the threads), reseeded in a forked child like _Randomness: the
+# thread-local lookup and reseed check cost as much as the id's formatting.
+_id_random = random.Random(os.urandom(32))
+_id_bits = _id_random.getrandbits
+
+
+def _reseed_ids() -> None:
+    _id_random.seed(os.urandom(32))
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_job_id() -> str:
     """Return a fresh job id: 32 hex digits, nanosecond time first, so ids sort by creation."""
-    return f"{time.time_ns():016x}{_randomness.bits():016x}"
+    # The 128-bit number's 32 hex digits: twice as fast as formatting each half.
+    return ((time.time_ns() << 64) | _id_bits(64)).to_bytes(16, "big").hex()
 
 
 def new_claim_token() -> str:

@@ -7,10 +7,12 @@ along (a job enqueued inside a traced request keeps its ``traceparent``).
 
 from __future__ import annotations
 
+import os
 import time
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.environment_variables import OTEL_PYTHON_TRACER_PROVIDER
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from backrun.context import JobContext
@@ -25,6 +27,23 @@ from ._inflight import Inflight, InflightTable
 __all__ = ["TracingMiddleware"]
 
 _NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+# Read once: see _no_global_provider.
+_ENVIRONMENT_NAMES_PROVIDER = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+_UNKNOWN = object()
+
+
+def _no_global_provider() -> bool:
+    """True when no global tracer provider is set, as ``get_tracer_provider`` would find.
+
+    ``trace.get_tracer_provider()`` looks ``OTEL_PYTHON_TRACER_PROVIDER`` up in
+    ``os.environ`` on every call until a provider is set, and a miss raises and
+    catches a KeyError: that was most of an untraced enqueue's tracing cost.
+    The variable is read once here (it configures a process at start); an
+    OpenTelemetry that no longer has ``_TRACER_PROVIDER`` gets the public call.
+    """
+    return not _ENVIRONMENT_NAMES_PROVIDER and getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None
+
 
 # At worker stop, a span whose handler returned this many seconds ago and
 # whose outcome was never recorded (the claim was lost) is ended anyway.
@@ -77,7 +96,9 @@ class TracingMiddleware(Middleware):
 
     def enqueue(self, job: Job, call_next: EnqueueNext) -> Job:
         """Open ``send <queue>``, inject its context into ``job.headers``, persist."""
-        tracer = self._get_tracer()
+        tracer = self._tracer
+        if tracer is None and self._provider is None and not _no_global_provider():
+            tracer = self._get_tracer()
         if tracer is None:
             if otel_context.get_current():  # empty unless something set a span or baggage
                 carrier = dict(job.headers)

@@ -384,6 +384,36 @@ def test_a_global_provider_set_after_the_middleware_is_used() -> None:
     assert out.stdout.strip() == "1"
 
 
+def test_a_provider_named_by_the_environment_is_used() -> None:
+    # OTEL_PYTHON_TRACER_PROVIDER makes get_tracer_provider() load the SDK's on
+    # first use; the enqueue fast path must not skip that lookup.
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from backrun.observability import TracingMiddleware
+        from tests.observability.support import make_job
+
+        job = TracingMiddleware().enqueue(make_job(), lambda j: j)
+        print(type(trace.get_tracer_provider()).__module__, "traceparent" in job.headers)
+        """
+    )
+    env = dict(os.environ, OTEL_PYTHON_TRACER_PROVIDER="sdk_tracer_provider")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.split() == ["opentelemetry.sdk.trace", "True"]
+
+
 def test_wait_until_helper_fails_on_deadline() -> None:
     with pytest.raises(AssertionError, match="never"):
         wait_until(lambda: False, timeout=0.05, what="never")
