@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 import backrun
 from backrun.enqueueing import build_job
 from backrun.errors import PayloadTooLarge
-from backrun.handlers import _clean, _walk, check_values
 from backrun.jobs import JOB_ID_PATTERN, Job, JobError, new_job_id
+from backrun.payload_values import _clean, _walk, check_values
 from backrun.retries import RetryPolicy
 from backrun.serialization import _depth, check_payload, dump_job, job_to_dict
 

@@ -21,7 +21,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("attempt context", ("context", "middleware")),
     (
         "policies",
-        ("retries", "handlers", "enqueueing", "settings", "schedules", "followups", "versions"),
+        (
+            "retries",
+            "payload_values",
+            "handlers",
+            "enqueueing",
+            "settings",
+            "schedules",
+            "followups",
+            "versions",
+        ),
     ),
     ("storage", ("storage.",)),
     (
