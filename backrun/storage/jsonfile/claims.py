@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from backrun.jobs import Job
+from backrun.serialization import load_job
 from backrun.storage import fs
 
-from .core import storage_errors, to_ns
+from .core import Claimed, storage_errors, to_ns
 from .layout import (
     check_worker_id,
     parse_ready,
     parse_running,
+    random_hex,
     running_name,
     to_key,
 )
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .core import StoreContext
     from .ops import Ops
     from .queries import Reads
+    from .window import Written
 
 
 __all__ = ["Claims"]
@@ -83,10 +85,11 @@ class Claims:
                         continue
                     qenc, name = best
                     cache = self.ctx.cache(qenc)
+                    written = cache.take_record(name)
                     cache.discard(name)  # taken out under the lock: no other thread tries it
                 parsed = parse_ready(name)
                 assert parsed is not None
-                rname = running_name(parsed.job_id, secrets.token_hex(8), now, worker_id)
+                rname = running_name(parsed.job_id, random_hex(16), now, worker_id)
                 path = os.path.join(self.ctx.running_dir, rname)
                 try:
                     fs.rename(os.path.join(cache.path, name), path)
@@ -98,27 +101,51 @@ class Claims:
                     raise
                 with self.ctx.mutex:
                     self.ctx.mine[parsed.job_id] = rname
-                job = self.claimed(path, rname, lease_ns, os.path.join(cache.path, name))
+                job = self.claimed(path, rname, lease_ns, os.path.join(cache.path, name), written)
                 if job is not None:
                     claimed.append(job)
         self.ctx.claims_full = len(claimed) >= limit
         return claimed
 
-    def claimed(self, path: str, rname: str, lease_ns: int, ready: str) -> Job | None:
+    def claimed(
+        self, path: str, rname: str, lease_ns: int, ready: str, written: Written | None = None
+    ) -> Job | None:
         """Finish a won claim without raising: an error here must not strand the job.
 
-        A live worker's jobs are never orphans, so a claim that failed after its
-        rename would keep the job RUNNING until the worker stopped: on a read
-        error the job is renamed back to its ready name instead.
+        ``written``: the record this store wrote to the ready file, if it
+        knows it; it is used (no read) when the claimed file is that very
+        file (same inode, mtime and size; checked before the lease changes
+        the mtime). A live worker's jobs are never orphans, so a claim that
+        failed after its rename would keep the job RUNNING until the worker
+        stopped: on a read error the job is renamed back to its ready name
+        instead.
         """
         rn = parse_running(rname)
         assert rn is not None
+        known: tuple[Job, int] | None = None
+        if written is not None:
+            try:
+                st = fs.lstat(path)
+            except OSError:
+                pass  # read below, with the usual handling of what it finds
+            else:
+                if written.same_file(st.st_ino, st.st_mtime_ns, st.st_size):
+                    known = (load_job(written.data), st.st_ino)  # exactly what a read gives
         try:
             fs.utime(path, lease_ns)
         except OSError as exc:
             logger.warning("job %s: could not stamp its lease: %s", rn.job_id, exc)
         try:
-            job = self.reads.read_running(rn, path, lease_ns=lease_ns)  # unreadable: quarantined
+            if known is None:
+                known = self.reads.read_claimed(rn, path)  # unreadable: quarantined
+            if known is None:
+                job = None
+            else:
+                record, ino = known
+                job = self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
+                if job is not None:
+                    with self.ctx.mutex:
+                        self.ctx.claimed[rn.job_id] = Claimed(rname, record, ino)
             if job is not None and job.cancel_requested:  # carried over: heartbeats see it
                 self.changes.request_cancel(path, job.id, rn.token)
             return job

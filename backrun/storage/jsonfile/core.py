@@ -64,7 +64,15 @@ from .locks import LockHolder
 from .progress import read_progress
 from .window import ReadyCache
 
-__all__ = ["Found", "StoreContext", "from_ns", "storage_errors", "to_ns", "wraps_os_errors"]
+__all__ = [
+    "Claimed",
+    "Found",
+    "StoreContext",
+    "from_ns",
+    "storage_errors",
+    "to_ns",
+    "wraps_os_errors",
+]
 
 logger = logging.getLogger("backrun.storage.jsonfile")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -120,6 +128,20 @@ class Found:
 FindFunc = Callable[[str], Found | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The record a claim of this store found in its running file ``name`` (inode ``ino``).
+
+    Only a change that writes a new file (a new inode, while the old one is
+    still allocated) can change what the file holds; a success by rename
+    checks the inode instead of reading the record again.
+    """
+
+    name: str
+    record: Job
+    ino: int
+
+
 class StoreContext:
     """Paths, per-queue caches and the grab/publish/heal moves of the JSON store."""
 
@@ -156,10 +178,12 @@ class StoreContext:
         self.made: set[str] = set()
         self.ready_window = ready_window  # None: window.WINDOW
         self.mine: dict[str, str] = {}  # job id -> running name, for claims made here
+        self.claimed: dict[str, Claimed] = {}  # job id -> what its claim here read (or knew)
         self.busy: set[tuple[str, str]] = set()  # (job id, token) of owner writes under way
         self.stranded: set[str] = set()  # own grabs a failed step could not drop
         self.pending_batches: set[str] = set()  # own batch dirs a failed step left
         self._later: dict[str, tuple[int, list[int]]] = {}
+        self._finished_dirs: dict[str, tuple[str, ...]] = {}
         self._queues: tuple[int, list[str]] | None = None
         self._queues_checked = 0.0
         self._later_checked: dict[str, float] = {}
@@ -258,6 +282,15 @@ class StoreContext:
         if bucket > to_key(ref) // BUCKET_US:
             return qenc, self.qdir(qenc, os.path.join("later", f"{bucket:012d}")), name
         return qenc, self.qdir(qenc, "ready"), name
+
+    def finished_dirs(self, qenc: str) -> tuple[str, ...]:
+        """The finished directories of the encoded queue ``qenc``, each with a trailing ``/``."""
+        dirs = self._finished_dirs.get(qenc)
+        if dirs is None:
+            dirs = self._finished_dirs[qenc] = tuple(
+                os.path.join(self.qdir(qenc, sub), "") for sub in FINISHED_DIRS.values()
+            )
+        return dirs
 
     def finished_path(self, job: Job) -> tuple[str, str]:
         """The encoded queue and the path a finished ``job`` is stored at."""
@@ -361,6 +394,7 @@ class StoreContext:
             if name is None or token_of(name) != token:
                 return False
             del self.mine[job_id]
+            self.claimed.pop(job_id, None)
             return True
 
     def marker_path(self, job_id: str, token: str) -> str:

@@ -13,12 +13,9 @@ from backrun.storage import fs
 from backrun.storage.base import READY_STATES
 
 from .core import storage_errors
-from .layout import (
-    FINISHED_DIRS,
-    finished_name,
-    parse_ready,
-)
+from .layout import finished_name, parse_ready
 from .ticks import has_marker, mark, tick_lock
+from .window import Written
 
 if TYPE_CHECKING:
     from .batch import Batches
@@ -101,47 +98,57 @@ class Enqueue:
             for cache in self.ctx.caches.values():
                 if cache.holds(job_id):
                     return True
+        name = finished_name(job_id)
         for qenc in self.ctx.made:
-            for sub in FINISHED_DIRS.values():
+            for directory in self.ctx.finished_dirs(qenc):
                 try:
-                    fs.lstat(os.path.join(self.ctx.qdir(qenc, sub), finished_name(job_id)))
+                    fs.lstat(directory + name)
                     return True
                 except FileNotFoundError:
                     pass
         return False
 
     def _write_new(self, plans: list[tuple[Job, str, str, str]]) -> None:
-        records = [dump_job(job) for job, *_ in plans]
         if len(plans) > 1:
+            records = [dump_job(job) for job, *_ in plans]
             self.batches.write_batch(
                 records, [(directory, name) for _, _, directory, name in plans]
             )
+            written: Written | None = None
         else:
-            self._write_one(records[0], plans[0])
+            written = self._write_one(plans[0])
         with self.ctx.mutex:
             for _, qenc, directory, name in plans:
                 if directory.endswith("ready"):
                     parsed = parse_ready(name)
                     assert parsed is not None
-                    self.ctx.cache(qenc).add(parsed)
+                    self.ctx.cache(qenc).add(parsed, written)
 
-    def _write_one(self, record: bytes, plan: tuple[Job, str, str, str]) -> None:
-        """One job: written aside, then linked into place (one step, so all or none)."""
+    def _write_one(self, plan: tuple[Job, str, str, str]) -> Written:
+        """One job: written aside, then moved into place (one step, so all or none).
+
+        The move refuses an existing name (``fs.move_new``), so a duplicate
+        id under the same name fails instead of replacing the other's file.
+        Returns what was written, for a claim by this store to need no read.
+        """
         job, _, directory, name = plan
-        tmp = self.ctx.files.write_tmp(record, sync=True)
+        data = dump_job(job)
+        tmp, st = self.ctx.files.write_tmp_stat(data)
+        dest = os.path.join(directory, name)
         try:
-            dest = os.path.join(directory, name)
             try:
-                fs.link(tmp, dest)
+                fs.move_new(tmp, dest)
             except FileExistsError:
                 raise ValueError(f"job {job.id} exists already") from None
             except FileNotFoundError:
                 self.ctx.ensure_dir(directory)
-                fs.link(tmp, dest)
-            try:
-                self.ctx.files.sync_dir(directory)
-            except Exception:
-                self.ctx.files.discard(dest)
-                raise
-        finally:
+                fs.move_new(tmp, dest)
+        except Exception:
             self.ctx.files.discard(tmp)
+            raise
+        try:
+            self.ctx.files.sync_dir(directory)
+        except Exception:
+            self.ctx.files.discard(dest)
+            raise
+        return Written(data, st.st_ino, st.st_mtime_ns, st.st_size)

@@ -18,6 +18,7 @@ from backrun.jobs import Job
 from backrun.serialization import load_job
 from backrun.storage import fs
 
+from .layout import random_hex
 from .sync import group_sync
 
 __all__ = ["SUBDIRS", "Files", "prepare_root"]
@@ -101,24 +102,46 @@ class Files:
         moment the file is renamed into view. On any failure the file is
         removed again and the error raised.
         """
-        path = os.path.join(self.tmp, secrets.token_hex(12) + ".tmp")
+        path = os.path.join(self.tmp, random_hex(24) + ".tmp")
         self.write_new(path, data, sync=sync, mtime_ns=mtime_ns)
         return path
 
-    def write_new(self, path: str, data: bytes, *, sync: bool, mtime_ns: int | None = None) -> None:
-        """Write ``data`` to the new file ``path``, as :meth:`write_tmp` does."""
+    def write_tmp_stat(self, data: bytes) -> tuple[str, os.stat_result]:
+        """:meth:`write_tmp` (synced), with the new file's status (its identity)."""
+        path = os.path.join(self.tmp, random_hex(24) + ".tmp")
+        st = self.write_new(path, data, sync=True, want_stat=True)
+        assert st is not None
+        return path, st
+
+    def write_new(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        sync: bool,
+        mtime_ns: int | None = None,
+        want_stat: bool = False,
+    ) -> os.stat_result | None:
+        """Write ``data`` to the new file ``path``, as :meth:`write_tmp` does.
+
+        With ``want_stat``, return the file's status once written.
+        """
         fd = fs.open_new(path)
+        st = None
         try:
             fs.write_all(fd, data, path)
             if sync and self.fsync:
                 fs.fsync(fd, path)
             if mtime_ns is not None:
                 fs.utime(path, mtime_ns)
+            if want_stat:
+                st = os.fstat(fd)
         except Exception:
             fs.close(fd, path)
             self.discard(path)
             raise
         fs.close(fd, path)
+        return st
 
     def discard(self, path: str) -> None:
         """Remove a file if it is there, ignoring errors (cleanup after a failure)."""
@@ -137,18 +160,22 @@ class Files:
 
     def read(self, path: str) -> Job | None:
         """Read a job file; ``None`` if it is gone or was quarantined as unreadable."""
+        return self.read_stat(path)[0]
+
+    def read_stat(self, path: str) -> tuple[Job | None, int]:
+        """:meth:`read`, with the inode number of the file read (0 when none was)."""
         try:
-            data = fs.read_file(path)
+            data, st = fs.read_file_stat(path)
         except FileNotFoundError:
-            return None
+            return None, 0
         except OSError as exc:
             self.quarantine(path, f"unreadable: {exc.strerror or exc}")
-            return None
+            return None, 0
         try:
-            return load_job(data)
+            return load_job(data), st.st_ino
         except ValueError as exc:
             self.quarantine(path, str(exc) if data else "empty file")
-            return None
+            return None, 0
 
     def quarantine(self, path: str, reason: str) -> None:
         """Move a bad file to ``corrupt/`` with a ``.reason`` file beside it; log once."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from .layout import (
     parse_claim,
     parse_ready,
     parse_running,
+    random_hex,
     running_name,
     to_key,
 )
@@ -174,7 +174,7 @@ class Limits:
             return None
         rules = limits_for(job, limits)
         if rules is None:
-            return self._take(cache, name, secrets.token_hex(8), now, worker_id, lease_ns)
+            return self._take(cache, name, random_hex(16), now, worker_id, lease_ns)
         waiting = len(result.waiting)
         got = self._take_limited(result, held, cache, name, job, rules, now, worker_id, lease_ns)
         if got is None and len(result.waiting) > waiting:
@@ -273,7 +273,7 @@ class Limits:
                         result.retry_at = opens
                     return None
                 self._write_starts(starts_path, sorted([*starts, to_ns(now)]))
-            token = secrets.token_hex(8)
+            token = random_hex(16)
             if rules.max_concurrency is not None:
                 slot = os.path.join(slots, claim_name(job.id, token))
                 self.ctx.files.write_new(slot, b"", sync=False)

@@ -109,9 +109,12 @@ class OwnerWrites:
             self.ctx.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
             if job.progress is not None:
                 self.results.forget_progress(job.id, token)
-        elif dest != src:
+        else:
             with self.ctx.mutex:
-                if self.ctx.forget_claim(job.id, token) or job.id not in self.ctx.mine:
+                self.ctx.claimed.pop(job.id, None)  # the file was rewritten
+                if dest != src and (
+                    self.ctx.forget_claim(job.id, token) or job.id not in self.ctx.mine
+                ):
                     self.ctx.mine[job.id] = os.path.basename(dest)
 
     def _succeed_by_rename(self, job: Job, token: str, rn: RunningName, src: str) -> bool:
@@ -140,9 +143,8 @@ class OwnerWrites:
             and not job.cancel_requested
         ):
             return False
-        try:  # never quarantined from here: the full write deals with a bad file
-            record = load_job(fs.read_file(src))
-        except (OSError, ValueError):
+        record = self._record_of(job.id, rn, src)
+        if record is None:
             return False
         if record.id != job.id:
             return False
@@ -182,6 +184,22 @@ class OwnerWrites:
         self.limits.release_slot(job, token)
         self.ctx.forget_claim(job.id, token)  # a cancel marker left behind is maintain()'s
         return True
+
+    def _record_of(self, job_id: str, rn: RunningName, src: str) -> Job | None:
+        """The record in the running file ``src``: as this store's claim found it, if the
+        file is still the one it found (same inode), else read; ``None`` if unreadable.
+        """
+        claimed = self.ctx.claimed.get(job_id)
+        if claimed is not None and claimed.name == rn.name:
+            try:
+                if fs.lstat(src).st_ino == claimed.ino:
+                    return claimed.record
+            except OSError:
+                return None  # gone (the rename will tell) or unreadable: the full write decides
+        try:  # never quarantined from here: the full write deals with a bad file
+            return load_job(fs.read_file(src))
+        except (OSError, ValueError):
+            return None
 
     def _place(self, job: Job, rn: RunningName) -> tuple[str, int | None]:
         """Where a record in ``job.state`` goes, and the mtime its file should carry."""

@@ -66,7 +66,12 @@ class Reads:
 
     def read_checked(self, path: str, job_id: str, states: Collection[JobState]) -> Job | None:
         """Read a job file and check it against its name; quarantine it if it does not match."""
-        job = self.ctx.files.read(path)
+        return self.checked(self.ctx.files.read(path), path, job_id, states)
+
+    def checked(
+        self, job: Job | None, path: str, job_id: str, states: Collection[JobState]
+    ) -> Job | None:
+        """The record ``job`` read from ``path``, checked as :meth:`read_checked` does."""
         if job is None:
             return None
         if (
@@ -88,6 +93,12 @@ class Reads:
     ) -> Job | None:
         record = self.read_checked(path, rn.job_id, _RUNNING_OR_WAITING)
         return None if record is None else self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
+
+    def read_claimed(self, rn: RunningName, path: str) -> tuple[Job, int] | None:
+        """The record of a just-claimed running file and its inode; ``None`` if unreadable."""
+        record, ino = self.ctx.files.read_stat(path)
+        record = self.checked(record, path, rn.job_id, _RUNNING_OR_WAITING)
+        return None if record is None else (record, ino)
 
     def queues_for(self, queues: Collection[str] | None, *, fresh: bool = True) -> list[str]:
         """The encoded names of the queue directories to look at."""

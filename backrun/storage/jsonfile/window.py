@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Collection, Iterator
+from typing import NamedTuple
 
 from backrun.jobs import JobState
 from backrun.storage import fs
@@ -34,10 +35,12 @@ from .layout import GRAB_SUFFIX, ReadyName, parse_ready
 __all__ = [
     "RACY_NS",
     "RECHECK_S",
+    "RECORDS",
     "RELIST_COST_FACTOR",
     "RELIST_MIN_S",
     "WINDOW",
     "ReadyCache",
+    "Written",
 ]
 
 RACY_NS = 20_000_000
@@ -49,9 +52,29 @@ RECHECK_S = 0.05
 """The claim path re-checks q/ and later/ (queues, far-future buckets) at most this often."""
 WINDOW = 4096
 """Default number of ready names per queue kept parsed in memory."""
+RECORDS = 1024
+"""Most records per queue kept from this store's own adds, so their claims need no read."""
 _FORGET_AFTER = 64
 """A window grown this many times its size by this store's adds, unlisted, starts over."""
 _NO_KEY = 1 << 80  # later than any run key
+
+
+class Written(NamedTuple):
+    """A record this store wrote to a ready file, and that file's identity when written."""
+
+    data: bytes
+    ino: int
+    mtime_ns: int
+    size: int
+
+    def same_file(self, ino: int, mtime_ns: int, size: int) -> bool:
+        """True if a file with this inode, mtime and size is the one written.
+
+        Every change of a waiting job writes a new file (a new inode, while
+        the old one is still allocated) and renames it into place, so a file
+        rewritten under the same name is never taken for the written one.
+        """
+        return ino == self.ino and mtime_ns == self.mtime_ns and size == self.size
 
 
 class ReadyCache:
@@ -74,6 +97,7 @@ class ReadyCache:
         self.list_cost = 0.0
         self.live: dict[str, ReadyName] = {}  # the window
         self.by_id: dict[str, str] = {}  # the window's ids
+        self.records: dict[str, Written] = {}  # of this store's adds still in the window
         self._due: list[str] = []
         self._pending: list[tuple[int, str]] = []
         self._ids: set[int] = set()  # every known name's id, in the window or not
@@ -168,6 +192,8 @@ class ReadyCache:
         self._ranked_at = rank_now
         self.live = {name: parsed for _, name, parsed in window}
         self.by_id = {parsed.job_id: name for _, name, parsed in window}
+        records = self.records
+        self.records = {name: records[name] for name in records.keys() & self.live.keys()}
         self._ids = ids
         self._counts = counts
         self._hidden = len(ids) - len(window)
@@ -186,8 +212,10 @@ class ReadyCache:
 
     # -- this store's own changes ----------------------------------------------------
 
-    def add(self, parsed: ReadyName) -> None:
-        """Record a file this store has just written."""
+    def add(self, parsed: ReadyName, written: Written | None = None) -> None:
+        """Record a file this store has just written (with its record, if ``written``)."""
+        if written is not None and len(self.records) < RECORDS:
+            self.records[parsed.name] = written
         if parsed.name in self.live:
             return
         old = self.by_id.get(parsed.job_id)
@@ -216,6 +244,7 @@ class ReadyCache:
     def discard(self, name: str) -> None:
         """Forget a file that was claimed, moved or found gone."""
         parsed = self.live.pop(name, None)
+        self.records.pop(name, None)
         hidden = parsed is None
         if parsed is None:
             parsed = parse_ready(name)
@@ -231,6 +260,10 @@ class ReadyCache:
             self._counts[parsed.state] = max(0, self._counts[parsed.state] - 1)
             if hidden:
                 self._hidden = max(0, self._hidden - 1)
+
+    def take_record(self, name: str) -> Written | None:
+        """The record this store wrote under ``name``, forgotten here (a claim takes it)."""
+        return self.records.pop(name, None)
 
     # -- questions ---------------------------------------------------------------------
 
