@@ -97,9 +97,8 @@ def run(tree: str, burst: float, bursts: int, base: str) -> dict[str, list[float
 
 
 def _span(values: list[float], digits: int = 2) -> str:
-    return (
-        f"{min(values):.{digits}f}–{statistics.median(values):.{digits}f}–{max(values):.{digits}f}"
-    )
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"min {low:.{digits}f} median {mid:.{digits}f} max {high:.{digits}f}"
 
 
 def main() -> None:
@@ -128,7 +127,7 @@ def main() -> None:
             f" other {statistics.median(other['enqueue']):.0f}/s"
             f" (disk {statistics.median(other['disk']):.0f}/s)"
         )
-    print(f"enqueue this/other (min–median–max): {_span(ab)}")
+    print(f"enqueue this/other : {_span(ab)}")
     print(f"enqueue/disk, this:  {_span(to_disk[here])}")
     print(f"enqueue/disk, other: {_span(to_disk[args.other])}")
 

@@ -9,14 +9,13 @@ step of any operation the store performs.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import stat as _stat
 import threading
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 __all__ = [
     "Faults",
@@ -33,7 +32,6 @@ __all__ = [
     "lock_exclusive_wait",
     "lstat",
     "mkdir",
-    "move_new",
     "open_lock_file",
     "open_new",
     "read_file",
@@ -139,7 +137,12 @@ def read_file_stat(path: str) -> tuple[bytes, os.stat_result]:
         if not _stat.S_ISREG(st.st_mode):
             kind = _KINDS.get(_stat.S_IFMT(st.st_mode), "special file")
             raise NotRegularFile(errno.EINVAL, f"not a regular file but a {kind}", path)
-        chunks = []
+        # One read in the usual case: exactly the size fstat gave, though one
+        # byte more was asked for, is the whole file (job files never grow).
+        data = os.read(fd, st.st_size + 1)
+        if len(data) == st.st_size:
+            return data, st
+        chunks = [data]
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks), st
@@ -157,50 +160,6 @@ def link(src: str, dst: str) -> None:
     """Give ``src``'s file the new name ``dst``; FileExistsError if ``dst`` exists."""
     _report("link", dst)
     os.link(src, dst, follow_symlinks=False)
-
-
-def _load_renameat2() -> Callable[[bytes, bytes], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):  # not glibc >= 2.28 (or no dynamic libc at all)
-        return None
-    int_, path = ctypes.c_int, ctypes.c_char_p
-    function.argtypes = [int_, path, int_, path, ctypes.c_uint]
-    function.restype = ctypes.c_int
-
-    def call(src: bytes, dst: bytes) -> int:
-        return int(function(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE))
-
-    return call
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_renameat2 = _load_renameat2()
-_NO_RENAMEAT2 = frozenset({errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
-
-
-def move_new(src: str, dst: str) -> None:
-    """Move ``src`` to the new name ``dst`` in one step; FileExistsError if ``dst`` exists.
-
-    ``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it
-    (one directory change fewer than a link and an unlink, and no second
-    name left by a crash between them); elsewhere :func:`link`, then the
-    unlink of ``src``. Reported to the hook as a ``link``.
-    """
-    global _renameat2
-    _report("link", dst)
-    call = _renameat2
-    if call is not None:
-        if call(os.fsencode(src), os.fsencode(dst)) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in _NO_RENAMEAT2:
-            raise OSError(code, os.strerror(code), src, None, dst)
-        _renameat2 = None  # this kernel or file system refuses it: link and unlink from now on
-    os.link(src, dst, follow_symlinks=False)
-    with suppress(OSError):  # a leftover in tmp/ is removed by the store's upkeep
-        os.unlink(src)
 
 
 def unlink(path: str) -> None:

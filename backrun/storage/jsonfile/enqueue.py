@@ -125,30 +125,29 @@ class Enqueue:
                     self.ctx.cache(qenc).add(parsed, written)
 
     def _write_one(self, plan: tuple[Job, str, str, str]) -> Written:
-        """One job: written aside, then moved into place (one step, so all or none).
+        """One job: written aside, then linked into place (one step, so all or none).
 
-        The move refuses an existing name (``fs.move_new``), so a duplicate
-        id under the same name fails instead of replacing the other's file.
-        Returns what was written, for a claim by this store to need no read.
+        A link, not a rename: it refuses an existing name, and on ext4 a link
+        plus an unlink costs less than a rename between directories (measured).
+        Returns what was written, so a claim by this store needs no read.
         """
         job, _, directory, name = plan
         data = dump_job(job)
         tmp, st = self.ctx.files.write_tmp_stat(data)
-        dest = os.path.join(directory, name)
         try:
+            dest = os.path.join(directory, name)
             try:
-                fs.move_new(tmp, dest)
+                fs.link(tmp, dest)
             except FileExistsError:
                 raise ValueError(f"job {job.id} exists already") from None
             except FileNotFoundError:
                 self.ctx.ensure_dir(directory)
-                fs.move_new(tmp, dest)
-        except Exception:
+                fs.link(tmp, dest)
+            try:
+                self.ctx.files.sync_dir(directory)
+            except Exception:
+                self.ctx.files.discard(dest)
+                raise
+        finally:
             self.ctx.files.discard(tmp)
-            raise
-        try:
-            self.ctx.files.sync_dir(directory)
-        except Exception:
-            self.ctx.files.discard(dest)
-            raise
         return Written(data, st.st_ino, st.st_mtime_ns, st.st_size)
