@@ -40,8 +40,10 @@ def test_a_claim_of_an_own_add_and_its_plain_success_read_no_record(tmp_path: Pa
         )
         store.update(done)
     assert reads(calls) == 0
-    assert running.payload == job.payload and running.headers == job.headers
-    assert running.attempts == 1 and running.state is JobState.RUNNING
+    assert running.payload == job.payload
+    assert running.headers == job.headers
+    assert running.attempts == 1
+    assert running.state is JobState.RUNNING
     assert store.get(job.id) == done
     store.close()
 
