@@ -9,8 +9,10 @@ write (a temporary file written and fsynced, ``os.replace`` into ``ready/``,
 fsync of ``ready/``: ``benchmarks/_peers/limits.py``'s ``durable_write``).
 The disk's rate moves within minutes with other processes' traffic, so each
 child reports its own enqueue/disk ratio, measured in the same seconds.
+``--store`` times the store's own ``add`` of a ready-made job instead of
+``engine.enqueue`` (what the store costs, without the engine's).
 
-Usage: python benchmarks/json_enqueue_ab.py --other /work/main [--rounds 3] [--bursts 3]
+Usage: python benchmarks/json_enqueue_ab.py --other /work/main [--rounds 3] [--bursts 3] [--store]
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from pathlib import Path
 
 _CHILD = """
 import json, os, shutil, sys, tempfile, time
+from datetime import UTC, datetime
 import backrun
+from backrun.jobs import Job, new_job_id
 from pydantic import BaseModel
 from backrun.storage.jsonfile import JsonFileStorage
 
-burst, bursts, base = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+burst, bursts, base, store_only = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 root = tempfile.mkdtemp(dir=base)
-engine = backrun.Engine(JsonFileStorage(root + "/s", fsync=True), threads=1)
+store = JsonFileStorage(root + "/s", fsync=True)
+engine = backrun.Engine(store, threads=1)
 BODY = b'{"id":"0123456789abcdef","state":"queued","payload":{"t0":0.0}}' * 4
 disk = root + "/disk"
 os.makedirs(disk + "/tmp")
@@ -70,11 +75,16 @@ def timed(step):
         if now >= deadline:
             return count / (now - started)
 
+def add(i):
+    now = datetime.now(UTC)
+    store.add(Job(id=new_job_id(), handler="noop", payload={}, run_at=now, created_at=now))
+
+step = add if store_only == "1" else (lambda i: engine.enqueue(noop, {}))
 for n in range(50):  # warm up: imports, directories, caches
-    engine.enqueue(noop, {})
+    step(n)
 enqueue, write = [], []
 for n in range(bursts):
-    enqueue.append(timed(lambda i: engine.enqueue(noop, {})))
+    enqueue.append(timed(step))
     write.append(timed(lambda i, n=n: durable_write(f"{n}-{i}")))
 engine.close()
 shutil.rmtree(root)
@@ -82,10 +92,12 @@ print(json.dumps({"enqueue": enqueue, "disk": write}))
 """
 
 
-def run(tree: str, burst: float, bursts: int, base: str) -> dict[str, list[float]]:
+def run(
+    tree: str, burst: float, bursts: int, base: str, store_only: bool
+) -> dict[str, list[float]]:
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(burst), str(bursts), base],
+        [sys.executable, "-c", _CHILD, str(burst), str(bursts), base, str(int(store_only))],
         env=env,
         cwd=base,
         check=True,
@@ -108,6 +120,7 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3, help="enqueue/disk burst pairs per child")
     parser.add_argument("--burst", type=float, default=1.5, help="seconds per burst")
     parser.add_argument("--dir", default=None, help="where the stores go (default: the cwd)")
+    parser.add_argument("--store", action="store_true", help="time store.add, not engine.enqueue")
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parents[1])
     base = os.path.abspath(args.dir or ".")
@@ -115,7 +128,7 @@ def main() -> None:
     to_disk: dict[str, list[float]] = {here: [], args.other: []}
     for n in range(args.rounds):
         order = [here, args.other] if n % 2 == 0 else [args.other, here]
-        rates = {tree: run(tree, args.burst, args.bursts, base) for tree in order}
+        rates = {tree: run(tree, args.burst, args.bursts, base, args.store) for tree in order}
         for tree, result in rates.items():
             # Burst by burst: each enqueue burst against the disk burst right after it.
             to_disk[tree] += [e / d for e, d in zip(result["enqueue"], result["disk"], strict=True)]
@@ -127,7 +140,7 @@ def main() -> None:
             f" other {statistics.median(other['enqueue']):.0f}/s"
             f" (disk {statistics.median(other['disk']):.0f}/s)"
         )
-    print(f"enqueue this/other : {_span(ab)}")
+    print(f"enqueue this/other: {_span(ab)}")
     print(f"enqueue/disk, this:  {_span(to_disk[here])}")
     print(f"enqueue/disk, other: {_span(to_disk[args.other])}")
 
