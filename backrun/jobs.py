@@ -151,12 +151,17 @@ class _Randomness(threading.local):
 
 
 def _after_fork() -> None:
+    global _token_prefix
     _Randomness.generation += 1
+    _token_prefix = os.urandom(8).hex()
 
 
 os.register_at_fork(after_in_child=_after_fork)
 _randomness = _Randomness()
 _token_counter = itertools.count()
+# Claim tokens are this process's random prefix (renewed in a forked child)
+# and a counter: unique, and cheaper than random bits per claim.
+_token_prefix = os.urandom(8).hex()
 
 
 # Job ids draw from one generator per process (getrandbits is one C call,
@@ -180,8 +185,8 @@ def new_job_id() -> str:
 
 
 def new_claim_token() -> str:
-    """Return a token unique to one claim (random per thread, plus a counter)."""
-    return f"{_randomness.bits():016x}{next(_token_counter):x}"
+    """Return a token unique to one claim (random per process, plus a counter)."""
+    return f"{_token_prefix}{next(_token_counter):x}"
 
 
 def check_job_id(job_id: object) -> str:
@@ -280,9 +285,8 @@ class Job:
         Raises:
             TypeError: a name in ``changes`` is not a field of Job.
         """
-        unknown = changes.keys() - _FIELD_SET
-        if unknown:
-            raise TypeError(f"Job has no field(s) {sorted(unknown)}")
+        if not _FIELD_SET.issuperset(changes):
+            raise TypeError(f"Job has no field(s) {sorted(changes.keys() - _FIELD_SET)}")
         # Not slotted on purpose: copying the instance dict is one C call,
         # where dataclasses.replace re-runs __init__ (it dominated the claim path).
         fields = self.__dict__.copy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -80,6 +80,8 @@ class _Children:
     """The label children of one ``(queue, handler)``: looked up once, then reused."""
 
     __slots__ = (
+        "_adds",
+        "add_running",
         "duration",
         "enqueued",
         "failed",
@@ -104,14 +106,36 @@ class _Children:
         self.running = metrics.running.labels(queue, handler)
         self.orphans = metrics.orphans.labels(queue, handler)
         self.stuck = metrics.stuck.labels(queue, handler)
+        self.add_running = _adder(self.running)
+        failed = _adder(self.failed)
+        self._adds: dict[JobState, tuple[_Add, _Add | None]] = {
+            state: (_adder(child), failed if state in _FAILED else None)
+            for state, child in self.outcomes.items()
+        }
 
     def count(self, state: JobState) -> None:
         """Count an attempt (or a rescue) that left the job in ``state``."""
-        child = self.outcomes.get(state)
-        if child is not None:
-            child.inc()
-            if state in _FAILED:
-                self.failed.inc()
+        adds = self._adds.get(state)
+        if adds is not None:
+            adds[0](1.0)
+            if adds[1] is not None:
+                adds[1](1.0)
+
+
+_Add = Callable[[float], None]
+
+
+def _adder(child: Counter | Gauge) -> _Add:
+    """What ``child.inc(amount)`` does, for the per-attempt paths.
+
+    A labelled child always passes the checks ``inc`` makes before adding
+    (it has its labels; the amounts here are +1, or -1 on a gauge), and they
+    cost more than the addition: add to prometheus_client's value holder
+    directly when it has the one it has always had, else call ``inc``.
+    """
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc
 
 
 class _Metrics:
@@ -260,7 +284,7 @@ class MetricsMiddleware(Middleware):
         if job.started_at is not None and job.run_at is not None:
             wait = (job.started_at - job.run_at).total_seconds()
             children.queue_wait.observe(wait if wait > 0.0 else 0.0)
-        children.running.inc()
+        children.add_running(1.0)
         limited = self._metrics.limited_running.labels(job.handler) if job.limited else None
         if limited is not None:
             limited.inc()
@@ -268,7 +292,7 @@ class MetricsMiddleware(Middleware):
         try:
             call_next(ctx)
         finally:
-            children.running.dec()
+            children.add_running(-1.0)
             if limited is not None:
                 limited.dec()
             if self._inflight.handler_returned(entry) and entry.stuck:
