@@ -8,7 +8,9 @@ jobs of a no-op handler taking a pydantic model, as
 ``_peers/backrun_trial.py`` does, then starts the worker; the Huey child
 fills a ``MemoryHuey`` and starts its 4-thread consumer, as
 ``_peers/huey_trial.py`` does. Both time the drain the way the trials do:
-from the first handler start to the last (thread start-up left out).
+from the first handler start to the last (thread start-up left out), and
+report the process CPU time per job too (steadier than the rate on a busy
+machine).
 
 Usage: python benchmarks/memory_drain_ab.py --other /work/main [--rounds 5] [--jobs 10000]
 """
@@ -33,12 +35,15 @@ def record(t0):
     if len(stamps) >= jobs:
         done.set()
 
-def rate():
+def rate(cpu0):
     assert done.wait(600), len(stamps)
-    return (len(stamps) - 1) / max(max(stamps) - min(stamps), 1e-9)
+    cpu = (time.process_time() - cpu0) / jobs * 1e6
+    return f"{(len(stamps) - 1) / max(max(stamps) - min(stamps), 1e-9)} {cpu}"
 """
 
-_BACKRUN = _LEDGER + """
+_BACKRUN = (
+    _LEDGER
+    + """
 import backrun
 from pydantic import BaseModel
 
@@ -53,12 +58,16 @@ def noop(payload: Stamp) -> None:
 engine.add_handler(noop, name="noop")
 for _ in range(jobs):
     engine.enqueue("noop", Stamp(t0=0.0))
+cpu0 = time.process_time()
 with engine.running():
-    print(rate())
+    print(rate(cpu0))
 engine.close()
 """
+)
 
-_HUEY = _LEDGER + """
+_HUEY = (
+    _LEDGER
+    + """
 import logging
 from huey import MemoryHuey
 
@@ -72,15 +81,18 @@ def noop(enqueued_at):
 for _ in range(jobs):
     noop(0.0)
 consumer = huey.create_consumer(workers=4, worker_type="thread", periodic=False)
+cpu0 = time.process_time()
 consumer.start()
-print(rate())
+print(rate(cpu0))
 consumer.stop(graceful=True)
 """
+)
 
 PEERS_VENV = Path("benchmarks") / ".venv-peers" / "bin" / "python"
 
 
-def run(python: str, code: str, jobs: int, tree: str | None) -> float:
+def run(python: str, code: str, jobs: int, tree: str | None) -> tuple[float, float]:
+    """(jobs/s, process CPU microseconds per job) of one child."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -89,7 +101,8 @@ def run(python: str, code: str, jobs: int, tree: str | None) -> float:
     out = subprocess.run(
         [python, "-c", code, str(jobs)], env=env, check=True, capture_output=True, text=True
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu)
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -124,19 +137,26 @@ def main() -> None:
         children["huey"] = (peers, _HUEY, None)
     names = list(children)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
     for n in range(args.rounds):
         order = names[n % len(names) :] + names[: n % len(names)]
         got = {name: run(*children[name][:2], args.jobs, children[name][2]) for name in order}
-        for name, value in got.items():
-            rates[name].append(value)
-        line = ", ".join(f"{name} {got[name]:,.0f}/s" for name in names)
+        for name, (rate, cpu) in got.items():
+            rates[name].append(rate)
+            cpus[name].append(cpu)
+        line = ", ".join(
+            f"{name} {got[name][0]:,.0f}/s ({got[name][1]:.0f} us CPU/job)" for name in names
+        )
         print(f"round {n + 1}: {line}", flush=True)
     ab = [t / o for t, o in zip(rates["this"], rates["other"], strict=True)]
     print(f"rate this:  {spread(rates['this'], ',.0f')}")
     print(f"rate other: {spread(rates['other'], ',.0f')}")
     print(f"ratio this/other: {spread(ab, '.2f')}")
+    print(f"CPU us/job this:  {spread(cpus['this'], '.1f')}")
+    print(f"CPU us/job other: {spread(cpus['other'], '.1f')}")
     if "huey" in rates:
         print(f"rate huey:  {spread(rates['huey'], ',.0f')}")
+        print(f"CPU us/job huey:  {spread(cpus['huey'], '.1f')}")
         for name in ("this", "other"):
             vs = [b / h for b, h in zip(rates[name], rates["huey"], strict=True)]
             print(f"ratio {name}/MemoryHuey (same round): {spread(vs, '.2f')}")
