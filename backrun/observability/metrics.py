@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +27,7 @@ from backrun.schedules import Schedule
 from backrun.storage.base import Storage
 
 from ._inflight import InflightTable
+from ._prometheus_fast import Add, adder, observer
 from .queue_collector import QueueCollector, register_queue_collector
 
 
@@ -85,6 +86,8 @@ class _Children:
         "duration",
         "enqueued",
         "failed",
+        "observe_duration",
+        "observe_wait",
         "orphans",
         "outcomes",
         "queue_wait",
@@ -106,10 +109,12 @@ class _Children:
         self.running = metrics.running.labels(queue, handler)
         self.orphans = metrics.orphans.labels(queue, handler)
         self.stuck = metrics.stuck.labels(queue, handler)
-        self.add_running = _adder(self.running)
-        failed = _adder(self.failed)
-        self._adds: dict[JobState, tuple[_Add, _Add | None]] = {
-            state: (_adder(child), failed if state in _FAILED else None)
+        self.add_running = adder(self.running)
+        self.observe_duration = observer(self.duration)
+        self.observe_wait = observer(self.queue_wait)
+        failed = adder(self.failed)
+        self._adds: dict[JobState, tuple[Add, Add | None]] = {
+            state: (adder(child), failed if state in _FAILED else None)
             for state, child in self.outcomes.items()
         }
 
@@ -120,22 +125,6 @@ class _Children:
             adds[0](1.0)
             if adds[1] is not None:
                 adds[1](1.0)
-
-
-_Add = Callable[[float], None]
-
-
-def _adder(child: Counter | Gauge) -> _Add:
-    """What ``child.inc(amount)`` does, for the per-attempt paths.
-
-    A labelled child always passes the checks ``inc`` makes before adding
-    (it has its labels; the amounts here are +1, or -1 on a gauge), and they
-    cost more than the addition: add to prometheus_client's value holder
-    directly when it has the one it has always had, else call ``inc``.
-    """
-    value = getattr(child, "_value", None)
-    inc = getattr(value, "inc", None)
-    return inc if callable(inc) else child.inc
 
 
 class _Metrics:
@@ -283,7 +272,7 @@ class MetricsMiddleware(Middleware):
         children = self._metrics.children(job.queue, job.handler)
         if job.started_at is not None and job.run_at is not None:
             wait = (job.started_at - job.run_at).total_seconds()
-            children.queue_wait.observe(wait if wait > 0.0 else 0.0)
+            children.observe_wait(wait if wait > 0.0 else 0.0)
         children.add_running(1.0)
         limited = self._metrics.limited_running.labels(job.handler) if job.limited else None
         if limited is not None:
@@ -309,7 +298,7 @@ class MetricsMiddleware(Middleware):
         children = entry.value
         children.count(job.state)
         end = entry.end if entry.end is not None else time.perf_counter()
-        children.duration.observe(end - entry.start)
+        children.observe_duration(end - entry.start)
         if entry.stuck:
             children.stuck.inc()
 

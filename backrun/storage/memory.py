@@ -165,6 +165,15 @@ class MemoryStorage(MemoryLimits, Storage):
             heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
+        live = self._entry
+        if len(candidates) == 1:  # one queue (the usual case): its head, past stale entries
+            ready = candidates[0].ready
+            while ready:
+                _, _, job_id, entry = heapq.heappop(ready)
+                if live.get(job_id) == entry:
+                    del live[job_id]
+                    return job_id
+            return None
         best: _QueueHeaps | None = None
         for heaps in candidates:
             ready = heaps.ready
