@@ -263,17 +263,18 @@ class Job:
         Raises:
             TypeError: a name in ``changes`` is not a field of Job.
         """
-        if not _FIELD_SET.issuperset(changes):
-            raise TypeError(f"Job has no field(s) {sorted(changes.keys() - _FIELD_SET)}")
         # Not slotted on purpose: copying the instance dict is one C call,
         # where dataclasses.replace re-runs __init__ (it dominated the claim path).
         fields = self.__dict__.copy()
         fields.update(changes)
+        if len(fields) != _FIELD_COUNT:  # a name that is not a field added an entry
+            raise TypeError(f"Job has no field(s) {sorted(changes.keys() - _FIELD_SET)}")
         new = _new_job(Job)
         _set(new, "__dict__", fields)
         return new
 
 
 _FIELD_SET = frozenset(f.name for f in dataclasses.fields(Job))
+_FIELD_COUNT = len(_FIELD_SET)
 _new_job = object.__new__
 _set = object.__setattr__
