@@ -9,8 +9,9 @@ jobs of a no-op handler taking a pydantic model, as
 fills a ``MemoryHuey`` and starts its 4-thread consumer, as
 ``_peers/huey_trial.py`` does. Both time the drain the way the trials do:
 from the first handler start to the last (thread start-up left out), and
-report the process CPU time per job too (steadier than the rate on a busy
-machine).
+report the process CPU time and voluntary context switches per job too (the
+CPU time is steadier than the rate on a busy machine; the switches show lock
+convoys).
 
 Usage: python benchmarks/memory_drain_ab.py --other /work/main [--rounds 5] [--jobs 10000]
 """
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 _LEDGER = """
-import sys, threading, time
+import resource, sys, threading, time
 jobs = int(sys.argv[1])
 stamps = []
 done = threading.Event()
@@ -35,10 +36,11 @@ def record(t0):
     if len(stamps) >= jobs:
         done.set()
 
-def rate(cpu0):
+def rate(cpu0, switches0):
     assert done.wait(600), len(stamps)
     cpu = (time.process_time() - cpu0) / jobs * 1e6
-    return f"{(len(stamps) - 1) / max(max(stamps) - min(stamps), 1e-9)} {cpu}"
+    switches = (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches0) / jobs
+    return f"{(len(stamps) - 1) / max(max(stamps) - min(stamps), 1e-9)} {cpu} {switches}"
 """
 
 _BACKRUN = (
@@ -58,9 +60,10 @@ def noop(payload: Stamp) -> None:
 engine.add_handler(noop, name="noop")
 for _ in range(jobs):
     engine.enqueue("noop", Stamp(t0=0.0))
+switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 cpu0 = time.process_time()
 with engine.running():
-    print(rate(cpu0))
+    print(rate(cpu0, switches0))
 engine.close()
 """
 )
@@ -81,9 +84,10 @@ def noop(enqueued_at):
 for _ in range(jobs):
     noop(0.0)
 consumer = huey.create_consumer(workers=4, worker_type="thread", periodic=False)
+switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 cpu0 = time.process_time()
 consumer.start()
-print(rate(cpu0))
+print(rate(cpu0, switches0))
 consumer.stop(graceful=True)
 """
 )
@@ -91,8 +95,8 @@ consumer.stop(graceful=True)
 PEERS_VENV = Path("benchmarks") / ".venv-peers" / "bin" / "python"
 
 
-def run(python: str, code: str, jobs: int, tree: str | None) -> tuple[float, float]:
-    """(jobs/s, process CPU microseconds per job) of one child."""
+def run(python: str, code: str, jobs: int, tree: str | None) -> tuple[float, float, float]:
+    """(jobs/s, process CPU microseconds per job, voluntary context switches per job)."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -101,8 +105,8 @@ def run(python: str, code: str, jobs: int, tree: str | None) -> tuple[float, flo
     out = subprocess.run(
         [python, "-c", code, str(jobs)], env=env, check=True, capture_output=True, text=True
     )
-    rate, cpu = out.stdout.strip().splitlines()[-1].split()
-    return float(rate), float(cpu)
+    rate, cpu, switches = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu), float(switches)
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -141,11 +145,13 @@ def main() -> None:
     for n in range(args.rounds):
         order = names[n % len(names) :] + names[: n % len(names)]
         got = {name: run(*children[name][:2], args.jobs, children[name][2]) for name in order}
-        for name, (rate, cpu) in got.items():
+        for name, (rate, cpu, _) in got.items():
             rates[name].append(rate)
             cpus[name].append(cpu)
         line = ", ".join(
-            f"{name} {got[name][0]:,.0f}/s ({got[name][1]:.0f} us CPU/job)" for name in names
+            f"{name} {got[name][0]:,.0f}/s ({got[name][1]:.0f} us CPU, "
+            f"{got[name][2]:.2f} switches /job)"
+            for name in names
         )
         print(f"round {n + 1}: {line}", flush=True)
     ab = [t / o for t, o in zip(rates["this"], rates["other"], strict=True)]
