@@ -192,9 +192,10 @@ class AttemptRecorder:
         they never stop the worker.
         """
         ctx = attempt.ctx
-        newer = newer_version(ctx.job, self._registry.get(ctx.job.handler))
-        if newer is not None:
-            return newer  # not run: no middleware, no span; finish() defers it
+        job = ctx.job
+        spec = self._registry.get(job.handler)
+        if spec is not None and job.version > spec.version:  # newer_version's test, inlined
+            return newer_version(job, spec)  # not run: no middleware, no span; finish() defers it
         token = _current.set(ctx)
         try:
             chain(ctx)
