@@ -517,17 +517,12 @@ class Worker:
             if attempt.settle():
                 following, forgotten = self._finish(attempt, error, slot)
         finally:
-            if not forgotten:
-                lock = self._lock
-                if not lock.acquire(False):
-                    acquire(lock)
-                try:
+            if not forgotten:  # rare: _finish forgets the attempts it records
+                with self._lock:
                     self._forget_attempt(attempt)
                     self._processed += 1
                     if not self._attempts:  # observers wait for "nothing in flight" only
                         self._changed.notify_all()
-                finally:
-                    lock.release()
         if slot.abandoned:
             log.warning("stuck thread for job %s returned; its result was discarded", job.id)
         return following
@@ -540,8 +535,7 @@ class Worker:
         Returns the next attempt, and True if ``attempt`` was forgotten here.
         """
         lock = self._lock
-        if not lock.acquire(False):
-            acquire(lock)  # taken twice per job by every slot: see backrun.locking
+        acquire(lock)  # taken twice per job by every slot: see backrun.locking
         try:
             entered = None
             if not (self._stopping or slot.abandoned or self._handoff):
@@ -571,8 +565,7 @@ class Worker:
         first = jobs[0] if jobs else None
         following = None if first is None else self._recorder.begin(first, slot)
         unstarted: list[Job] = []
-        if not lock.acquire(False):
-            acquire(lock)
+        acquire(lock)
         try:
             self._forget_attempt(attempt)
             self._processed += 1
