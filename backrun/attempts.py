@@ -55,6 +55,9 @@ class HandlerLookup(Protocol):
         ...
 
 
+_FinishedHook = Callable[[JobContext, Job, "BaseException | None"], None]
+
+
 class _Outcome(enum.Enum):
     GAVE_UP = "gave up"
 
@@ -134,7 +137,10 @@ class AttemptRecorder:
         self._default_policy = default_policy
         self._worker_id = worker_id
         self._forced = forced
-        self._finished_hooks = [m for m in middleware if overrides(m, "attempt_finished")]
+        self._finished_hooks: list[_FinishedHook] = [
+            m.attempt_finished for m in middleware if overrides(m, "attempt_finished")
+        ]
+        self._progress_sink = self._write_progress  # bound once, not per attempt
         self._orphan_hooks = [m for m in middleware if overrides(m, "orphan_recovered")]
         self._deferred_hooks = [m for m in middleware if overrides(m, "job_deferred")]
 
@@ -156,7 +162,7 @@ class AttemptRecorder:
             deadline=None if timeout is None else started + timeout,
             engine=self.engine,
         )
-        ctx.progress_sink = self._write_progress
+        ctx.progress_sink = self._progress_sink
         return Attempt(job, ctx, slot)
 
     def _write_progress(self, ctx: JobContext, progress: Progress) -> None:
@@ -186,9 +192,10 @@ class AttemptRecorder:
         they never stop the worker.
         """
         ctx = attempt.ctx
-        newer = newer_version(ctx.job, self._registry.get(ctx.job.handler))
-        if newer is not None:
-            return newer  # not run: no middleware, no span; finish() defers it
+        job = ctx.job
+        spec = self._registry.get(job.handler)
+        if spec is not None and job.version > spec.version:  # newer_version's test, inlined
+            return newer_version(job, spec)  # not run: no middleware, no span; finish() defers it
         token = _current.set(ctx)
         try:
             chain(ctx)
@@ -264,13 +271,18 @@ class AttemptRecorder:
         return True
 
     def finish_and_claim(
-        self, attempt: Attempt, error: BaseException | None, write: Callable[[Job], LimitedClaim]
+        self,
+        attempt: Attempt,
+        error: BaseException | None,
+        write: Callable[[Job], LimitedClaim],
+        now: datetime | None = None,
     ) -> LimitedClaim | None:
         """As :meth:`finish`, but the record is written by ``write``, which also claims.
 
         ``write`` is one store call (:meth:`Claimer.finish_and_claim`). A
         deferral, or a write that fails with a store error, is recorded as
-        :meth:`finish` does, patiently, and claims nothing.
+        :meth:`finish` does, patiently, and claims nothing. ``now`` (default:
+        the clock's) is the outcome's time; the worker passes its claim's.
 
         Returns:
             What ``write`` claimed (empty if the claim was lost: nothing was
@@ -284,7 +296,7 @@ class AttemptRecorder:
         result = None
         if error is None and not attempt.stop_requested:
             result, error = self._stored_result(attempt)
-        record = self.outcome(attempt, error, self.clock.now(), result)
+        record = self.outcome(attempt, error, self.clock.now() if now is None else now, result)
         try:
             claimed = write(record)
         except LeaseLost:
@@ -363,8 +375,12 @@ class AttemptRecorder:
             _safely(layer.orphan_recovered, job)
 
     def _announce(self, attempt: Attempt, job: Job, error: BaseException | None) -> None:
-        for layer in self._finished_hooks:
-            _safely(layer.attempt_finished, attempt.ctx, job, error)
+        ctx = attempt.ctx
+        for hook in self._finished_hooks:  # as _safely does, without its call per hook
+            try:
+                hook(ctx, job, error)
+            except Exception:
+                log.exception("middleware hook %r failed", hook)
 
     def _persist(
         self, job: Job, patience: float | None = None

@@ -68,7 +68,7 @@ class Claimer:
 
     def limits(self) -> dict[str, HandlerLimits]:
         """The registry's limits (re-read when handlers were added)."""
-        names = len(self._registry.names())
+        names = self._registry.count()
         if names != self._seen_names:
             self._limits = registry_limits(self._registry)
             self._seen_names = names

@@ -119,7 +119,7 @@ class JobContext:
         self.returned: Any = None
         self.latest_progress: Progress | None = None
         self._progress_at = -math.inf
-        self._progress_listeners: list[Callable[[Progress], None]] = []
+        self._progress_listeners: tuple[Callable[[Progress], None], ...] = ()
         self.progress_sink: Callable[[JobContext, Progress], None] | None = None
 
     def __repr__(self) -> str:
@@ -192,7 +192,8 @@ class JobContext:
         Listeners run in the handler's thread, at most once a second; one
         that raises is logged and skipped.
         """
-        self._progress_listeners.append(_guarded(listener))
+        # A tuple: most attempts have no listener, and an empty one costs nothing to make.
+        self._progress_listeners = (*self._progress_listeners, _guarded(listener))
 
     def cancel(self) -> None:
         """Set :attr:`cancelled` (the worker calls this; handlers need not)."""

@@ -483,3 +483,7 @@ class HandlerRegistry:
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._by_name)
+
+    def count(self) -> int:
+        """How many names are registered (asked per claim: costs no sort)."""
+        return len(self._by_name)

@@ -8,7 +8,6 @@ import itertools
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,38 +128,22 @@ never counted toward ``max_crashes``.
 JOB_ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")
 
 
-class _Randomness(threading.local):
-    """A per-thread generator seeded from the OS, reseeded in a forked child.
-
-    Ids and claim tokens must be unique, not secret; ``secrets`` costs a
-    system call each time, which showed up in the enqueue and claim profiles.
-    """
-
-    generation = 0
-
-    def __init__(self) -> None:
-        self.rng = random.Random(os.urandom(32))
-        self.seen_generation = _Randomness.generation
-
-    def bits(self) -> int:
-        """64 random bits from this thread's generator (reseeded after a fork)."""
-        if self.seen_generation != _Randomness.generation:
-            self.rng.seed(os.urandom(32))
-            self.seen_generation = _Randomness.generation
-        return self.rng.getrandbits(64)
-
-
-def _after_fork() -> None:
-    _Randomness.generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork)
-_randomness = _Randomness()
+# Claim tokens are this process's random prefix (renewed in a forked child)
+# and a counter: unique, and cheaper than random bits per claim.
+_token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
 
 
+def _new_token_prefix() -> None:
+    global _token_prefix
+    _token_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
 # Job ids draw from one generator per process (getrandbits is one C call,
-# atomic for the threads), reseeded in a forked child like _Randomness: the
+# atomic for the threads), reseeded in a forked child like the token prefix: the
 # thread-local lookup and reseed check cost as much as the id's formatting.
 _id_random = random.Random(os.urandom(32))
 _id_bits = _id_random.getrandbits
@@ -180,8 +163,8 @@ def new_job_id() -> str:
 
 
 def new_claim_token() -> str:
-    """Return a token unique to one claim (random per thread, plus a counter)."""
-    return f"{_randomness.bits():016x}{next(_token_counter):x}"
+    """Return a token unique to one claim (random per process, plus a counter)."""
+    return f"{_token_prefix}{next(_token_counter):x}"
 
 
 def check_job_id(job_id: object) -> str:
@@ -280,18 +263,18 @@ class Job:
         Raises:
             TypeError: a name in ``changes`` is not a field of Job.
         """
-        unknown = changes.keys() - _FIELD_SET
-        if unknown:
-            raise TypeError(f"Job has no field(s) {sorted(unknown)}")
         # Not slotted on purpose: copying the instance dict is one C call,
         # where dataclasses.replace re-runs __init__ (it dominated the claim path).
         fields = self.__dict__.copy()
         fields.update(changes)
+        if len(fields) != _FIELD_COUNT:  # a name that is not a field added an entry
+            raise TypeError(f"Job has no field(s) {sorted(changes.keys() - _FIELD_SET)}")
         new = _new_job(Job)
         _set(new, "__dict__", fields)
         return new
 
 
 _FIELD_SET = frozenset(f.name for f in dataclasses.fields(Job))
+_FIELD_COUNT = len(_FIELD_SET)
 _new_job = object.__new__
 _set = object.__setattr__

@@ -16,6 +16,8 @@ middleware that does not override a hook costs nothing on that path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -137,11 +139,28 @@ def compose_enqueue(middlewares: Sequence[Middleware], terminal: EnqueueNext) ->
 
 def _bind_process(layer: Middleware, call_next: ProcessNext) -> ProcessNext:
     process = layer.process
+    if _takes_call_next_by_name(process):
+        # A partial is called without a Python frame of its own: one fewer per layer per job.
+        return functools.partial(process, call_next=call_next)
 
     def step(ctx: JobContext) -> None:
         process(ctx, call_next)
 
     return step
+
+
+def _takes_call_next_by_name(process: Callable[..., None]) -> bool:
+    """True if ``process(ctx, call_next=...)`` is the same call as ``process(ctx, call_next)``."""
+    try:
+        parameters = list(inspect.signature(process).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return (
+        len(parameters) == 2
+        and parameters[1].name == "call_next"
+        and parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and parameters[1].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    )
 
 
 def _bind_enqueue(layer: Middleware, call_next: EnqueueNext) -> EnqueueNext:

@@ -74,11 +74,12 @@ class _Board:
 
 
 _board = _Board()
+_FINISHED = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 
 
 def announce(job: Job) -> None:
     """Tell this process's waiters that ``job`` was written (workers call it per outcome)."""
-    if job.state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
+    if _board._waiting and job.state in _FINISHED:  # per outcome: nobody waits, usually
         _board.announce(job.id)
 
 

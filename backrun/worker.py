@@ -27,6 +27,7 @@ from .attempts import Attempt, AttemptRecorder, Slot
 from .claims import Claimer, idle_timeout
 from .isolation import AloneGate
 from .jobs import Job, JobState
+from .locking import acquire
 from .middleware import compose_process, overrides
 from .pool_view import PoolView, WorkerHost, new_worker_id
 from .scheduler import Scheduler
@@ -516,7 +517,7 @@ class Worker:
             if attempt.settle():
                 following, forgotten = self._finish(attempt, error, slot)
         finally:
-            if not forgotten:
+            if not forgotten:  # rare: _finish forgets the attempts it records
                 with self._lock:
                     self._forget_attempt(attempt)
                     self._processed += 1
@@ -533,11 +534,15 @@ class Worker:
 
         Returns the next attempt, and True if ``attempt`` was forgotten here.
         """
-        with self._lock:
+        lock = self._lock
+        acquire(lock)  # taken twice per job by every slot: see backrun.locking
+        try:
             entered = None
             if not (self._stopping or slot.abandoned or self._handoff):
                 solo = self._gate.enter()
                 entered = None if solo is None else (solo, self._reserve_extra(solo))
+        finally:
+            lock.release()
         if entered is None:
             self._recorder.finish(attempt, error)
             return None, False
@@ -550,6 +555,7 @@ class Worker:
                 lambda record: self._claimer.finish_and_claim(
                     record, queues=self.queues, now=now, limit=1 + extra
                 ),
+                now,  # one clock reading per job: the outcome's and the next claim's time
             )
         except BaseException:
             with self._lock:  # the claim never happened: close it at the gate
@@ -559,7 +565,8 @@ class Worker:
         first = jobs[0] if jobs else None
         following = None if first is None else self._recorder.begin(first, slot)
         unstarted: list[Job] = []
-        with self._lock:
+        acquire(lock)
+        try:
             self._forget_attempt(attempt)
             self._processed += 1
             if self._stopping:  # e.g. attempt_finished asked for it: start nothing more
@@ -570,6 +577,8 @@ class Worker:
                 unstarted, following = [first], None
             if not self._attempts:
                 self._changed.notify_all()
+        finally:
+            lock.release()
         for job in unstarted:
             self._recorder.give_back(job)  # uncharged, in its place
         return following, True

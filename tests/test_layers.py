@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backrun"
 # Lowest first; a module may import its own layer or any lower one. Each entry
 # is a dotted module name relative to ``backrun`` or a package prefix ending in ".".
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("records", ("errors", "clock", "jobs", "workerinfo", "limits")),
+    ("records", ("errors", "clock", "jobs", "workerinfo", "limits", "locking")),
     ("encoding", ("serialization",)),
     ("attempt context", ("context", "middleware")),
     (

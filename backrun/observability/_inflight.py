@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from backrun.context import JobContext
+from backrun.locking import acquire
 
 __all__ = ["Inflight", "InflightTable"]
 
@@ -61,12 +62,17 @@ class InflightTable(Generic[T]):
 
     def handler_returned(self, entry: Inflight[T]) -> bool:
         """Note that the handler returned; True if ``attempt_finished`` came first."""
-        with self._lock:
-            entry.end = time.perf_counter()
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)  # per attempt: waited for on the GIL (backrun.locking)
+        try:
+            end = entry.end = time.perf_counter()
             if entry.finished:
                 return True
+        finally:
+            lock.release()
         if len(self._entries) > _SWEEP_SIZE:
-            self._sweep(entry.end)
+            self._sweep(end)
         return False
 
     def attempt_finished(
@@ -77,7 +83,10 @@ class InflightTable(Generic[T]):
         A timed-out attempt whose handler is still running is marked ``stuck``
         (its thread is abandoned by the worker until the handler returns).
         """
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)
+        try:
             entry = self._entries.pop(id(ctx), None)
             if entry is None:
                 return None, False
@@ -85,6 +94,8 @@ class InflightTable(Generic[T]):
             running = entry.end is None
             entry.stuck = running and timed_out
             return entry, running
+        finally:
+            lock.release()
 
     def drain(self, min_age: float = 0.0) -> list[Inflight[T]]:
         """Remove and return the entries whose handler returned ``min_age`` seconds ago or more.

@@ -27,6 +27,7 @@ from backrun.schedules import Schedule
 from backrun.storage.base import Storage
 
 from ._inflight import InflightTable
+from ._prometheus_fast import Add, adder, observer
 from .queue_collector import QueueCollector, register_queue_collector
 
 
@@ -80,9 +81,13 @@ class _Children:
     """The label children of one ``(queue, handler)``: looked up once, then reused."""
 
     __slots__ = (
+        "_adds",
+        "add_running",
         "duration",
         "enqueued",
         "failed",
+        "observe_duration",
+        "observe_wait",
         "orphans",
         "outcomes",
         "queue_wait",
@@ -104,14 +109,22 @@ class _Children:
         self.running = metrics.running.labels(queue, handler)
         self.orphans = metrics.orphans.labels(queue, handler)
         self.stuck = metrics.stuck.labels(queue, handler)
+        self.add_running = adder(self.running)
+        self.observe_duration = observer(self.duration)
+        self.observe_wait = observer(self.queue_wait)
+        failed = adder(self.failed)
+        self._adds: dict[JobState, tuple[Add, Add | None]] = {
+            state: (adder(child), failed if state in _FAILED else None)
+            for state, child in self.outcomes.items()
+        }
 
     def count(self, state: JobState) -> None:
         """Count an attempt (or a rescue) that left the job in ``state``."""
-        child = self.outcomes.get(state)
-        if child is not None:
-            child.inc()
-            if state in _FAILED:
-                self.failed.inc()
+        adds = self._adds.get(state)
+        if adds is not None:
+            adds[0](1.0)
+            if adds[1] is not None:
+                adds[1](1.0)
 
 
 class _Metrics:
@@ -259,8 +272,8 @@ class MetricsMiddleware(Middleware):
         children = self._metrics.children(job.queue, job.handler)
         if job.started_at is not None and job.run_at is not None:
             wait = (job.started_at - job.run_at).total_seconds()
-            children.queue_wait.observe(wait if wait > 0.0 else 0.0)
-        children.running.inc()
+            children.observe_wait(wait if wait > 0.0 else 0.0)
+        children.add_running(1.0)
         limited = self._metrics.limited_running.labels(job.handler) if job.limited else None
         if limited is not None:
             limited.inc()
@@ -268,7 +281,7 @@ class MetricsMiddleware(Middleware):
         try:
             call_next(ctx)
         finally:
-            children.running.dec()
+            children.add_running(-1.0)
             if limited is not None:
                 limited.dec()
             if self._inflight.handler_returned(entry) and entry.stuck:
@@ -285,7 +298,7 @@ class MetricsMiddleware(Middleware):
         children = entry.value
         children.count(job.state)
         end = entry.end if entry.end is not None else time.perf_counter()
-        children.duration.observe(end - entry.start)
+        children.observe_duration(end - entry.start)
         if entry.stuck:
             children.stuck.inc()
 

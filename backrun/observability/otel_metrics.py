@@ -75,6 +75,12 @@ class OtelMetricsMiddleware(Middleware):
 
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
         """Count the delivery; time the handler."""
+        consumed = self._consumed
+        if getattr(consumed, "_real_instrument", consumed) is None:
+            # The API's stand-in while no MeterProvider is set: it would drop
+            # both measurements, so take none (they start once one is set).
+            call_next(ctx)
+            return
         job = ctx.job
         attributes = messaging_attributes("process", job.queue, job.handler)
         self._consumed.add(1, attributes)

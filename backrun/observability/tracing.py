@@ -87,8 +87,8 @@ class TracingMiddleware(Middleware):
         """The tracer, or ``None`` while tracing is a no-op (no SDK configured)."""
         tracer = self._tracer
         if tracer is None and self._provider is None:
-            provider = trace.get_tracer_provider()
-            if not isinstance(provider, _NOOP_PROVIDERS):
+            provider = _global_provider()
+            if provider is not None:
                 tracer = self._tracer = provider.get_tracer("backrun", library_version())
         return tracer
 
@@ -127,7 +127,7 @@ class TracingMiddleware(Middleware):
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
         """Run the attempt inside a ``process <queue>`` span, current for the handler."""
         job = ctx.job
-        tracer = self._get_tracer()
+        tracer = self._tracer or self._get_tracer()
         if tracer is None:
             if not job.headers:
                 call_next(ctx)
@@ -179,6 +179,8 @@ class TracingMiddleware(Middleware):
 
     def attempt_finished(self, ctx: JobContext, job: Job, error: BaseException | None) -> None:
         """End the attempt's span with the outcome the worker recorded."""
+        if not self._inflight:  # no span is open (no SDK): nothing to end, no lock to take
+            return
         entry, running = self._inflight.attempt_finished(ctx)
         if entry is None:
             return
@@ -195,6 +197,22 @@ class TracingMiddleware(Middleware):
         """End spans whose handler returned long ago but whose outcome was never recorded."""
         for entry in self._inflight.drain(min_age=_UNRECORDED_AFTER):
             _end_dropped(entry)
+
+
+# Asked once per attempt until an SDK is set: trace.get_tracer_provider() reads
+# os.environ each time, which cost more than the rest of a no-op span's work.
+# When opentelemetry-api keeps its global where it always has, a None there
+# and no provider named in the environment (read at import) mean no SDK.
+_UNKNOWN = object()
+_ENV_PROVIDER = OTEL_PYTHON_TRACER_PROVIDER in os.environ
+
+
+def _global_provider() -> trace.TracerProvider | None:
+    """The global tracer provider once a real one is set, else ``None``."""
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _ENV_PROVIDER:
+        return None
+    provider = trace.get_tracer_provider()
+    return None if isinstance(provider, _NOOP_PROVIDERS) else provider
 
 
 def _progress_attributes(progress: Progress) -> dict[str, float | str]:

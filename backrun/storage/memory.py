@@ -18,6 +18,7 @@ from backrun.errors import JobNotFound, LeaseLost
 from backrun.followups import followup_jobs
 from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
 from backrun.limits import HandlerLimits, LimitedClaim
+from backrun.locking import acquire
 from backrun.workerinfo import WorkerInfo
 
 from ._memory_limits import MemoryLimits
@@ -109,11 +110,16 @@ class MemoryStorage(MemoryLimits, Storage):
         check_job_id(job.id)
         if job.state not in READY_STATES or job.run_at is None:
             raise ValueError("a new job must be SCHEDULED or QUEUED with a run_at")
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)  # hot locks are waited for on the GIL: see backrun.locking
+        try:
             if job.id in self._jobs:
                 raise ValueError(f"job {job.id} exists already")
             self._jobs[job.id] = job
             self._index(job)
+        finally:
+            lock.release()
 
     def add_many(self, jobs: Sequence[Job]) -> None:
         """Persist several new jobs; all or none are added."""
@@ -159,6 +165,15 @@ class MemoryStorage(MemoryLimits, Storage):
             heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
+        live = self._entry
+        if len(candidates) == 1:  # one queue (the usual case): its head, past stale entries
+            ready = candidates[0].ready
+            while ready:
+                _, _, job_id, entry = heapq.heappop(ready)
+                if live.get(job_id) == entry:
+                    del live[job_id]
+                    return job_id
+            return None
         best: _QueueHeaps | None = None
         for heaps in candidates:
             ready = heaps.ready
@@ -183,8 +198,13 @@ class MemoryStorage(MemoryLimits, Storage):
     ) -> list[Job]:
         """Take up to ``limit`` due jobs; see :meth:`Storage.claim`."""
         changes = _claim_changes(now, worker_id, lease)
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)
+        try:
             return self._claim_locked(queues, limit, now, changes)
+        finally:
+            lock.release()
 
     def _claim_locked(
         self, queues: Collection[str] | None, limit: int, now: datetime, changes: dict[str, Any]
@@ -213,9 +233,14 @@ class MemoryStorage(MemoryLimits, Storage):
     def update(self, job: Job) -> None:
         """Write a claimed job as its owner; see :meth:`Storage.update`."""
         children = _followups(job)
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)
+        try:
             freed = self._update_locked(job, children)
             callbacks = list(self._callbacks) if freed else []
+        finally:
+            lock.release()
         for callback in callbacks:  # a limit's slot is free: wake waiting workers
             callback()
 
@@ -247,13 +272,18 @@ class MemoryStorage(MemoryLimits, Storage):
             )
         children = _followups(job)
         changes = _claim_changes(now, worker_id, lease)
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire(lock)
+        try:
             freed = self._update_locked(job, children)
             if limits:
                 claimed = self._claim_limited_locked(queues, limit, now, changes, limits)
             else:
                 claimed = LimitedClaim(self._claim_locked(queues, limit, now, changes))
             callbacks = list(self._callbacks) if freed else []
+        finally:
+            lock.release()
         for callback in callbacks:
             callback()
         return claimed
