@@ -10,13 +10,21 @@ import heapq
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backrun.clock import utcnow as now
 from backrun.errors import JobNotFound, LeaseLost
 from backrun.followups import followup_jobs
-from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
+from backrun.jobs import (
+    FINISHED_STATES,
+    Job,
+    JobState,
+    Progress,
+    check_job_id,
+    job_of_fields,
+    new_claim_token,
+)
 from backrun.limits import HandlerLimits, LimitedClaim
 from backrun.locking import acquire
 from backrun.workerinfo import WorkerInfo
@@ -39,7 +47,24 @@ def _claim_changes(now: datetime, worker_id: str, lease: timedelta) -> dict[str,
 
 def _claimed(job: Job, changes: dict[str, Any]) -> Job:
     """``job`` as a claim takes it: ``changes``, one more attempt, a fresh token."""
-    return job.replace(**changes, attempts=job.attempts + 1, claim_token=new_claim_token())
+    fields = job.__dict__.copy()  # Job.replace without its keyword dict and check
+    fields.update(changes)
+    fields["attempts"] = job.attempts + 1
+    fields["claim_token"] = new_claim_token()
+    return job_of_fields(fields)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _plain_claim(jobs: list[Job]) -> LimitedClaim:
+    """``LimitedClaim(jobs)``, without the frozen dataclass's ``__init__`` frame (per job)."""
+    claim = _new(LimitedClaim)
+    _set(claim, "jobs", jobs)
+    _set(claim, "waiting", [])
+    _set(claim, "retry_at", None)
+    return claim
 
 
 def _followups(job: Job) -> list[Job] | None:
@@ -51,10 +76,27 @@ def _followups(job: Job) -> list[Job] | None:
     return followup_jobs(job, job.finished_at)
 
 
-# Heap entries end in (job id, entry number); an entry is live only while
+# Delayed entries end in (job id, entry number); an entry is live only while
 # _entry[job id] still holds its number, so stale entries are skipped lazily.
 _Delayed = tuple[datetime, str, int]
-_Ready = tuple[int, datetime, str, int]
+
+# A ready entry is one int, _ready_key(priority, run_at, id), whose order is
+# (-priority, run_at, id): comparing ints costs a fraction of comparing tuples
+# (an int, a datetime and a str per heap level). _ready_of maps it to (job id,
+# entry number). From the lowest bits: the id as a number (32 hex digits sort
+# as their number does), run_at in microseconds biased positive (64 bits), then
+# -priority, added rather than or-ed so that any int, negative too, keeps order.
+_ID_BITS = 128
+_PRIORITY_SHIFT = _ID_BITS + 64
+_RUN_AT_BIAS = 1 << 62  # datetime's whole range is within 2**59 us of 2000
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(2000, 1, 1)
+
+
+def _ready_key(priority: int, run_at: datetime, job_id: str) -> int:
+    since = run_at - (_EPOCH if run_at.tzinfo is not None else _NAIVE_EPOCH)
+    micros = (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
+    return (-priority << _PRIORITY_SHIFT) + ((micros + _RUN_AT_BIAS) << _ID_BITS) + int(job_id, 16)
 
 
 class _QueueHeaps:
@@ -62,7 +104,7 @@ class _QueueHeaps:
 
     def __init__(self) -> None:
         self.delayed: list[_Delayed] = []
-        self.ready: list[_Ready] = []
+        self.ready: list[int] = []  # _ready_key()s
         self.latest: datetime | None = None  # no entry of delayed has a later run_at
 
 
@@ -76,6 +118,7 @@ class MemoryStorage(MemoryLimits, Storage):
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, _QueueHeaps] = {}
         self._entry: dict[str, int] = {}
+        self._ready_of: dict[int, tuple[str, int]] = {}  # ready key -> (job id, entry)
         self._next_entry = 0
         self._workers: set[str] = set()
         self._callbacks: list[Callable[[], None]] = []
@@ -144,15 +187,15 @@ class MemoryStorage(MemoryLimits, Storage):
         delayed = heaps.delayed
         if not delayed or delayed[0][0] > now:
             return
-        jobs, live = self._jobs, self._entry
+        jobs, live, ready_of, ready = self._jobs, self._entry, self._ready_of, heaps.ready
         if heaps.latest is not None and heaps.latest <= now:
             # All came due (a filled queue's first claim): one O(n) heapify, not n pushes.
-            heaps.ready.extend(
-                (-jobs[job_id].priority, run_at, job_id, entry)
-                for run_at, job_id, entry in delayed
-                if live.get(job_id) == entry
-            )
-            heapq.heapify(heaps.ready)
+            for run_at, job_id, entry in delayed:
+                if live.get(job_id) == entry:
+                    key = _ready_key(jobs[job_id].priority, run_at, job_id)
+                    ready_of[key] = (job_id, entry)
+                    ready.append(key)
+            heapq.heapify(ready)
             delayed.clear()
             heaps.latest = None
             return
@@ -160,32 +203,47 @@ class MemoryStorage(MemoryLimits, Storage):
             run_at, job_id, entry = heapq.heappop(delayed)
             if live.get(job_id) != entry:
                 continue
-            heapq.heappush(heaps.ready, (-jobs[job_id].priority, run_at, job_id, entry))
+            key = _ready_key(jobs[job_id].priority, run_at, job_id)
+            ready_of[key] = (job_id, entry)
+            heapq.heappush(ready, key)
         if not delayed:
             heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
-        live = self._entry
+        live, ready_of = self._entry, self._ready_of
         if len(candidates) == 1:  # one queue (the usual case): its head, past stale entries
             ready = candidates[0].ready
             while ready:
-                _, _, job_id, entry = heapq.heappop(ready)
-                if live.get(job_id) == entry:
-                    del live[job_id]
-                    return job_id
+                # Copies of one key (a job indexed again in its place) share the
+                # latest (id, entry): the first one popped serves, the rest find none.
+                found = ready_of.pop(heapq.heappop(ready), None)
+                if found is not None and live.get(found[0]) == found[1]:
+                    del live[found[0]]
+                    return found[0]
             return None
         best: _QueueHeaps | None = None
         for heaps in candidates:
-            ready = heaps.ready
-            while ready and self._entry.get(ready[0][2]) != ready[0][3]:
-                heapq.heappop(ready)
-            if ready and (best is None or ready[0] < best.ready[0]):
+            if self._ready_head(heaps.ready) is not None and (
+                best is None or heaps.ready[0] < best.ready[0]
+            ):
                 best = heaps
         if best is None:
             return None
-        job_id = heapq.heappop(best.ready)[2]
-        del self._entry[job_id]
+        job_id = ready_of.pop(heapq.heappop(best.ready))[0]
+        del live[job_id]
         return job_id
+
+    def _ready_head(self, ready: list[int]) -> str | None:
+        """The job id of a ready heap's first live entry (dropping stale ones), or ``None``."""
+        live, ready_of = self._entry, self._ready_of
+        while ready:
+            found = ready_of.get(ready[0])
+            if found is not None and live.get(found[0]) == found[1]:
+                return found[0]
+            if found is not None:
+                del ready_of[ready[0]]
+            heapq.heappop(ready)
+        return None
 
     def claim(
         self,
@@ -280,7 +338,7 @@ class MemoryStorage(MemoryLimits, Storage):
             if limits:
                 claimed = self._claim_limited_locked(queues, limit, now, changes, limits)
             else:
-                claimed = LimitedClaim(self._claim_locked(queues, limit, now, changes))
+                claimed = _plain_claim(self._claim_locked(queues, limit, now, changes))
             callbacks = list(self._callbacks) if freed else []
         finally:
             lock.release()
@@ -447,9 +505,11 @@ class MemoryStorage(MemoryLimits, Storage):
                 heaps = self._queues.get(name)
                 if heaps is None or name in self._paused:
                     continue
-                ready: _Ready | None = self._live_head(heaps.ready)
+                ready = self._ready_head(heaps.ready)
                 if ready is not None:
-                    times.append(ready[1])
+                    run_at = self._jobs[ready].run_at
+                    assert run_at is not None  # a job is indexed with one
+                    times.append(run_at)
                 delayed: _Delayed | None = self._live_head(heaps.delayed)
                 if delayed is not None:
                     times.append(delayed[0])
