@@ -4,12 +4,14 @@ Unlike a rate, an instruction count does not depend on the machine's load, so
 one run per tree answers "did this change make the worker's path cheaper".
 Each measurement runs two children under ``valgrind --tool=callgrind``: one
 fills ``--jobs`` jobs and exits, the other fills the same jobs and drains them
-with ``run_until_idle``. The main figure is what the drain's threads other
-than the main one executed (slots, supervisor, scheduler), divided by the
-jobs: claim, chain, handler, outcome, metrics, next claim. The main thread is
-left out because its imports, fill and idle-wait polling vary with the run's
-wall time (a concurrent load moved the older figure, drain minus fill over
-all threads, by several thousand instructions per job; it is printed too).
+with ``run_until_idle``. The main figure is what the drain's slot threads
+executed, divided by the jobs: claim, chain, handler, outcome, metrics, next
+claim. The other threads are left out of it: the main thread (imports, fill,
+the idle wait's polling) and the supervisor wake on timers, so their counts
+grow with the run's wall time, which under valgrind depends on the machine's
+load (the supervisor alone moved by several thousand instructions per job
+between runs). They are printed apart, with the older figure (drain minus
+fill over all threads). MemoryHuey's figure is all its consumer threads.
 
     .venv/bin/python benchmarks/instructions_per_job.py                     # this tree
     .venv/bin/python benchmarks/instructions_per_job.py --other ../main     # and another tree
@@ -119,13 +121,8 @@ def _thread_totals(prefix: str) -> dict[int, int]:
 
 def _per_job(
     python: str, child: list[str], env: dict[str, str], jobs: int, keep: str
-) -> tuple[float, float]:
-    """(worker threads' instructions per job, whole drain minus whole fill per job).
-
-    The first leaves out the main thread (imports, the fill, the idle wait's
-    polling, all of which vary with the run's wall time); the second is the
-    older figure, from two runs.
-    """
+) -> tuple[dict[int, float], float]:
+    """(instructions per job of each drain thread, whole drain minus whole fill per job)."""
     with tempfile.TemporaryDirectory() as tmp:
         fill = _valgrind(python, [*child, "fill"], env, f"{tmp}/fill")
         drain = _valgrind(python, [*child, "drain"], env, f"{tmp}/drain")
@@ -133,8 +130,7 @@ def _per_job(
         if keep:
             for path in Path(tmp).glob("drain-*"):
                 shutil.copy(path, f"{keep}{path.name[len('drain') :]}")
-    workers = sum(total for thread, total in threads.items() if thread != 1)
-    return workers / jobs, (drain - fill) / jobs
+    return {thread: total / jobs for thread, total in threads.items()}, (drain - fill) / jobs
 
 
 def main() -> None:
@@ -163,18 +159,23 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             child = ["--child", "backrun", str(args.jobs), str(threads), args.middleware]
             keep = f"{args.keep}.{name}.{threads}" if args.keep else ""
-            workers, whole = _per_job(sys.executable, child, env, args.jobs, keep)
-            print(f"{name:6} {tree}: {threads} thread(s), {args.middleware} middleware: "
-                  f"{workers / 1000:.1f}k instructions per job in worker threads "
-                  f"(drain - fill, all threads: {whole / 1000:.1f}k)", flush=True)  # fmt: skip
+            by_thread, whole = _per_job(sys.executable, child, env, args.jobs, keep)
+            # Thread 1 is the main thread; the slots start next, then the supervisor.
+            slots = sum(by_thread.get(t, 0.0) for t in range(2, 2 + threads))
+            others = sum(v for t, v in by_thread.items() if t != 1) - slots
+            print(f"{name:6} {tree}: {threads} slot(s), {args.middleware} middleware: "
+                  f"{slots / 1000:.1f}k instructions per job in slot threads; other worker "
+                  f"threads {others / 1000:.1f}k (time-dependent); drain - fill over all "
+                  f"threads {whole / 1000:.1f}k", flush=True)  # fmt: skip
     if args.huey:
         if not Path(args.peers_python).exists():
             raise SystemExit(f"no {args.peers_python}: run compare.py once, or pass --peers-python")
         keep = f"{args.keep}.huey" if args.keep else ""
         child = ["--child", "huey", str(args.jobs)]
-        workers, whole = _per_job(args.peers_python, child, dict(os.environ), args.jobs, keep)
+        by_thread, whole = _per_job(args.peers_python, child, dict(os.environ), args.jobs, keep)
+        workers = sum(v for t, v in by_thread.items() if t != 1)
         print(f"MemoryHuey, 4 workers: {workers / 1000:.1f}k instructions per job in consumer "
-              f"threads (drain - fill, all threads: {whole / 1000:.1f}k)", flush=True)  # fmt: skip
+              f"threads; drain - fill, all threads {whole / 1000:.1f}k", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import heapq
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from backrun.clock import utcnow as now
@@ -76,27 +76,10 @@ def _followups(job: Job) -> list[Job] | None:
     return followup_jobs(job, job.finished_at)
 
 
-# Delayed entries end in (job id, entry number); an entry is live only while
+# Heap entries end in (job id, entry number); an entry is live only while
 # _entry[job id] still holds its number, so stale entries are skipped lazily.
 _Delayed = tuple[datetime, str, int]
-
-# A ready entry is one int, _ready_key(priority, run_at, id), whose order is
-# (-priority, run_at, id): comparing ints costs a fraction of comparing tuples
-# (an int, a datetime and a str per heap level). _ready_of maps it to (job id,
-# entry number). From the lowest bits: the id as a number (32 hex digits sort
-# as their number does), run_at in microseconds biased positive (64 bits), then
-# -priority, added rather than or-ed so that any int, negative too, keeps order.
-_ID_BITS = 128
-_PRIORITY_SHIFT = _ID_BITS + 64
-_RUN_AT_BIAS = 1 << 62  # datetime's whole range is within 2**59 us of 2000
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(2000, 1, 1)
-
-
-def _ready_key(priority: int, run_at: datetime, job_id: str) -> int:
-    since = run_at - (_EPOCH if run_at.tzinfo is not None else _NAIVE_EPOCH)
-    micros = (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
-    return (-priority << _PRIORITY_SHIFT) + ((micros + _RUN_AT_BIAS) << _ID_BITS) + int(job_id, 16)
+_Ready = tuple[int, datetime, str, int]
 
 
 class _QueueHeaps:
@@ -104,7 +87,7 @@ class _QueueHeaps:
 
     def __init__(self) -> None:
         self.delayed: list[_Delayed] = []
-        self.ready: list[int] = []  # _ready_key()s
+        self.ready: list[_Ready] = []
         self.latest: datetime | None = None  # no entry of delayed has a later run_at
 
 
@@ -118,7 +101,6 @@ class MemoryStorage(MemoryLimits, Storage):
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, _QueueHeaps] = {}
         self._entry: dict[str, int] = {}
-        self._ready_of: dict[int, tuple[str, int]] = {}  # ready key -> (job id, entry)
         self._next_entry = 0
         self._workers: set[str] = set()
         self._callbacks: list[Callable[[], None]] = []
@@ -187,15 +169,15 @@ class MemoryStorage(MemoryLimits, Storage):
         delayed = heaps.delayed
         if not delayed or delayed[0][0] > now:
             return
-        jobs, live, ready_of, ready = self._jobs, self._entry, self._ready_of, heaps.ready
+        jobs, live = self._jobs, self._entry
         if heaps.latest is not None and heaps.latest <= now:
             # All came due (a filled queue's first claim): one O(n) heapify, not n pushes.
-            for run_at, job_id, entry in delayed:
-                if live.get(job_id) == entry:
-                    key = _ready_key(jobs[job_id].priority, run_at, job_id)
-                    ready_of[key] = (job_id, entry)
-                    ready.append(key)
-            heapq.heapify(ready)
+            heaps.ready.extend(
+                (-jobs[job_id].priority, run_at, job_id, entry)
+                for run_at, job_id, entry in delayed
+                if live.get(job_id) == entry
+            )
+            heapq.heapify(heaps.ready)
             delayed.clear()
             heaps.latest = None
             return
@@ -203,47 +185,32 @@ class MemoryStorage(MemoryLimits, Storage):
             run_at, job_id, entry = heapq.heappop(delayed)
             if live.get(job_id) != entry:
                 continue
-            key = _ready_key(jobs[job_id].priority, run_at, job_id)
-            ready_of[key] = (job_id, entry)
-            heapq.heappush(ready, key)
+            heapq.heappush(heaps.ready, (-jobs[job_id].priority, run_at, job_id, entry))
         if not delayed:
             heaps.latest = None
 
     def _pop_best(self, candidates: list[_QueueHeaps]) -> str | None:
-        live, ready_of = self._entry, self._ready_of
+        live = self._entry
         if len(candidates) == 1:  # one queue (the usual case): its head, past stale entries
             ready = candidates[0].ready
             while ready:
-                # Copies of one key (a job indexed again in its place) share the
-                # latest (id, entry): the first one popped serves, the rest find none.
-                found = ready_of.pop(heapq.heappop(ready), None)
-                if found is not None and live.get(found[0]) == found[1]:
-                    del live[found[0]]
-                    return found[0]
+                _, _, job_id, entry = heapq.heappop(ready)
+                if live.get(job_id) == entry:
+                    del live[job_id]
+                    return job_id
             return None
         best: _QueueHeaps | None = None
         for heaps in candidates:
-            if self._ready_head(heaps.ready) is not None and (
-                best is None or heaps.ready[0] < best.ready[0]
-            ):
+            ready = heaps.ready
+            while ready and self._entry.get(ready[0][2]) != ready[0][3]:
+                heapq.heappop(ready)
+            if ready and (best is None or ready[0] < best.ready[0]):
                 best = heaps
         if best is None:
             return None
-        job_id = ready_of.pop(heapq.heappop(best.ready))[0]
-        del live[job_id]
+        job_id = heapq.heappop(best.ready)[2]
+        del self._entry[job_id]
         return job_id
-
-    def _ready_head(self, ready: list[int]) -> str | None:
-        """The job id of a ready heap's first live entry (dropping stale ones), or ``None``."""
-        live, ready_of = self._entry, self._ready_of
-        while ready:
-            found = ready_of.get(ready[0])
-            if found is not None and live.get(found[0]) == found[1]:
-                return found[0]
-            if found is not None:
-                del ready_of[ready[0]]
-            heapq.heappop(ready)
-        return None
 
     def claim(
         self,
@@ -505,11 +472,9 @@ class MemoryStorage(MemoryLimits, Storage):
                 heaps = self._queues.get(name)
                 if heaps is None or name in self._paused:
                     continue
-                ready = self._ready_head(heaps.ready)
+                ready: _Ready | None = self._live_head(heaps.ready)
                 if ready is not None:
-                    run_at = self._jobs[ready].run_at
-                    assert run_at is not None  # a job is indexed with one
-                    times.append(run_at)
+                    times.append(ready[1])
                 delayed: _Delayed | None = self._live_head(heaps.delayed)
                 if delayed is not None:
                     times.append(delayed[0])

@@ -1,41 +1,13 @@
-"""The memory store's ready heap: one int per entry, in (priority, run_at, id) order."""
+"""The memory store's ready heaps: claims in (priority, run_at, id) order, stale entries skipped."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
-
-from hypothesis import given
-from hypothesis import strategies as st
+from datetime import timedelta
 
 from backrun.jobs import Job, JobState
 from backrun.limits import LimitedClaim
-from backrun.storage.memory import MemoryStorage, _plain_claim, _ready_key
+from backrun.storage.memory import MemoryStorage, _plain_claim
 from tests.helpers import LEASE, T0, make_job
-
-_ids = st.integers(min_value=0, max_value=(1 << 128) - 1).map(lambda n: f"{n:032x}")
-_times = st.datetimes(
-    min_value=datetime.min.replace(year=2), max_value=datetime.max.replace(year=9998)
-).map(lambda d: d.replace(tzinfo=UTC))
-_priorities = st.integers(min_value=-(1 << 70), max_value=1 << 70)
-_entries = st.tuples(_priorities, _times, _ids)
-
-
-@given(_entries, _entries)
-def test_ready_keys_order_as_priority_then_run_at_then_id(
-    a: tuple[int, datetime, str], b: tuple[int, datetime, str]
-) -> None:
-    by_tuple = (-a[0], a[1], a[2]) < (-b[0], b[1], b[2])
-    assert (_ready_key(*a) < _ready_key(*b)) is by_tuple
-
-
-def test_a_microsecond_apart_orders_before_any_id() -> None:
-    late = T0 + timedelta(microseconds=1)
-    assert _ready_key(0, T0, "f" * 32) < _ready_key(0, late, "0" * 32)
-
-
-def test_run_at_in_another_zone_orders_by_its_instant() -> None:
-    earlier_elsewhere = datetime(2030, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
-    assert _ready_key(0, earlier_elsewhere, "f" * 32) < _ready_key(0, T0, "0" * 32)
 
 
 def _claim_all(store: MemoryStorage, queues: list[str] | None = None) -> list[str]:
