@@ -21,7 +21,7 @@ from .clock import Clock
 from .context import EngineHandle, JobContext, _current
 from .errors import DoNotRetry, LeaseLost, UnknownHandler
 from .handlers import HandlerSpec
-from .jobs import Job, JobError, JobState, Progress
+from .jobs import Job, JobError, JobState, Progress, job_of_fields
 from .limits import LimitedClaim
 from .middleware import Middleware, overrides
 from .results import announce
@@ -228,9 +228,12 @@ class AttemptRecorder:
             )
         if error is None:
             # The result rides in the one write that records the success.
-            return job.replace(
-                state=JobState.SUCCEEDED, finished_at=now, lease_expires_at=None, result=result
-            )
+            fields = job.__dict__.copy()  # job.replace(...), without its keyword dict and check
+            fields["state"] = JobState.SUCCEEDED
+            fields["finished_at"] = now
+            fields["lease_expires_at"] = None
+            fields["result"] = result
+            return job_of_fields(fields)
         errors = (*job.errors, describe_error(error, job.attempts, now))
         policy = self.policy_for(job)
         retryable = not isinstance(error, UnknownHandler | DoNotRetry)

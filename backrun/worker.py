@@ -25,8 +25,9 @@ from datetime import timedelta
 
 from .attempts import Attempt, AttemptRecorder, Slot
 from .claims import Claimer, idle_timeout
+from .idle_wait import wait_idle
 from .isolation import AloneGate
-from .jobs import Job, JobState
+from .jobs import Job
 from .locking import acquire
 from .middleware import compose_process, overrides
 from .pool_view import PoolView, WorkerHost, new_worker_id
@@ -335,44 +336,7 @@ class Worker:
         Raises:
             TimeoutError: work remained after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        # Orphans of dead workers are work too: let the first recovery round run.
-        if not self._supervisor.first_round_done.wait(timeout):
-            raise TimeoutError(f"the worker's first recovery round did not finish in {timeout} s")
-        while True:
-            with self._lock:
-                while self._attempts or self._handoff or self._idle < self._live_slots():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"jobs still running or due after {timeout} s")
-                    self._changed.wait(min(remaining, 0.5))
-                seq = self._wake_seq
-            next_run = self.storage.next_run_at(queues=self.queues)
-            if next_run is None or next_run > self.clock.now():
-                if self._supervisor.unrecorded or self._holds_running_jobs():
-                    # An outcome is not in the store yet: the job still reads RUNNING.
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(f"jobs still running after {timeout} s")
-                    with self._lock:
-                        self._changed.wait(0.01)
-                    continue
-                with self._lock:
-                    if seq == self._wake_seq and not self._attempts:
-                        return self._processed
-                continue
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"jobs still due after {timeout} s")
-            self.wake_all()
-            with self._lock:
-                self._changed.wait(0.01)
-
-    def _holds_running_jobs(self) -> bool:
-        """True if the store still has a job RUNNING under this worker's claims."""
-        running = self.storage.find(state=JobState.RUNNING, limit=100_000)
-        return any(job.worker_id == self.id for job in running)
-
-    def _live_slots(self) -> int:
-        return sum(1 for s in self._slots if not s.abandoned)
+        return wait_idle(self, timeout)
 
     # -- slot threads -----------------------------------------------------
 
@@ -534,15 +498,24 @@ class Worker:
 
         Returns the next attempt, and True if ``attempt`` was forgotten here.
         """
-        lock = self._lock
-        acquire(lock)  # taken twice per job by every slot: see backrun.locking
-        try:
+        lock, gate = self._lock, self._gate
+        counted = True  # the claim is counted at the gate (claiming)
+        if self._stopping or slot.abandoned or self._handoff:
             entered = None
-            if not (self._stopping or slot.abandoned or self._handoff):
-                solo = self._gate.enter()
-                entered = None if solo is None else (solo, self._reserve_extra(solo))
-        finally:
-            lock.release()
+        elif not self._idle and gate.alone_id is None and not gate.wanted:
+            # The usual case, without the lock: a plain claim of one job. This
+            # attempt stays in _attempts until the claim is settled below, so it
+            # holds the gate's in-flight count as the counted claim would.
+            entered, counted = (False, 0), False
+        else:
+            acquire(lock)  # see backrun.locking
+            try:
+                entered = None
+                if not (self._stopping or slot.abandoned or self._handoff):
+                    solo = gate.enter()
+                    entered = None if solo is None else (solo, self._reserve_extra(solo))
+            finally:
+                lock.release()
         if entered is None:
             self._recorder.finish(attempt, error)
             return None, False
@@ -558,8 +531,9 @@ class Worker:
                 now,  # one clock reading per job: the outcome's and the next claim's time
             )
         except BaseException:
-            with self._lock:  # the claim never happened: close it at the gate
-                self._settle_claim(None, None, solo, extra, [])
+            if counted:
+                with self._lock:  # the claim never happened: close it at the gate
+                    self._settle_claim(None, None, solo, extra, [])
             raise
         jobs = [] if claimed is None else claimed.jobs
         first = jobs[0] if jobs else None
@@ -567,6 +541,8 @@ class Worker:
         unstarted: list[Job] = []
         acquire(lock)
         try:
+            if not counted:
+                gate.claiming += 1  # settled below as a counted claim
             self._forget_attempt(attempt)
             self._processed += 1
             if self._stopping:  # e.g. attempt_finished asked for it: start nothing more

@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "supervisor",
             "pool_view",
             "worker",
+            "idle_wait",
             "signals",
             "claims",
             "uniqueness",

@@ -44,7 +44,14 @@ class Inflight(Generic[T]):
 
 
 class InflightTable(Generic[T]):
-    """Attempts by ``id(ctx)``; every state change happens under one lock."""
+    """Attempts by ``id(ctx)``.
+
+    The usual attempt (handler returned, then its outcome recorded) takes no
+    lock: ``attempt_finished`` pops the entry (one step, so exactly one caller
+    gets it) and finds ``end`` already set. Only when it comes first (a
+    timeout, a release) does it decide ``stuck`` under the lock, and
+    ``handler_returned``, seeing ``finished``, waits for that section to end.
+    """
 
     def __init__(self, on_dropped: Callable[[Inflight[T]], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -62,15 +69,12 @@ class InflightTable(Generic[T]):
 
     def handler_returned(self, entry: Inflight[T]) -> bool:
         """Note that the handler returned; True if ``attempt_finished`` came first."""
-        lock = self._lock
-        if not lock.acquire(False):
-            acquire(lock)  # per attempt: waited for on the GIL (backrun.locking)
-        try:
-            end = entry.end = time.perf_counter()
-            if entry.finished:
+        end = entry.end = time.perf_counter()
+        if entry.finished:
+            # attempt_finished came first: once its section (if it took the
+            # lock) is over, ``entry.stuck`` is decided.
+            with self._lock:
                 return True
-        finally:
-            lock.release()
         if len(self._entries) > _SWEEP_SIZE:
             self._sweep(end)
         return False
@@ -83,13 +87,18 @@ class InflightTable(Generic[T]):
         A timed-out attempt whose handler is still running is marked ``stuck``
         (its thread is abandoned by the worker until the handler returns).
         """
+        entry = self._entries.pop(id(ctx), None)  # one step: the entry goes to one caller
+        if entry is None:
+            return None, False
+        if entry.end is not None:
+            # The usual order: the handler returned (end is set before finished
+            # is read there), so nothing is running and nothing is stuck.
+            entry.finished = True
+            return entry, False
         lock = self._lock
         if not lock.acquire(False):
             acquire(lock)
         try:
-            entry = self._entries.pop(id(ctx), None)
-            if entry is None:
-                return None, False
             entry.finished = True
             running = entry.end is None
             entry.stuck = running and timed_out
@@ -105,19 +114,23 @@ class InflightTable(Generic[T]):
         """
         now = time.perf_counter()
         with self._lock:
-            done = [
-                k for k, e in self._entries.items() if e.end is not None and now - e.end >= min_age
+            done = [  # a copy first: other threads add and take entries without the lock
+                k
+                for k, e in list(self._entries.items())
+                if e.end is not None and now - e.end >= min_age
             ]
-            return [self._entries.pop(k) for k in done]
+            taken = [self._entries.pop(k, None) for k in done]
+        return [e for e in taken if e is not None]
 
     def _sweep(self, now: float) -> None:
         with self._lock:
             stale = [
                 k
-                for k, e in self._entries.items()
+                for k, e in list(self._entries.items())
                 if e.end is not None and now - e.end > _SWEEP_AGE
             ]
-            dropped = [self._entries.pop(k) for k in stale]
+            taken = [self._entries.pop(k, None) for k in stale]
+        dropped = [e for e in taken if e is not None]
         if self._on_dropped is not None:
             for entry in dropped:
                 self._on_dropped(entry)

@@ -127,7 +127,11 @@ class TracingMiddleware(Middleware):
     def process(self, ctx: JobContext, call_next: ProcessNext) -> None:
         """Run the attempt inside a ``process <queue>`` span, current for the handler."""
         job = ctx.job
-        tracer = self._tracer or self._get_tracer()
+        tracer = self._tracer
+        # _global_provider's first test, inline: no call per attempt without an SDK.
+        sdk_maybe = _ENV_PROVIDER or getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is not None
+        if tracer is None and self._provider is None and sdk_maybe:
+            tracer = self._get_tracer()
         if tracer is None:
             if not job.headers:
                 call_next(ctx)

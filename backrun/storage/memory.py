@@ -16,7 +16,15 @@ from typing import Any
 from backrun.clock import utcnow as now
 from backrun.errors import JobNotFound, LeaseLost
 from backrun.followups import followup_jobs
-from backrun.jobs import FINISHED_STATES, Job, JobState, Progress, check_job_id, new_claim_token
+from backrun.jobs import (
+    FINISHED_STATES,
+    Job,
+    JobState,
+    Progress,
+    check_job_id,
+    job_of_fields,
+    new_claim_token,
+)
 from backrun.limits import HandlerLimits, LimitedClaim
 from backrun.locking import acquire
 from backrun.workerinfo import WorkerInfo
@@ -39,7 +47,24 @@ def _claim_changes(now: datetime, worker_id: str, lease: timedelta) -> dict[str,
 
 def _claimed(job: Job, changes: dict[str, Any]) -> Job:
     """``job`` as a claim takes it: ``changes``, one more attempt, a fresh token."""
-    return job.replace(**changes, attempts=job.attempts + 1, claim_token=new_claim_token())
+    fields = job.__dict__.copy()  # Job.replace without its keyword dict and check
+    fields.update(changes)
+    fields["attempts"] = job.attempts + 1
+    fields["claim_token"] = new_claim_token()
+    return job_of_fields(fields)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _plain_claim(jobs: list[Job]) -> LimitedClaim:
+    """``LimitedClaim(jobs)``, without the frozen dataclass's ``__init__`` frame (per job)."""
+    claim = _new(LimitedClaim)
+    _set(claim, "jobs", jobs)
+    _set(claim, "waiting", [])
+    _set(claim, "retry_at", None)
+    return claim
 
 
 def _followups(job: Job) -> list[Job] | None:
@@ -280,7 +305,7 @@ class MemoryStorage(MemoryLimits, Storage):
             if limits:
                 claimed = self._claim_limited_locked(queues, limit, now, changes, limits)
             else:
-                claimed = LimitedClaim(self._claim_locked(queues, limit, now, changes))
+                claimed = _plain_claim(self._claim_locked(queues, limit, now, changes))
             callbacks = list(self._callbacks) if freed else []
         finally:
             lock.release()
