@@ -96,7 +96,7 @@ class Claims:
                     with self.ctx.mutex:
                         cache.add(parsed)
                     raise
-                with self.ctx.mutex:
+                with self.ctx.claims_lock:
                     self.ctx.mine[parsed.job_id] = rname
                 job = self.claimed(path, rname, lease_ns, os.path.join(cache.path, name), written)
                 if job is not None:
@@ -167,7 +167,7 @@ class Claims:
                 record, ino = known
                 job = self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
                 if job is not None:
-                    with self.ctx.mutex:
+                    with self.ctx.claims_lock:
                         self.ctx.claimed[rn.job_id] = Claimed(rname, record, ino)
             if job is not None and job.cancel_requested:  # carried over: heartbeats see it
                 self.changes.request_cancel(path, job.id, rn.token)

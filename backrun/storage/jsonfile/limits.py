@@ -217,7 +217,7 @@ class Limits:
             with self.ctx.mutex:
                 cache.add(parsed)
             raise
-        with self.ctx.mutex:
+        with self.ctx.claims_lock:
             self.ctx.mine[parsed.job_id] = rname
         self.ctx.facts.pop(parsed.job_id, None)
         return self.claims.claimed(path, rname, lease_ns, ready)
