@@ -46,6 +46,7 @@ __all__ = [
     "RACY_NS",
     "RECHECK_S",
     "RECORDS",
+    "RECORD_BYTES",
     "RELIST_COST_FACTOR",
     "RELIST_MIN_S",
     "WINDOW",
@@ -63,8 +64,10 @@ RECHECK_S = 0.05
 """The claim path re-checks q/ and later/ (queues, far-future buckets) at most this often."""
 WINDOW = 4096
 """Default number of ready names per queue kept parsed in memory."""
-RECORDS = 1024
+RECORDS = 4096
 """Most records per queue kept from this store's own adds, so their claims need no read."""
+RECORD_BYTES = 2 << 20
+"""Most bytes of such records kept per queue."""
 _FORGET_AFTER = 64
 """A window grown this many times its size by this store's adds, unlisted, starts over."""
 _NO_KEY = 1 << 80  # later than any run key
@@ -95,12 +98,14 @@ _Journal = list[tuple[str, ReadyName | None, Written | None]]
 class _Ranked(NamedTuple):
     """A listing ranked into a window, not yet swapped in."""
 
-    window: list[tuple[bool, str, ReadyName]]
+    live: dict[str, ReadyName]
+    by_id: dict[str, str]
+    pending: list[tuple[int, str]]
     ids: set[int]
     counts: dict[JobState, int]
     strangers: list[str]
-    lowest: int
-    lowest_later: int
+    hidden_min: int
+    hidden_soon: int
     rank_now: int
     mtime_ns: int
     racy: bool
@@ -143,6 +148,7 @@ class ReadyCache:
         self.live: dict[str, ReadyName] = {}  # the window
         self.by_id: dict[str, str] = {}  # the window's ids
         self.records: dict[str, Written] = {}  # of this store's adds still in the window
+        self._record_bytes = 0  # their sizes' sum
         self._due: list[str] = []
         self._pending: list[tuple[int, str]] = []
         self._ids: set[int] = set()  # every known name's id, in the window or not
@@ -279,30 +285,43 @@ class ReadyCache:
                 yield later, name, parsed
 
         window = heapq.nsmallest(self.window, ranked())
-        return _Ranked(
-            window, ids, counts, strangers, lowest[0], lowest[1], rank_now, mtime_ns, racy
-        )
-
-    def _apply(self, ranked: _Ranked) -> None:
-        window = ranked.window
-        self.mtime_ns = ranked.mtime_ns
-        self.racy = ranked.racy
-        self._ranked_at = ranked.rank_now
-        self.live = {name: parsed for _, name, parsed in window}
-        self.by_id = {parsed.job_id: name for _, name, parsed in window}
-        records = self.records
-        self.records = {name: records[name] for name in records.keys() & self.live.keys()}
-        self._ids = ranked.ids
-        self._counts = ranked.counts
-        self._hidden = len(ranked.ids) - len(window)
+        live = {name: parsed for _, name, parsed in window}
+        pending = [(p.run_key, p.name) for p in live.values()]
+        heapq.heapify(pending)
         # Bounds, not exact values (hidden keys are not kept): when the
         # window's worst is not due, every hidden name is not due either.
         worst_later = bool(window) and window[-1][0]
-        self._hidden_min = ranked.lowest_later if worst_later else ranked.lowest
-        self._hidden_soon = ranked.lowest_later
+        return _Ranked(
+            live=live,
+            by_id={parsed.job_id: name for name, parsed in live.items()},
+            pending=pending,
+            ids=ids,
+            counts=counts,
+            strangers=strangers,
+            hidden_min=lowest[1] if worst_later else lowest[0],
+            hidden_soon=lowest[1],
+            rank_now=rank_now,
+            mtime_ns=mtime_ns,
+            racy=racy,
+        )
+
+    def _apply(self, ranked: _Ranked) -> None:
+        """Make a ranked listing the window (under the lock: only what is cheap)."""
+        self.mtime_ns = ranked.mtime_ns
+        self.racy = ranked.racy
+        self._ranked_at = ranked.rank_now
+        self.live = ranked.live
+        self.by_id = ranked.by_id
+        records = self.records
+        self.records = {name: records[name] for name in records.keys() & self.live.keys()}
+        self._record_bytes = sum(written.size for written in self.records.values())
+        self._ids = ranked.ids
+        self._counts = ranked.counts
+        self._hidden = len(ranked.ids) - len(ranked.live)
+        self._hidden_min = ranked.hidden_min
+        self._hidden_soon = ranked.hidden_soon
         self._due = []
-        self._pending = [(p.run_key, p.name) for p in self.live.values()]
-        heapq.heapify(self._pending)
+        self._pending = ranked.pending
         for name in ranked.strangers:
             self._strangers.add(name)
             if self._on_stranger is not None:
@@ -314,8 +333,11 @@ class ReadyCache:
         """Record a file this store has just written (with its record, if ``written``)."""
         if self._journal is not None:
             self._journal.append((parsed.name, parsed, written))
-        if written is not None and len(self.records) < RECORDS:
-            self.records[parsed.name] = written
+        if written is not None:
+            self.take_record(parsed.name)
+            if len(self.records) < RECORDS and self._record_bytes + written.size <= RECORD_BYTES:
+                self.records[parsed.name] = written
+                self._record_bytes += written.size
         if parsed.name in self.live:
             return
         old = self.by_id.get(parsed.job_id)
@@ -347,7 +369,7 @@ class ReadyCache:
         if self._journal is not None:
             self._journal.append((name, None, None))
         parsed = self.live.pop(name, None)
-        self.records.pop(name, None)
+        self.take_record(name)
         hidden = parsed is None
         if parsed is None:
             parsed = parse_ready(name)
@@ -366,7 +388,10 @@ class ReadyCache:
 
     def take_record(self, name: str) -> Written | None:
         """The record this store wrote under ``name``, forgotten here (a claim takes it)."""
-        return self.records.pop(name, None)
+        written = self.records.pop(name, None)
+        if written is not None:
+            self._record_bytes -= written.size
+        return written
 
     # -- questions ---------------------------------------------------------------------
 
