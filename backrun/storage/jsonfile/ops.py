@@ -27,7 +27,6 @@ from backrun.errors import StorageError
 from backrun.storage import fs
 from backrun.workerinfo import WorkerInfo
 
-from . import window
 from .core import storage_errors
 from .layout import check_worker_id, decode_queue, encode_queue
 from .locks import is_free
@@ -47,11 +46,6 @@ class Ops:
         self.ctx = ctx
         self._paused_cache: tuple[int, frozenset[str]] | None = None
         self._paused_lock = threading.Lock()
-        self._paused_dir = os.path.join(ctx.root, "ops", "paused")
-        # Made now, so that each claim's stat of it finds it (a missing one
-        # costs a raised FileNotFoundError per claim); still read if missing.
-        with contextlib.suppress(OSError):
-            self._ops_dir("paused")
 
     def _ops_dir(self, name: str) -> str:
         ops = os.path.join(self.ctx.root, "ops")
@@ -136,14 +130,13 @@ class Ops:
             return frozenset(decode_queue(n) for n in self._paused_encoded())
 
     def _paused_encoded(self) -> frozenset[str]:
-        directory = self._paused_dir
+        directory = os.path.join(self.ctx.root, "ops", "paused")
         try:
             mtime = fs.stat(directory).st_mtime_ns
         except FileNotFoundError:
             return frozenset()
         cached = self._paused_cache
-        settled = time.time_ns() - mtime > max(window.RACY_NS, 50_000_000)
-        if cached is not None and cached[0] == mtime and settled:
+        if cached is not None and cached[0] == mtime and time.time_ns() - mtime > 50_000_000:
             return cached[1]
         names = frozenset(fs.listdir(directory))
         with self._paused_lock:
