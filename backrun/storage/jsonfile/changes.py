@@ -110,7 +110,7 @@ class Changes:
             if not marked:
                 return set()
             claims: dict[str, set[str]] = {}
-            with self.ctx.mutex:
+            with self.ctx.claims_lock:
                 for job_id in marked:
                     name = self.ctx.mine.get(job_id)
                     if name is not None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .core import StoreContext
     from .ops import Ops
     from .queries import Reads
-    from .window import Written
+    from .window import Listing, Written
 
 
 __all__ = ["Claims"]
@@ -62,10 +62,7 @@ class Claims:
             # While claims keep coming back full, trust recent checks of q/ and later/.
             busy = self.ctx.claims_full
             qencs = self.ops.claimable(self.reads.queues_for(queues, fresh=not busy))
-            with self.ctx.mutex:
-                for qenc in qencs:
-                    self.ctx.promote(qenc, now_key, fresh=not busy)
-                    self.ctx.cache(qenc).refresh(now_key, watched=self.ctx.watched())
+            self.refresh(qencs, now_key, fresh=not busy)
             refills = 0
             while len(claimed) < limit:
                 with self.ctx.mutex:
@@ -99,13 +96,39 @@ class Claims:
                     with self.ctx.mutex:
                         cache.add(parsed)
                     raise
-                with self.ctx.mutex:
+                with self.ctx.claims_lock:
                     self.ctx.mine[parsed.job_id] = rname
                 job = self.claimed(path, rname, lease_ns, os.path.join(cache.path, name), written)
                 if job is not None:
                     claimed.append(job)
         self.ctx.claims_full = len(claimed) >= limit
         return claimed
+
+    def refresh(self, qencs: list[str], now_key: int, *, fresh: bool) -> None:
+        """Promote begun buckets and refresh the windows of ``qencs`` before a claim.
+
+        A re-list a window can do without (it still holds due jobs) runs
+        without the store's mutex, so other threads' claims and completions do not
+        wait for it.
+        """
+        listings: list[Listing] = []
+        with self.ctx.mutex:
+            for qenc in qencs:
+                self.ctx.promote(qenc, now_key, fresh=fresh)
+                listing = self.ctx.cache(qenc).refresh(
+                    now_key, watched=self.ctx.watched(), defer=True
+                )
+                if listing is not None:
+                    listings.append(listing)
+        if not listings:
+            return
+        try:
+            for listing in listings:
+                listing.run()
+        finally:
+            with self.ctx.mutex:
+                for listing in listings:
+                    listing.cache.install(listing)
 
     def claimed(
         self, path: str, rname: str, lease_ns: int, ready: str, written: Written | None = None
@@ -144,7 +167,7 @@ class Claims:
                 record, ino = known
                 job = self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
                 if job is not None:
-                    with self.ctx.mutex:
+                    with self.ctx.claims_lock:
                         self.ctx.claimed[rn.job_id] = Claimed(rname, record, ino)
             if job is not None and job.cancel_requested:  # carried over: heartbeats see it
                 self.changes.request_cancel(path, job.id, rn.token)

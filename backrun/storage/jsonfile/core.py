@@ -174,6 +174,8 @@ class StoreContext:
         self.workers_dir = os.path.join(root, "workers")
         self.queues_dir = os.path.join(root, "q")
         self.mutex = threading.RLock()
+        # mine, claimed and busy only: a completion never waits for a claim's window work.
+        self.claims_lock = threading.Lock()
         self.caches: dict[str, ReadyCache] = {}
         self.made: set[str] = set()
         self.ready_window = ready_window  # None: window.WINDOW
@@ -389,13 +391,17 @@ class StoreContext:
 
         Only that claim: this process may have claimed the job again meanwhile.
         """
-        with self.mutex:
-            name = self.mine.get(job_id)
-            if name is None or token_of(name) != token:
-                return False
-            del self.mine[job_id]
-            self.claimed.pop(job_id, None)
-            return True
+        with self.claims_lock:
+            return self.forget_claim_locked(job_id, token)
+
+    def forget_claim_locked(self, job_id: str, token: str) -> bool:
+        """:meth:`forget_claim`, :attr:`claims_lock` held."""
+        name = self.mine.get(job_id)
+        if name is None or token_of(name) != token:
+            return False
+        del self.mine[job_id]
+        self.claimed.pop(job_id, None)
+        return True
 
     def marker_path(self, job_id: str, token: str) -> str:
         return os.path.join(self.cancels_dir, claim_name(job_id, token))

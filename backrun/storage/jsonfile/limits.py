@@ -120,10 +120,7 @@ class Limits:
         with storage_errors("claim"):
             busy = self.ctx.claims_full
             qencs = self.ops.claimable(self.reads.queues_for(queues, fresh=not busy))
-            with self.ctx.mutex:
-                for qenc in qencs:
-                    self.ctx.promote(qenc, now_key, fresh=not busy)
-                    self.ctx.cache(qenc).refresh(now_key, watched=self.ctx.watched())
+            self.claims.refresh(qencs, now_key, fresh=not busy)
             try:
                 while len(result.jobs) < limit:
                     with self.ctx.mutex:
@@ -220,7 +217,7 @@ class Limits:
             with self.ctx.mutex:
                 cache.add(parsed)
             raise
-        with self.ctx.mutex:
+        with self.ctx.claims_lock:
             self.ctx.mine[parsed.job_id] = rname
         self.ctx.facts.pop(parsed.job_id, None)
         return self.claims.claimed(path, rname, lease_ns, ready)

@@ -57,7 +57,7 @@ class OwnerWrites:
         # Keyed by claim, not by job: the previous claim's write may still be
         # finishing (its grab not yet dropped) when this process claims the job again.
         claim = (job.id, token)
-        with self.ctx.mutex:
+        with self.ctx.claims_lock:
             if claim in self.ctx.busy:
                 raise LeaseLost(f"job {job.id} is being changed by another thread")
             self.ctx.busy.add(claim)
@@ -65,7 +65,7 @@ class OwnerWrites:
             with storage_errors("update"):
                 self._update(job, token)
         finally:
-            with self.ctx.mutex:
+            with self.ctx.claims_lock:
                 self.ctx.busy.discard(claim)
 
     def _update(self, job: Job, token: str) -> None:
@@ -110,10 +110,10 @@ class OwnerWrites:
             if job.progress is not None:
                 self.results.forget_progress(job.id, token)
         else:
-            with self.ctx.mutex:
+            with self.ctx.claims_lock:
                 self.ctx.claimed.pop(job.id, None)  # the file was rewritten
                 if dest != src and (
-                    self.ctx.forget_claim(job.id, token) or job.id not in self.ctx.mine
+                    self.ctx.forget_claim_locked(job.id, token) or job.id not in self.ctx.mine
                 ):
                     self.ctx.mine[job.id] = os.path.basename(dest)
 

@@ -18,6 +18,16 @@ when it holds no due job while hidden ones are due, and (rate-limited) when a
 hidden job that was not due when listed has become due, since it may sort
 before the window's jobs. Hidden names that were due when listed sort after
 every name in the window, so claim order is exact between re-lists.
+
+**Re-listing without the store's lock.** A claim whose window still holds
+due jobs does not need a re-list to go on, so it makes that re-list a
+:class:`Listing`: the directory is read and ranked without the lock while
+other threads keep claiming from the current window, and the lock is held
+only to swap the result in. Meanwhile every :meth:`ReadyCache.add` and
+:meth:`ReadyCache.discard` is also journaled, and replayed on the new
+listing, so a change this store made while the directory was being read is
+neither lost nor undone. A listing made under the lock meanwhile supersedes
+it (the swap is dropped).
 """
 
 from __future__ import annotations
@@ -36,9 +46,11 @@ __all__ = [
     "RACY_NS",
     "RECHECK_S",
     "RECORDS",
+    "RECORD_BYTES",
     "RELIST_COST_FACTOR",
     "RELIST_MIN_S",
     "WINDOW",
+    "Listing",
     "ReadyCache",
     "Written",
 ]
@@ -52,8 +64,10 @@ RECHECK_S = 0.05
 """The claim path re-checks q/ and later/ (queues, far-future buckets) at most this often."""
 WINDOW = 4096
 """Default number of ready names per queue kept parsed in memory."""
-RECORDS = 1024
+RECORDS = 4096
 """Most records per queue kept from this store's own adds, so their claims need no read."""
+RECORD_BYTES = 2 << 20
+"""Most bytes of such records kept per queue."""
 _FORGET_AFTER = 64
 """A window grown this many times its size by this store's adds, unlisted, starts over."""
 _NO_KEY = 1 << 80  # later than any run key
@@ -77,6 +91,42 @@ class Written(NamedTuple):
         return ino == self.ino and mtime_ns == self.mtime_ns and size == self.size
 
 
+_Journal = list[tuple[str, ReadyName | None, Written | None]]
+"""A cache's adds (with the parsed name) and discards (``None``), in order."""
+
+
+class _Ranked(NamedTuple):
+    """A listing ranked into a window, not yet swapped in."""
+
+    live: dict[str, ReadyName]
+    by_id: dict[str, str]
+    pending: list[tuple[int, str]]
+    ids: set[int]
+    counts: dict[JobState, int]
+    strangers: list[str]
+    hidden_min: int
+    hidden_soon: int
+    rank_now: int
+    mtime_ns: int
+    racy: bool
+
+
+class Listing:
+    """A re-list of a ready directory to run without the store's lock (see ``refresh``)."""
+
+    def __init__(self, cache: ReadyCache, now_key: int, journal: _Journal) -> None:
+        self.cache = cache
+        self.now_key = now_key
+        self.journal = journal
+        self.read: tuple[_Ranked, float] | None = None  # the ranked listing, its cost
+        self.listed_at = 0.0
+
+    def run(self) -> None:
+        """Stat, list and rank the directory (no lock held); :meth:`ReadyCache.install` next."""
+        self.read = self.cache._read(self.now_key)
+        self.listed_at = time.monotonic()
+
+
 class ReadyCache:
     """The waiting jobs of one queue's ready directory. Not thread-safe: the store locks."""
 
@@ -98,6 +148,7 @@ class ReadyCache:
         self.live: dict[str, ReadyName] = {}  # the window
         self.by_id: dict[str, str] = {}  # the window's ids
         self.records: dict[str, Written] = {}  # of this store's adds still in the window
+        self._record_bytes = 0  # their sizes' sum
         self._due: list[str] = []
         self._pending: list[tuple[int, str]] = []
         self._ids: set[int] = set()  # every known name's id, in the window or not
@@ -106,6 +157,7 @@ class ReadyCache:
         self._hidden = 0  # names outside the window
         self._hidden_min = 0  # earliest run key among them (may be stale-low)
         self._hidden_soon = 0  # earliest run key among them not due at _ranked_at (a bound)
+        self._journal: _Journal | None = None  # while a Listing is under way: changes since
 
     # -- listing -----------------------------------------------------------------
 
@@ -116,7 +168,8 @@ class ReadyCache:
         force: bool = False,
         watched: bool = False,
         exclude: Collection[str] = (),
-    ) -> None:
+        defer: bool = False,
+    ) -> Listing | None:
         """Re-list the directory if it changed (and, while jobs are due, not too often).
 
         ``watched``: a watcher will wake the caller when the directory changes,
@@ -125,30 +178,71 @@ class ReadyCache:
         whatever the directory's mtime says. ``exclude``: names a caller has
         taken out of the window (jobs a limit holds back); a listing leaves
         them out, and the caller puts them back with :meth:`add`.
+
+        ``defer``: a re-list the caller can do without (due jobs remain in the
+        window) is returned as a :class:`Listing` instead of made here; the
+        caller runs it without the lock, then installs it under the lock. None
+        is returned while another thread's listing is under way.
         """
         since = time.monotonic() - self.listed_at
         pause = max(RELIST_MIN_S, RELIST_COST_FACTOR * self.list_cost)
         refill = self._must_refill(now_key, settled=since >= pause)
         if not force and not refill:
-            if since < pause and self.has_due(now_key):
-                return
+            has_due = self.has_due(now_key)
+            if since < pause and has_due:
+                return None
             if watched and since < RELIST_MIN_S:
-                return
+                return None
+            if defer and has_due and not exclude:
+                if self._journal is not None:
+                    return None  # another thread is re-listing: claim from the window meanwhile
+                self._journal = []
+                return Listing(self, now_key, self._journal)
+        read = self._read(now_key, refill=refill, exclude=exclude)
+        if read is not None:
+            self._journal = None  # a listing under way would be older: its swap is dropped
+            self._apply(read[0])
+            self.listed_at = time.monotonic()
+            self.list_cost = read[1]
+        return None
+
+    def _read(
+        self, now_key: int, *, refill: bool = False, exclude: Collection[str] = ()
+    ) -> tuple[_Ranked, float] | None:
+        """The directory ranked, and what listing it cost; None if unchanged. Changes nothing."""
         try:
             st = fs.stat(self.path)
         except FileNotFoundError:
-            self._load(iter(()), -1, now_key, racy=False)
-            return
+            return self._rank(iter(()), -1, now_key, racy=False), 0.0
         if st.st_mtime_ns == self.mtime_ns and not self.racy and not refill:
-            return
+            return None
         started = time.monotonic()
         racy = time.time_ns() - st.st_mtime_ns < RACY_NS
         names = fs.iter_names(self.path)
         if exclude:
             names = (name for name in names if name not in exclude)
-        self._load(names, st.st_mtime_ns, now_key, racy=racy)
-        self.listed_at = time.monotonic()
-        self.list_cost = self.listed_at - started
+        ranked = self._rank(names, st.st_mtime_ns, now_key, racy=racy)
+        return ranked, time.monotonic() - started
+
+    def install(self, listing: Listing) -> None:
+        """Swap a :class:`Listing` in (the lock held), then replay what changed meanwhile.
+
+        Dropped if a listing under the lock came in between, or if the
+        listing did not finish (its error reaches the caller).
+        """
+        if listing.journal is not self._journal:
+            return  # superseded
+        journal, self._journal = self._journal, None
+        if listing.read is None:
+            return  # unchanged, or the listing failed
+        self._apply(listing.read[0])
+        self.listed_at = listing.listed_at
+        self.list_cost = listing.read[1]
+        for name, parsed, written in journal:
+            if parsed is None:
+                self.discard(name)
+            else:
+                self.add(parsed, written)
 
     def _must_refill(self, now_key: int, *, settled: bool) -> bool:
         """True if a hidden name may now be claimable before the window's best."""
@@ -160,8 +254,10 @@ class ReadyCache:
         # One not due when ranked may be due now and sort first.
         return settled and self._hidden_soon <= now_key
 
-    def _load(self, names: Iterator[str], mtime_ns: int, now_key: int, *, racy: bool) -> None:
+    def _rank(self, names: Iterator[str], mtime_ns: int, now_key: int, *, racy: bool) -> _Ranked:
+        """Rank ``names`` into a window. Changes nothing: it may run without the lock."""
         rank_now = max(now_key, self._ranked_at)
+        known = self.live  # a name's parse never changes: reuse the window's
         ids: set[int] = set()
         counts = {JobState.SCHEDULED: 0, JobState.QUEUED: 0}
         strangers: list[str] = []
@@ -169,13 +265,15 @@ class ReadyCache:
 
         def ranked() -> Iterator[tuple[bool, str, ReadyName]]:
             for name in names:
-                if name.endswith(GRAB_SUFFIX):
-                    continue
-                parsed = parse_ready(name)
+                parsed = known.get(name)
                 if parsed is None:
-                    if name not in self._strangers:
-                        strangers.append(name)
-                    continue
+                    if name.endswith(GRAB_SUFFIX):
+                        continue
+                    parsed = parse_ready(name)
+                    if parsed is None:
+                        if name not in self._strangers:
+                            strangers.append(name)
+                        continue
                 ids.add(int(parsed.job_id, 16))
                 counts[parsed.state] += 1
                 key = parsed.run_key
@@ -187,25 +285,44 @@ class ReadyCache:
                 yield later, name, parsed
 
         window = heapq.nsmallest(self.window, ranked())
-        self.mtime_ns = mtime_ns
-        self.racy = racy
-        self._ranked_at = rank_now
-        self.live = {name: parsed for _, name, parsed in window}
-        self.by_id = {parsed.job_id: name for _, name, parsed in window}
-        records = self.records
-        self.records = {name: records[name] for name in records.keys() & self.live.keys()}
-        self._ids = ids
-        self._counts = counts
-        self._hidden = len(ids) - len(window)
+        live = {name: parsed for _, name, parsed in window}
+        pending = [(p.run_key, p.name) for p in live.values()]
+        heapq.heapify(pending)
         # Bounds, not exact values (hidden keys are not kept): when the
         # window's worst is not due, every hidden name is not due either.
         worst_later = bool(window) and window[-1][0]
-        self._hidden_min = lowest[1] if worst_later else lowest[0]
-        self._hidden_soon = lowest[1]
+        return _Ranked(
+            live=live,
+            by_id={parsed.job_id: name for name, parsed in live.items()},
+            pending=pending,
+            ids=ids,
+            counts=counts,
+            strangers=strangers,
+            hidden_min=lowest[1] if worst_later else lowest[0],
+            hidden_soon=lowest[1],
+            rank_now=rank_now,
+            mtime_ns=mtime_ns,
+            racy=racy,
+        )
+
+    def _apply(self, ranked: _Ranked) -> None:
+        """Make a ranked listing the window (under the lock: only what is cheap)."""
+        self.mtime_ns = ranked.mtime_ns
+        self.racy = ranked.racy
+        self._ranked_at = ranked.rank_now
+        self.live = ranked.live
+        self.by_id = ranked.by_id
+        records = self.records
+        self.records = {name: records[name] for name in records.keys() & self.live.keys()}
+        self._record_bytes = sum(written.size for written in self.records.values())
+        self._ids = ranked.ids
+        self._counts = ranked.counts
+        self._hidden = len(ranked.ids) - len(ranked.live)
+        self._hidden_min = ranked.hidden_min
+        self._hidden_soon = ranked.hidden_soon
         self._due = []
-        self._pending = [(p.run_key, p.name) for p in self.live.values()]
-        heapq.heapify(self._pending)
-        for name in strangers:
+        self._pending = ranked.pending
+        for name in ranked.strangers:
             self._strangers.add(name)
             if self._on_stranger is not None:
                 self._on_stranger(name)
@@ -214,8 +331,13 @@ class ReadyCache:
 
     def add(self, parsed: ReadyName, written: Written | None = None) -> None:
         """Record a file this store has just written (with its record, if ``written``)."""
-        if written is not None and len(self.records) < RECORDS:
-            self.records[parsed.name] = written
+        if self._journal is not None:
+            self._journal.append((parsed.name, parsed, written))
+        if written is not None:
+            self.take_record(parsed.name)
+            if len(self.records) < RECORDS and self._record_bytes + written.size <= RECORD_BYTES:
+                self.records[parsed.name] = written
+                self._record_bytes += written.size
         if parsed.name in self.live:
             return
         old = self.by_id.get(parsed.job_id)
@@ -238,13 +360,16 @@ class ReadyCache:
 
     def _forget(self) -> None:
         """Drop everything known; the next :meth:`refresh` lists the directory."""
-        self._load(iter(()), -1, self._ranked_at, racy=True)
+        self._journal = None
+        self._apply(self._rank(iter(()), -1, self._ranked_at, racy=True))
         self.listed_at = float("-inf")
 
     def discard(self, name: str) -> None:
         """Forget a file that was claimed, moved or found gone."""
+        if self._journal is not None:
+            self._journal.append((name, None, None))
         parsed = self.live.pop(name, None)
-        self.records.pop(name, None)
+        self.take_record(name)
         hidden = parsed is None
         if parsed is None:
             parsed = parse_ready(name)
@@ -263,7 +388,10 @@ class ReadyCache:
 
     def take_record(self, name: str) -> Written | None:
         """The record this store wrote under ``name``, forgotten here (a claim takes it)."""
-        return self.records.pop(name, None)
+        written = self.records.pop(name, None)
+        if written is not None:
+            self._record_bytes -= written.size
+        return written
 
     # -- questions ---------------------------------------------------------------------
 
