@@ -69,3 +69,23 @@ def test_purge_streams_the_finished_directory(store: JsonFileStorage, tmp_path: 
         os.utime(succeeded / name, ns=(0, 0))
     assert store.purge(before=_1971) == len(old)
     assert sorted(os.listdir(succeeded)) == kept[100:]
+
+
+def test_records_kept_from_own_adds_cost_about_their_length(tmp_path: Path) -> None:
+    # orjson's bytes keep the buffer they were encoded into (4-8 KB for a
+    # small record); kept as they are, a window of own adds cost ~30 MB.
+    storage = JsonFileStorage(tmp_path / "kept", fsync=False)
+    try:
+        storage.add(make_job())  # the queue's directories and caches exist
+        adds = 1_000
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(adds):
+                storage.add(make_job())
+            per_add = (tracemalloc.get_traced_memory()[0] - before) / adds
+        finally:
+            tracemalloc.stop()
+    finally:
+        storage.close()
+    assert per_add < 2_500  # bytes: the record (~500), its name and the window's entries
