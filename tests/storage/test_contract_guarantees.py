@@ -29,8 +29,10 @@ def _finish(storage: Storage, state: JobState) -> Job:
 
 
 _JSON_DUPLICATE_WAITING = (
-    "JsonFileStorage (66cc621) accepts add() of a due job whose id a SCHEDULED job "
-    "holds (it looks only where the new job would go); the JSON store rewrite fixes it"
+    "JsonFileStorage accepts add() of a due job whose id a SCHEDULED job holds under "
+    "another name (link refuses only the same name, and the id check covers this "
+    "process's window and the finished directories); engine.enqueue makes fresh ids, "
+    "add_once checks under a lock; an exact check needs an id index (a file per job)"
 )
 
 # How to bring a freshly added job into each state, through the contract's own operations.
