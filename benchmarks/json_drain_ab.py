@@ -50,10 +50,10 @@ print(jobs / elapsed)
 """
 
 
-def run(tree: str, jobs: int, base: str) -> float:
+def run(tree: str, jobs: int, base: str, child: str = _CHILD) -> float:
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(jobs), base],
+        [sys.executable, "-c", child, str(jobs), base],
         env=env,
         cwd=base,
         check=True,
@@ -63,8 +63,9 @@ def run(tree: str, jobs: int, base: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(child: str = _CHILD, description: str = __doc__ or "") -> None:
+    """Run ``child`` (argv: jobs, store directory; prints jobs/s) for both trees, interleaved."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--other", required=True, help="the tree to compare with, e.g. main")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=3000)
@@ -75,7 +76,7 @@ def main() -> None:
     ratios: list[float] = []
     for n in range(args.rounds):
         order = [here, args.other] if n % 2 == 0 else [args.other, here]
-        rates = {tree: run(tree, args.jobs, base) for tree in order}
+        rates = {tree: run(tree, args.jobs, base, child) for tree in order}
         ratios.append(rates[here] / rates[args.other])
         print(f"round {n + 1}: this {rates[here]:.0f}/s, other {rates[args.other]:.0f}/s")
     print(

@@ -10,12 +10,7 @@ Usage: python benchmarks/json_drain_own_ab.py --other /work/main [--rounds 3] [-
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import subprocess
-import sys
-from pathlib import Path
+from json_drain_ab import main
 
 _CHILD = """
 import shutil, sys, tempfile, time
@@ -46,39 +41,5 @@ print(jobs / elapsed)
 """
 
 
-def run(tree: str, jobs: int, base: str) -> float:
-    env = dict(os.environ, PYTHONPATH=tree)
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(jobs), base],
-        env=env,
-        cwd=base,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--other", required=True, help="the tree to compare with, e.g. main")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=3000)
-    parser.add_argument("--dir", default=None, help="where the stores go (default: the cwd)")
-    args = parser.parse_args()
-    here = str(Path(__file__).resolve().parents[1])
-    base = os.path.abspath(args.dir or ".")
-    ratios: list[float] = []
-    for n in range(args.rounds):
-        order = [here, args.other] if n % 2 == 0 else [args.other, here]
-        rates = {tree: run(tree, args.jobs, base) for tree in order}
-        ratios.append(rates[here] / rates[args.other])
-        print(f"round {n + 1}: this {rates[here]:.0f}/s, other {rates[args.other]:.0f}/s")
-    print(
-        f"ratio this/other: min {min(ratios):.2f} median {statistics.median(ratios):.2f}"
-        f" max {max(ratios):.2f}"
-    )
-
-
 if __name__ == "__main__":
-    main()
+    main(_CHILD, __doc__ or "")

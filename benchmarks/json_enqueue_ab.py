@@ -34,10 +34,11 @@ from pydantic import BaseModel
 from backrun.storage.jsonfile import JsonFileStorage
 
 burst, bursts, base, store_only = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+sys.path.insert(0, sys.argv[5])  # benchmarks/_peers: the limit is measured the same way
+from limits import durable_write as bare_durable_write
 root = tempfile.mkdtemp(dir=base)
 store = JsonFileStorage(root + "/s", fsync=True)
 engine = backrun.Engine(store, threads=1)
-BODY = b'{"id":"0123456789abcdef","state":"queued","payload":{"t0":0.0}}' * 4
 disk = root + "/disk"
 os.makedirs(disk + "/tmp")
 os.makedirs(disk + "/ready")
@@ -50,19 +51,7 @@ def noop(payload: Empty) -> None:
     return None
 
 def durable_write(name):
-    tmp = os.path.join(disk, "tmp", name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, BODY)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, os.path.join(disk, "ready", name))
-    dir_fd = os.open(os.path.join(disk, "ready"), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    bare_durable_write(disk, name)
 
 def timed(step):
     count = 0
@@ -97,7 +86,16 @@ def run(
 ) -> dict[str, list[float]]:
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(burst), str(bursts), base, str(int(store_only))],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(burst),
+            str(bursts),
+            base,
+            str(int(store_only)),
+            str(Path(__file__).resolve().parent / "_peers"),
+        ],
         env=env,
         cwd=base,
         check=True,

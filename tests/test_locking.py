@@ -16,26 +16,15 @@ def test_a_free_lock_is_taken() -> None:
     lock.release()
 
 
-def test_a_held_lock_is_taken_once_its_holder_lets_go() -> None:
-    lock = threading.Lock()
-    lock.acquire()
-    taken = threading.Event()
-
-    def waiter() -> None:
-        locking.acquire(lock)
-        taken.set()
-        lock.release()
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    assert not taken.wait(0.05)
-    lock.release()
-    assert taken.wait(5)
-    thread.join(5)
-
-
-def test_a_long_holder_is_waited_for_by_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locking, "PATIENCE", 0.0)  # block at the first miss
+@pytest.mark.parametrize(
+    "patience",
+    [locking.PATIENCE, 0.0],  # backing off; blocking at the first miss (a long holder)
+    ids=["backing-off", "blocking"],
+)
+def test_a_held_lock_is_taken_once_its_holder_lets_go(
+    patience: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locking, "PATIENCE", patience)
     lock = threading.Lock()
     lock.acquire()
     taken = threading.Event()

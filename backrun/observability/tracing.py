@@ -128,8 +128,10 @@ class TracingMiddleware(Middleware):
         """Run the attempt inside a ``process <queue>`` span, current for the handler."""
         job = ctx.job
         tracer = self._tracer
-        # _global_provider's first test, inline: no call per attempt without an SDK.
-        sdk_maybe = _ENV_PROVIDER or getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is not None
+        # _no_global_provider, inline: no call per attempt without an SDK.
+        sdk_maybe = (
+            _ENVIRONMENT_NAMES_PROVIDER or getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is not None
+        )
         if tracer is None and self._provider is None and sdk_maybe:
             tracer = self._get_tracer()
         if tracer is None:
@@ -203,17 +205,9 @@ class TracingMiddleware(Middleware):
             _end_dropped(entry)
 
 
-# Asked once per attempt until an SDK is set: trace.get_tracer_provider() reads
-# os.environ each time, which cost more than the rest of a no-op span's work.
-# When opentelemetry-api keeps its global where it always has, a None there
-# and no provider named in the environment (read at import) mean no SDK.
-_UNKNOWN = object()
-_ENV_PROVIDER = OTEL_PYTHON_TRACER_PROVIDER in os.environ
-
-
 def _global_provider() -> trace.TracerProvider | None:
     """The global tracer provider once a real one is set, else ``None``."""
-    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _ENV_PROVIDER:
+    if _no_global_provider():
         return None
     provider = trace.get_tracer_provider()
     return None if isinstance(provider, _NOOP_PROVIDERS) else provider

@@ -404,9 +404,11 @@ class StoreContext:
         return True
 
     def marker_path(self, job_id: str, token: str) -> str:
+        """The cancel-request marker of claim ``token`` of ``job_id``."""
         return os.path.join(self.cancels_dir, claim_name(job_id, token))
 
     def has_marker(self, job_id: str, token: str) -> bool:
+        """True if a cancel was requested for claim ``token`` of ``job_id``."""
         try:
             fs.lstat(self.marker_path(job_id, token))
         except FileNotFoundError:
@@ -473,6 +475,7 @@ class StoreContext:
         )
 
     def new_running_name(self, job: Job, old: RunningName) -> str:
+        """The running name ``job`` is written under: ``old``'s if the claim is the same."""
         if job.claim_token == old.token:
             return old.name
         token = job.claim_token or secrets.token_hex(8)
@@ -499,6 +502,7 @@ class StoreContext:
         return grabbed
 
     def drop_grab(self, grabbed: str) -> None:
+        """Delete a grabbed file whose content was published elsewhere (gone is fine)."""
         try:
             fs.unlink(grabbed)
         except FileNotFoundError:

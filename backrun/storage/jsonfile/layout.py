@@ -111,6 +111,7 @@ class _Randomness(threading.local):
         self.seen = _Randomness.generation
 
     def hex(self, digits: int) -> str:
+        """``digits`` random hex digits, reseeding first in a forked child."""
         if self.seen != _Randomness.generation:
             self.rng.seed(os.urandom(32))
             self.seen = _Randomness.generation

@@ -91,6 +91,7 @@ class Reads:
     def read_running(
         self, rn: RunningName, path: str, *, lease_ns: int | None = None
     ) -> Job | None:
+        """The running job at ``path`` as claim ``rn`` holds it; None if it is gone."""
         record = self.read_checked(path, rn.job_id, _RUNNING_OR_WAITING)
         return None if record is None else self.ctx.running_job(record, rn, path, lease_ns=lease_ns)
 

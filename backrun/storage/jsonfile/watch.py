@@ -31,9 +31,13 @@ class _Store(Protocol):
     cancels_dir: str
 
     @property
-    def limits_dir(self) -> str: ...
+    def limits_dir(self) -> str:
+        """The directory of the handler-limit slots."""
+        ...
 
-    def queue_dirs(self) -> list[str]: ...
+    def queue_dirs(self) -> list[str]:
+        """The encoded names of the store's queues."""
+        ...
 
 
 class Watcher:

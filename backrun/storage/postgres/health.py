@@ -153,6 +153,7 @@ class _QuietPoolFilter(logging.Filter):
     """Demotes psycopg_pool's records about the store's own pools to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Demote ``record`` if it is about a quiet pool; keep it only if DEBUG is on."""
         if record.levelno > logging.DEBUG and _about_quiet_pool(record):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

@@ -77,6 +77,7 @@ ARRAY_TYPES = {
 
 
 def select_list(alias: str) -> str:
+    """The job columns for a SELECT (JSON columns as text), each prefixed by ``alias``."""
     return ", ".join(
         f"{alias}{c}::text" if c in _JSON_COLUMNS else f"{alias}{c}" for c in COLUMN_NAMES
     )
